@@ -1,0 +1,73 @@
+"""The ``pomonag-edge`` command: a thin Click group whose subcommands load lazily.
+
+Each subcommand lives in ``pomonag_edge/commands/<name>.py`` as ``command``; ``--help`` reads the
+one-line summaries below without importing them (or torch), so it answers at once and a missing
+optional backend breaks only the command that needs it.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+import click
+
+from . import __version__
+from .errors import UserError
+
+# name -> one-line summary, in pipeline order
+COMMANDS = {
+    "devices": "List device descriptors and shipped reference profiles.",
+    "profile": "Measure this device: per-op latency table, calibration nets, fitted latency model.",
+    "calibrate": "Build a profile from whole-net latencies measured elsewhere (CSV of arch,latency_ms).",
+    "predict": "Exact params and MACs, predicted latency and accuracy, for archs from a file.",
+    "train": "Train the shipped predictor and generator checkpoints reproducibly.",
+    "generate": "Generate Pareto-optimal nets within a latency / params / MACs budget.",
+    "export": "Export the best nets to ONNX / TensorRT and re-measure their latency on the target.",
+}
+
+
+def available_commands() -> list[str]:
+    from importlib.util import find_spec
+
+    return [name for name in COMMANDS if find_spec(f"pomonag_edge.commands.{name}") is not None]
+
+
+class LazyGroup(click.Group):
+    """Loads a subcommand's module on first use; turns ``UserError`` into one line and exit status 2."""
+
+    def list_commands(self, ctx):
+        return available_commands()
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS or name not in available_commands():
+            return None
+        return import_module(f"pomonag_edge.commands.{name}").command
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, COMMANDS[name]) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(e.exit_code)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="pomonag-edge")
+def cli():
+    """Design neural networks for one measured edge device.
+
+    \b
+    pomonag-edge profile  --device cpu        # on the target: per-op LUT, calibration timings, latency model
+    pomonag-edge generate --max-latency 5ms   # guided diffusion -> Pareto-optimal nets within budget
+    pomonag-edge export                       # best nets -> ONNX / TensorRT, latency re-measured
+    """
+
+
+def main():  # console-script entry point
+    cli()

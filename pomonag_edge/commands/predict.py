@@ -1,0 +1,36 @@
+"""``pomonag-edge predict``: objectives for archs read one per line from a file or stdin."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+
+import click
+
+from .options import dataset_option, profile_option, space_option
+
+
+@click.command(short_help="Objectives for archs from a file.")
+@space_option
+@click.option("--archs", "archs_file", type=click.File("r"), required=True,
+              help="File with one arch string per line; '-' reads standard input.")
+@dataset_option
+@profile_option
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+def command(space, archs_file, dataset, profile, fmt):
+    """Print exact params and MACs (and predicted latency_ms / accuracy) for each arch, in input order."""
+    from ..predictors import predict_rows
+    from ..spaces import get_space, parse_lines
+
+    sp = get_space(space)
+    archs = parse_lines(sp, archs_file, source=archs_file.name)
+    rows = predict_rows(sp, archs, dataset=dataset, profile=profile)
+    if fmt == "json":
+        json.dump(rows, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else ["arch", "params", "macs"],
+                                lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
