@@ -109,9 +109,12 @@ def reference_profile(name: str) -> Profile:
                    created="shipped")
 
 
+_HELP_GPUS = ("1080ti", "2080ti", "titanx", "titanxp")  # HELP names GPU settings <gpu>_<batch>
+
+
 def _batch_of(name: str) -> int:
-    tail = name.rsplit("_", 1)[-1]
-    return int(tail) if tail.isdigit() else 1
+    head, _, tail = name.rpartition("_")
+    return int(tail) if head in _HELP_GPUS and tail.isdigit() else 1
 
 
 def newest_profile(folder: str | os.PathLike = PROFILES_DIR) -> Path | None:

@@ -1,18 +1,55 @@
-"""Predictors of the objectives: exact costs (params, MACs), latency from a profile, accuracy per dataset."""
+"""Predictors of the objectives: exact costs (params, MACs), latency from a profile, accuracy per dataset.
+
+Public API (other parts call these): ``fit_profile_model``, ``latency_model_for`` -> ``LatencyModel``
+(``predict_ms``, ``relative_error``, ``margin_ms``, ``log_ms_torch``), ``load_accuracy_predictor`` ->
+``AccuracyPredictor`` (``predict``, ``module``), and ``predict_rows`` for the ``predict`` command.
+Submodules import torch lazily, so importing this package stays cheap.
+"""
 
 from __future__ import annotations
 
 from typing import Sequence
 
-from ..errors import UserError
 from ..spaces import Arch, SearchSpace
+
+
+def fit_profile_model(space, profile, pretrained=None) -> dict:
+    """JSON state of the latency model fitted to ``profile`` (store it in ``profile.latency_model``)."""
+    from .latency import fit_profile_model as fit
+
+    return fit(space, profile, pretrained)
+
+
+def latency_model_for(space, profile, pretrained=None):
+    """The ``LatencyModel`` of ``profile``: its stored fit, or refitted from its calibration timings."""
+    from .latency import latency_model_for as get
+
+    return get(space, profile, pretrained)
+
+
+def load_accuracy_predictor(space_name: str = "nb201", path=None):
+    """The shipped accuracy predictor: ``.predict(archs, dataset)`` in percent, ``.module`` its torch net."""
+    from .accuracy import load_accuracy_predictor as load
+
+    return load(space_name, path)
 
 
 def predict_rows(space: SearchSpace, archs: Sequence[Arch], dataset: str | None = None,
                  profile: str | None = None) -> list[dict]:
     """One dict per arch, in input order: ``arch, params, macs`` (+ ``latency_ms``, ``accuracy``)."""
-    if profile is not None:
-        raise UserError("--profile (latency_ms) is not available yet: it comes with the latency predictor")
+    from ..data import check_dataset
+
     if dataset is not None:
-        raise UserError("--dataset (accuracy) is not available yet: it comes with the accuracy predictor")
-    return [{"arch": str(a), "params": space.params(a, dataset), "macs": space.macs(a, dataset)} for a in archs]
+        check_dataset(dataset)
+    rows = [{"arch": str(a), "params": space.params(a, dataset), "macs": space.macs(a, dataset)} for a in archs]
+    if profile is not None:
+        from ..profile import resolve_profile
+
+        model = latency_model_for(space, resolve_profile(profile))
+        for row, ms in zip(rows, model.predict_ms(archs)):
+            row["latency_ms"] = round(float(ms), 4)
+    if dataset is not None:
+        predictor = load_accuracy_predictor(space.name)
+        for row, acc in zip(rows, predictor.predict(archs, dataset)):
+            row["accuracy"] = round(float(acc), 3)
+    return rows

@@ -1,0 +1,51 @@
+"""Accuracy predictor quality on the 90% of NB201 nets it never saw, per dataset.
+
+Prints Spearman, Kendall and top-50 overlap (how many of the truly best 50 held-out nets are among the
+predicted best 50) of the shipped predictor, beside a params-only ranking (more parameters = better),
+the usual zero-cost baseline, measured in the same run.
+
+    python benchmarks/accuracy.py
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+from scipy.stats import kendalltau, spearmanr
+
+
+def top_overlap(pred: np.ndarray, truth: np.ndarray, k: int = 50) -> int:
+    return len(set(np.argsort(-pred)[:k]) & set(np.argsort(-truth)[:k]))
+
+
+def main(argv=None):
+    import torch
+
+    from pomonag_edge.data import nb201_accuracy
+    from pomonag_edge.predictors import load_accuracy_predictor
+    from pomonag_edge.predictors.accuracy import DATASETS
+    from pomonag_edge.spaces.nb201 import SPACE
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", default=None, help="another accuracy checkpoint (default: the shipped one)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+
+    pred = load_accuracy_predictor("nb201", args.checkpoint)
+    archs = list(SPACE.enumerate())
+    held = np.setdiff1d(np.arange(len(archs)), pred.train_indices)
+    held_archs = [archs[i] for i in held]
+    params = np.array([SPACE.params(a) for a in held_archs], dtype=np.float64)
+    print(f"accuracy predictor {pred.sha256}: trained on {len(pred.train_indices)} nets "
+          f"(seed {pred.meta.get('seed')}), scored on the other {len(held)}")
+    print(f"{'dataset':16s} {'spearman':>8s} {'kendall':>8s} {'top50':>6s} | {'params-sp':>9s} {'params-top50':>12s}")
+    for dataset in DATASETS:
+        truth = nb201_accuracy(dataset)[held]
+        guess = pred.predict(held_archs, dataset)
+        print(f"{dataset:16s} {spearmanr(guess, truth)[0]:8.3f} {kendalltau(guess, truth)[0]:8.3f} "
+              f"{top_overlap(guess, truth):6d} | {spearmanr(params, truth)[0]:9.3f} {top_overlap(params, truth):12d}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Benchmark: how well a CPU profile (per-op LUT + calibration nets) predicts whole-net latency.
+
+Builds a CPU profile here (ONNX Runtime, 1 thread, default protocol, LUT + 20 calibration nets),
+then times 100 other NB201 nets end to end with the same backend and protocol, and prints the wall
+time of the profile and the Spearman, Kendall and MAPE of (a) the raw LUT-sum and (b) a linear fit
+of LUT-sum on the calibration nets, against those measurements, beside the targets.
+
+    python benchmarks/profile_cpu.py [--quick] [--nets 100] [--calibration 20] [--threads 1] [--clock wall|cpu]
+                                     [--ceiling] [--save JSON]
+
+Timings on a shared machine are noisy: run it when nothing else runs for numbers worth quoting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import numpy as np
+from scipy import stats
+
+from pomonag_edge.files import atomic_write_json
+from pomonag_edge.hardware import PROTOCOLS, ProfileRequest, build_profile, get_backend, lut_sum_ms
+from pomonag_edge.spaces.nb201 import SPACE
+
+
+def scores(pred: np.ndarray, true: np.ndarray) -> dict:
+    return {"spearman": stats.spearmanr(pred, true)[0], "kendall": stats.kendalltau(pred, true)[0],
+            "mape_%": 100 * float(np.mean(np.abs(pred - true) / true))}
+
+
+def held_out_archs(n: int, exclude: set[str], seed: int) -> list:
+    rng = np.random.default_rng(seed)
+    out, seen = [], set(exclude)
+    for i in rng.permutation(SPACE.size()):
+        a = SPACE.from_index(int(i))
+        key = str(SPACE.canonical(a))
+        if SPACE.is_valid(a) and key not in seen and str(a) not in exclude:
+            seen.add(key)
+            out.append(a)
+            if len(out) == n:
+                break
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--nets", type=int, default=100)
+    ap.add_argument("--calibration", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="cpu: this thread's CPU time, steady while other processes share the machine")
+    ap.add_argument("--ceiling", action="store_true",
+                    help="time the held-out nets a second time: how well two measurements agree (the noise ceiling)")
+    ap.add_argument("--save", metavar="JSON", help="also write the profile and the held-out timings here")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        t, cpu = time.perf_counter(), time.process_time()
+        result = build_profile(ProfileRequest(device="cpu", quick=args.quick, calibration=args.calibration,
+                                              threads=args.threads, seed=args.seed, clock=args.clock,
+                                              out=f"{tmp}/cpu.json"),
+                               fit_model=False)
+        profile_s, profile_cpu_s = time.perf_counter() - t, time.process_time() - cpu
+    profile = result.profile
+    print(f"profile: {len(profile.lut)} LUT entries + {len(profile.calibration)} calibration nets in "
+          f"{profile_s:.1f} s wall, {profile_cpu_s:.1f} s CPU   (target < 120 s)", flush=True)
+    protocol = PROTOCOLS[profile.runtime["protocol"]]
+    calib_archs = [SPACE.parse(c["arch"]) for c in profile.calibration]
+    calib_ms = np.array([c["latency_ms"] for c in profile.calibration])
+
+    archs = held_out_archs(args.nets, {c["arch"] for c in profile.calibration}, seed=args.seed + 1)
+    backend = get_backend("onnxruntime", threads=args.threads, clock=args.clock)
+    rng = np.random.default_rng(args.seed)
+    x = rng.standard_normal(SPACE.input_shape(None, "cifar10")).astype(np.float32)
+    def time_all() -> np.ndarray:
+        return np.array([backend.load(SPACE.build(a, "cifar10").eval(), {"input": x}).measure(protocol).median_ms
+                         for a in archs])
+
+    t = time.perf_counter()
+    measured = time_all()
+    held_s = time.perf_counter() - t
+    again = time_all() if args.ceiling else None
+
+    raw = lut_sum_ms(SPACE, profile, archs)
+    calib_sum = lut_sum_ms(SPACE, profile, calib_archs)
+    # least squares (slope, intercept), and a robust scale through the origin: the LUT-sum already holds the
+    # fixed cost (skeleton net), and one noisy calibration timing cannot pull a median
+    fits = {"least squares": np.polyfit(calib_sum, calib_ms, 1),
+            "median ratio": np.array([np.median(calib_ms / calib_sum), 0.0])}
+
+    print(f"machine: {os.cpu_count()} cores, load average {load:.2f} at start, {os.getloadavg()[0]:.2f} at end "
+          f"(others running => noisy); onnxruntime {profile.runtime.get('onnxruntime')}, "
+          f"{args.threads} thread(s), {protocol.name} protocol, {args.clock} clock")
+    print(f"held-out: {len(archs)} nets timed end to end in {held_s:.1f} s, "
+          f"{measured.min():.2f} to {measured.max():.2f} ms")
+    for name, (slope, intercept) in fits.items():
+        print(f"linear fit on calibration ({name}): latency_ms = {slope:.3f} * lut_sum_ms {intercept:+.3f}")
+    print(f"{'predictor':<40}{'spearman':>10}{'kendall':>10}{'MAPE %':>10}")
+    rows = [("raw LUT-sum", raw)] + [(f"LUT-sum + linear fit ({name})", np.polyval(f, raw)) for name, f in fits.items()]
+    if again is not None:
+        rows.append(("second measurement (noise ceiling)", again))
+    for name, pred in rows:
+        s = scores(pred, measured)
+        print(f"{name:<40}{s['spearman']:>10.3f}{s['kendall']:>10.3f}{s['mape_%']:>10.1f}")
+    print(f"{'target (after fit)':<40}{'>= 0.97':>10}{'':>10}{'<= 8':>10}")
+    if args.save:
+        atomic_write_json(args.save, {"profile": profile.to_dict(), "held_out": [
+            {"arch": str(a), "latency_ms": float(m), "lut_sum_ms": float(r)} for a, m, r in zip(archs, measured, raw)]})
+
+
+if __name__ == "__main__":
+    main()

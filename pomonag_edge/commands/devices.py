@@ -1,0 +1,58 @@
+"""``pomonag-edge devices``: device descriptors, this machine, and the shipped reference profiles."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command(short_help="List device descriptors and reference profiles.")
+@click.option("--detect/--no-detect", default=True, show_default=True, help="Also show what this machine is.")
+def command(detect):
+    """Descriptors say how `profile --device NAME` measures; reference profiles (`--profile NAME`)
+    carry every NB201 net's latency measured on a published device setting."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..data import nb201_latency_tables
+    from ..hardware.devices import descriptor_names, detect_device, load_descriptor
+    from ..errors import ProfileError
+    from ..profile import PROFILES_DIR, _batch_of, load_profile
+
+    console = Console()
+    table = Table(title="Device descriptors (profile --device NAME)")
+    for col in ("name", "description", "backends (first usable wins)", "precision", "batch", "threads"):
+        table.add_column(col)
+    for name in descriptor_names():
+        d = load_descriptor(name)
+        table.add_row(d.name, d.description, ", ".join(d.backends), d.precision, str(d.batch), str(d.threads))
+    console.print(table)
+
+    if detect:
+        facts = detect_device()
+        keys = ("cpu", "cpu_cores", "gpu", "gpu_driver", "cuda", "jetson_model", "l4t", "power_mode",
+                "onnxruntime", "tensorrt", "torch")
+        console.print("This machine: " + "; ".join(f"{k} {facts[k]}" for k in keys if facts.get(k) is not None))
+
+    mine = sorted(PROFILES_DIR.glob("*.json"))
+    if mine:
+        own = Table(title=f"Measured profiles in ./{PROFILES_DIR} (--profile PATH)")
+        for col in ("file", "device", "runtime", "LUT entries", "calibration nets", "created"):
+            own.add_column(col)
+        for path in mine:
+            try:
+                p = load_profile(path)
+            except ProfileError as e:
+                own.add_row(str(path), f"[red]unreadable[/]: {e}", "", "", "", "")
+                continue
+            rt = p.runtime
+            own.add_row(str(path), p.device.get("name", p.name),
+                        f"{rt.get('backend')} {rt.get('precision')} b{rt.get('batch')} t{rt.get('threads')}",
+                        str(len(p.lut)), str(len(p.calibration)), p.created)
+        console.print(own)
+
+    refs = Table(title="Reference profiles (--profile NAME): measured NB201 latency tables")
+    for col, justify in (("name", "left"), ("source", "left"), ("batch", "right"), ("nets measured", "right")):
+        refs.add_column(col, justify=justify)
+    for t in nb201_latency_tables():
+        refs.add_row(t.name, t.source, str(_batch_of(t.name)), f"{t.measured:,}")
+    console.print(refs)

@@ -1,0 +1,52 @@
+"""``pomonag-edge export``: the run's best nets -> checked ONNX / TensorRT files, latency re-measured."""
+
+from __future__ import annotations
+
+import click
+
+from .options import profile_option
+
+
+@click.command(short_help="Export the best nets and re-measure them.")
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False))
+@click.option("--top", "top", type=int, default=5, show_default=True, help="How many nets, in the run's rank order.")
+@click.option("--format", "fmt", default="onnx", show_default=True, metavar="onnx|tensorrt|onnx,tensorrt",
+              help="What to build. TensorRT engines are built from the ONNX files, on an NVIDIA GPU.")
+@profile_option
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default=None,
+              help="Precision of the measured runtime and of TensorRT engines (default: the profile's).")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")
+@click.option("--dynamic-batch", is_flag=True, help="Export with a dynamic batch axis (checked at batch 1 and 2).")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="A state_dict (or {arch: state_dict}) to export instead of a seeded random init.")
+@click.option("--allow-over-budget", is_flag=True,
+              help="Exit 0 even when a net measures over the latency budget (it is still marked).")
+@click.option("--measure/--no-measure", default=None,
+              help="Time the nets (default: when this machine is the profile's device). --measure re-times an "
+                   "existing export in place, reusing its .onnx files.")
+@click.option("--feedback/--no-feedback", default=True, show_default=True,
+              help="Add measured latencies to the profile's calibration set and refit its latency model.")
+@click.option("--quick", is_flag=True, help="Quick timing protocol (fewer runs): for tests, not for decisions.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights and inputs.")
+@click.pass_context
+def command(ctx, run_dir, top, fmt, profile, precision, opset, dynamic_batch, weights, allow_over_budget, measure,
+            feedback, quick, seed):
+    """Export the top nets of RUN_DIR (default: the newest under ./runs) to RUN_DIR/export/.
+
+    Each net's ONNX Runtime outputs are checked against PyTorch within a stated relative tolerance, then
+    timed with the profile's runtime and protocol and tested against the run's latency budget. Writes
+    RUN_DIR/export/report.json. Exit status 1 if any net fails its check or measures over budget.
+    """
+    from rich.console import Console
+
+    from ..export import ExportOptions, export_run, parse_formats, render, resolve_run_dir
+
+    options = ExportOptions(top=top, formats=parse_formats(fmt), profile=profile, precision=precision, opset=opset,
+                            dynamic_batch=dynamic_batch, weights=weights, allow_over_budget=allow_over_budget,
+                            measure=measure, feedback=feedback, quick=quick, seed=seed)
+    console = Console(stderr=False)
+    with console.status("exporting") as status:
+        report = export_run(resolve_run_dir(run_dir), options, progress=lambda msg: status.update(msg))
+    render(report, console)
+    if not report["summary"]["ok"]:
+        ctx.exit(1)

@@ -1,0 +1,64 @@
+"""``pomonag-edge generate``: Pareto-optimal nets within a budget. Parse, call ``generate_run``, render.
+
+The run folder's files and their keys are documented in ``pomonag_edge/search.py``.
+"""
+
+from __future__ import annotations
+
+import click
+
+from .options import dataset_option, profile_option, space_option
+
+
+@click.command(short_help="Pareto-optimal nets within a budget.")
+@space_option
+@profile_option
+@dataset_option
+@click.option("--max-latency", default=None, metavar="TIME", help="Latency budget, e.g. 5ms (tested with the "
+              "latency model's error margin).")
+@click.option("--max-params", default=None, metavar="COUNT", help="Parameter budget, e.g. 1.5M.")
+@click.option("--max-macs", default=None, metavar="COUNT", help="MAC budget, e.g. 200M.")
+@click.option("--weights", default=None, metavar="SPEC",
+              help="Guidance weights, default accuracy=1,latency=0.5,params=0.1,macs=0.1.")
+@click.option("--num", default=10, show_default=True, type=click.IntRange(1), help="Nets to return.")
+@click.option("--samples", default=512, show_default=True, type=click.IntRange(1),
+              help="Nets drawn (diffusion, random) or scored (nsga2).")
+@click.option("--strategy", type=click.Choice(["diffusion", "exhaustive", "nsga2", "random"]), default="diffusion",
+              show_default=True, help="How candidates are proposed; the rest of the run is the same.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--out", default=None, metavar="DIR", help="Run folder (default: a new folder under ./runs/).")
+def command(space, profile, dataset, max_latency, max_params, max_macs, weights, num, samples, strategy, seed, out):
+    """Generate nets on the accuracy / latency / params / MACs Pareto front inside the budget.
+
+    Writes DIR/pareto.json, pareto.csv, manifest.json and pareto.png.
+    """
+    import sys
+
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..generator.run import generate_run, render_table
+
+    console = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        tasks: dict = {}
+
+        def progress(stage, done, total):
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        run = generate_run(space=space, profile=profile, dataset=dataset, max_latency=max_latency,
+                           max_params=max_params, max_macs=max_macs, weights=weights, num=num, samples=samples,
+                           strategy=strategy, seed=seed, out=out, progress=progress,
+                           command=" ".join(["pomonag-edge", *sys.argv[1:]]))
+    out_console = Console()
+    if not run.result.selected:
+        out_console.print(render_table(run.result.closest, run.problem, title="closest nets (none within budget)"))
+        run.result.require_feasible(run.problem.budget)
+    title = (f"{len(run.result.selected)} Pareto-optimal nets ({run.manifest['profile']['name']}, "
+             f"{run.problem.dataset}, margin {run.problem.margin:.1%})")
+    out_console.print(render_table(run.result.selected, run.problem, title=title))
+    out_console.print(f"wrote {run.out}/pareto.json, pareto.csv, manifest.json, pareto.png "
+                      f"({run.result.stats['seconds']} s search)")

@@ -1,0 +1,117 @@
+"""Shipped Once-for-All MobileNetV3 tables (``data/ofa_mbv3/``), loaded lazily and cached.
+
+- ``ofa_latency_table()``: HELP's 5,000 w1.2 subnets x 9 GPU settings (end-to-end ms).
+- ``reference_lut(name)``: per-layer latency tables keyed as ``spaces.mbv3.op_signatures`` writes them:
+  ``"i7-8700k"`` (NSGANetV2, Intel i7-8700K CPU, r 96..256 step 4, w1.0 and w1.2) and ``"note10"`` (OFA,
+  Samsung Note10, w1.2, r 160..224 step 16). Both ship only a *mean* per layer (no median), so the
+  values returned are those means, in ms.
+- ``specialized_subnets()``: OFA's published specialized MobileNetV3 subnets with their fine-tuned top-1.
+- ``ofa_acc_predictor_path()``: OFA's released ImageNet accuracy predictor (state_dict).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from ..errors import UserError
+from . import _read_csv, data_path
+
+REFERENCE_LUTS = {"i7-8700k": ("lut_i7-8700k.yaml",),
+                  "note10": tuple(f"lut_note10_w1.2/r{r}.yaml" for r in (160, 176, 192, 208, 224))}
+REFERENCE_LUT_RESOLUTIONS = {"i7-8700k": tuple(range(96, 257, 4)), "note10": (160, 176, 192, 208, 224)}
+REFERENCE_LUT_WIDTHS = {"i7-8700k": (1.0, 1.2), "note10": (1.2,)}
+
+
+def parse_lut_yaml(text: str, source: str = "LUT") -> dict[str, dict[str, float]]:
+    """The shipped LUT files' YAML subset: ``key:`` at column 0, then ``  field: number`` lines.
+
+    A restricted reader (no PyYAML dependency) that refuses anything outside that subset.
+    """
+    table: dict[str, dict[str, float]] = {}
+    key = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        if not line[0].isspace():
+            if not line.endswith(":"):
+                raise ValueError(f"{source}, line {number}: expected 'key:', got {line!r}")
+            key = line[:-1]
+            if key in table:
+                raise ValueError(f"{source}, line {number}: duplicate key {key!r}")
+            table[key] = {}
+        else:
+            field, sep, value = line.strip().partition(": ")
+            if key is None or not sep:
+                raise ValueError(f"{source}, line {number}: expected '  field: number' under a key, got {line!r}")
+            table[key][field] = float(value)
+    return table
+
+
+@lru_cache(maxsize=None)
+def _lut_file(path: str) -> dict[str, dict[str, float]]:
+    return parse_lut_yaml(data_path("ofa_mbv3", *path.split("/")).read_text("utf-8"), path)
+
+
+@lru_cache(maxsize=None)
+def reference_lut(name: str) -> dict[str, float]:
+    """{LUT key: mean latency ms} of one shipped reference LUT.
+
+    The Note10 LUT comes as one file per resolution; a few late-stage layers have the same shape at two
+    resolutions (e.g. 6x6 at r176 and r192) and were timed in both: such a key gets the mean of both.
+    """
+    if name not in REFERENCE_LUTS:
+        raise UserError(f"no shipped MobileNetV3 LUT named {name!r}; known: {', '.join(REFERENCE_LUTS)}")
+    values: dict[str, list[float]] = {}
+    for path in REFERENCE_LUTS[name]:
+        for key, fields in _lut_file(path).items():
+            values.setdefault(key, []).append(fields["mean"])
+    return {key: float(np.mean(v)) for key, v in values.items()}
+
+
+@dataclass(frozen=True)
+class OFALatencyTable:
+    """HELP's MobileNetV3 table: ``latency_ms[i, j]`` is subnet ``archs[i]`` on setting ``settings[j]``."""
+
+    archs: tuple  # of spaces.mbv3.MBV3Arch, all w1.2
+    settings: tuple[str, ...]
+    latency_ms: np.ndarray
+
+
+@lru_cache(maxsize=None)
+def ofa_latency_table() -> OFALatencyTable:
+    """5,000 w1.2 subnets with end-to-end latency on 9 GPU settings (``<gpu>_<batch>``)."""
+    from ..spaces.mbv3 import MBV3Arch
+
+    header, rows = _read_csv("ofa_mbv3", "latency_ms.csv.gz")
+    col = {name: j for j, name in enumerate(header)}
+    settings = tuple(header[5:])
+    archs = tuple(MBV3Arch.from_ofa(r[col["ks"]], r[col["e"]], r[col["d"]], int(r[col["r"]]), 1.2) for r in rows)
+    lat = np.array([[float(v) if v else np.nan for v in r[5:]] for r in rows], dtype=np.float64)
+    return OFALatencyTable(archs, settings, lat)
+
+
+@lru_cache(maxsize=None)
+def specialized_subnets() -> tuple[dict, ...]:
+    """OFA's specialized MobileNetV3 subnets: name, w, r, ks, e, d (lists; 0 = unused slot), top1 (%),
+    finetune_epochs. Rows for other nets (ProxylessNAS) are left out. Some use resolutions outside
+    128..224 (up to 260), so they stay plain dicts rather than archs of the space."""
+    text = data_path("ofa_mbv3", "specialized_subnets_top1.csv").read_text("utf-8")
+    out = []
+    for row in csv.DictReader(io.StringIO(text)):
+        if not row["ks"]:
+            continue
+        out.append({"name": row["name"], "w": float(row["width_mult"]), "r": int(row["r"]),
+                    "ks": json.loads(row["ks"]), "e": json.loads(row["e"]), "d": json.loads(row["d"]),
+                    "top1": float(row["top1"]), "finetune_epochs": int(row["finetune_epochs"])})
+    return tuple(out)
+
+
+def ofa_acc_predictor_path():
+    """OFA's ImageNet top-1 predictor for w1.2 subnets (a state_dict; see predictors.ofa_accuracy)."""
+    return data_path("ofa_mbv3", "acc_predictor_w1.2.pth")

@@ -1,0 +1,12 @@
+"""Export: a run's best nets -> ONNX (and TensorRT engines), numerically checked, latency re-measured.
+
+``export_run(run_dir, ExportOptions(...))`` does it all and writes ``RUN_DIR/export/report.json``;
+``render(report, console)`` prints it. torch, onnx and the runtimes are imported only when used.
+"""
+
+from .pipeline import ExportOptions, export_run, machine_mismatch, parse_formats, summarize
+from .report import SCHEMA, SCHEMA_VERSION, render
+from .runs import Run, load_run, resolve_run_dir
+
+__all__ = ["ExportOptions", "export_run", "machine_mismatch", "parse_formats", "summarize", "render", "Run",
+           "load_run", "resolve_run_dir", "SCHEMA", "SCHEMA_VERSION"]

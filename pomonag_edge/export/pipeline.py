@@ -1,0 +1,377 @@
+"""``export_run``: the best nets of a run -> checked ONNX (and TensorRT) files, re-measured on the target.
+
+Per net, in order: build (seeded random init or ``--weights``), export ONNX, check ONNX Runtime outputs
+against PyTorch, optionally build and check a TensorRT engine, then time with the profile's backend and
+timing protocol and test the budget. Every step's outcome lands in ``RUN_DIR/export/report.json``,
+rewritten after each net so an interrupted export leaves what it finished.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..errors import UserError
+from ..profile import Profile, resolve_profile
+from ..spaces import get_space
+from .onnx_export import (DEFAULT_OPSET, INPUT_NAME, build_model, check_opset, export_onnx, file_stem, load_weights,
+                          onnx_summary, random_inputs)
+from .report import SCHEMA, SCHEMA_VERSION, environment, write_report
+from .runs import Run, load_run, profile_spec_for
+from .validate import check_outputs, onnxruntime_runner, tolerance_for
+
+FORMATS = ("onnx", "tensorrt")
+PRECISIONS = ("fp32", "fp16")
+NN_METER_BAND = 0.10  # "within +-10% of predicted" (nn-Meter's accuracy criterion)
+
+
+@dataclass
+class ExportOptions:
+    top: int = 5
+    formats: tuple[str, ...] = ("onnx",)
+    profile: str | None = None  # None: the run's own
+    precision: str | None = None  # None: the profile's
+    opset: int = DEFAULT_OPSET
+    dynamic_batch: bool = False
+    weights: str | None = None
+    allow_over_budget: bool = False
+    measure: bool | None = None  # None: measure when this machine is the profile's device
+    feedback: bool = True
+    quick: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.top < 1:
+            raise UserError(f"--top must be at least 1, got {self.top}")
+        bad = [f for f in self.formats if f not in FORMATS]
+        if bad or not self.formats:
+            raise UserError(f"unknown --format {','.join(bad) or '(empty)'}; use onnx, tensorrt or onnx,tensorrt")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise UserError(f"unknown --precision {self.precision!r}; use fp32 or fp16")
+        check_opset(self.opset)
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    """``onnx,tensorrt`` -> ('onnx', 'tensorrt'); ONNX is always made (TensorRT engines are built from it)."""
+    parts = tuple(dict.fromkeys(p.strip().lower() for p in text.split(",") if p.strip()))
+    bad = [p for p in parts if p not in FORMATS]
+    if bad or not parts:
+        raise UserError(f"unknown --format {text!r}; use onnx, tensorrt or onnx,tensorrt")
+    return tuple(f for f in FORMATS if f in parts or f == "onnx")
+
+
+# ------------------------------------------------------------------ profile, machine, backends
+
+
+# detected facts that identify the hardware a latency belongs to (software versions are recorded, not compared)
+IDENTITY_FACTS = ("cpu", "gpu", "jetson_model", "power_mode")
+
+
+def machine_mismatch(profile: Profile, detected: dict) -> list[str]:
+    """Why this machine is not the profile's device (empty when it is)."""
+    if profile.reference:
+        return ["it is a reference profile: published measurements of another device"]
+    recorded = [k for k in IDENTITY_FACTS if profile.device.get(k)]
+    if not recorded:
+        return [f"profile {profile.name!r} records no detected device facts (made from timings taken elsewhere?)"]
+    return [f"{k}: profile {profile.device.get(k)!r}, here {detected.get(k)!r}" for k in IDENTITY_FACTS
+            if profile.device.get(k) != detected.get(k)]
+
+
+def _backend(name: str, precision: str, threads: int):
+    from ..hardware import get_backend
+
+    return get_backend(name, precision=precision, threads=threads)
+
+
+def _reads_onnx(name: str) -> bool:
+    """torch-* backends time the PyTorch module itself (the profile was measured that way)."""
+    from ..hardware.backends import BACKENDS
+
+    return BACKENDS[name].reads_onnx if name in BACKENDS else True
+
+
+def _protocol(profile: Profile, quick: bool):
+    from ..hardware.timing import DEFAULT, PROTOCOLS, QUICK, Protocol
+
+    if quick:
+        return QUICK
+    stored = profile.runtime.get("protocol_settings")
+    if isinstance(stored, dict):
+        return Protocol.from_dict(stored)
+    return PROTOCOLS.get(profile.runtime.get("protocol"), DEFAULT)
+
+
+def _predicted_ms(space, profile: Profile, run: Run, items: list[dict]) -> tuple[list[float | None], str]:
+    """The run's own predictions when the profile is unchanged, else the profile's latency model."""
+    if profile.sha256 == run.profile_sha256 or (run.profile_sha256 is None and profile.name == run.profile_spec):
+        return [i.get("latency_ms") for i in items], "run"
+    try:
+        from ..predictors.latency import latency_model_for
+
+        archs = [space.parse(i["arch"]) for i in items]
+        return [float(v) for v in latency_model_for(space, profile).predict_ms(archs)], "profile latency model"
+    except (ImportError, UserError) as e:
+        return [i.get("latency_ms") for i in items], f"run (profile model unavailable: {e})"
+
+
+# ------------------------------------------------------------------ the pipeline
+
+
+@dataclass
+class _Context:
+    run: Run
+    space: object
+    profile: Profile
+    profile_path: Path | None
+    options: ExportOptions
+    out_dir: Path
+    backend_name: str
+    precision: str  # of the profile's runtime
+    engine_precision: str  # of TensorRT engines
+    threads: int
+    batch: int
+    measure: bool
+    tensorrt: bool
+    notes: list[str] = field(default_factory=list)
+    _runtimes: dict = field(default_factory=dict)
+
+    def runtime(self, name: str):
+        if name not in self._runtimes:
+            precision = self.engine_precision if name == "tensorrt" else self.precision
+            self._runtimes[name] = _backend(name, precision, self.threads)
+        return self._runtimes[name]
+
+
+def export_run(run_dir: str | Path, options: ExportOptions,
+               progress: Callable[[str], None] | None = None) -> dict:
+    """Export, check and measure the run's top nets; returns the report (also written to disk)."""
+    say = progress or (lambda message: None)
+    run = load_run(run_dir)
+    space = get_space(run.space)
+    spec = options.profile or profile_spec_for(run)
+    profile = resolve_profile(spec)
+    profile_path = None if profile.reference else Path(spec)
+
+    runtime = profile.runtime or {}
+    backend_name = runtime.get("backend") or "onnxruntime"
+    precision = options.precision or runtime.get("precision") or "fp32"
+    threads = int(runtime.get("threads") or 1)
+    batch = int(runtime.get("batch") or 1)
+
+    from ..hardware import BACKENDS, detect_device
+
+    if backend_name not in BACKENDS:  # a reference profile's "published table": time with the default runtime
+        backend_name = "onnxruntime"
+    detected = detect_device()
+    mismatch = machine_mismatch(profile, detected)
+    notes: list[str] = []
+    measure = options.measure if options.measure is not None else not mismatch
+    if mismatch and options.measure is None:
+        notes.append(f"this machine differs from profile {profile.name!r} ({'; '.join(mismatch)}): numerics checked, "
+                     f"latency not measured; run `pomonag-edge export {run.path} --measure` on the target")
+    elif mismatch and options.measure:
+        notes.append(f"--measure on a machine that differs from profile {profile.name!r} ({'; '.join(mismatch)}): "
+                     "the latencies are this machine's and are not fed back into the profile")
+
+    tensorrt = "tensorrt" in options.formats or backend_name == "tensorrt"
+    if tensorrt:
+        why = None if (detected.get("gpu") or detected.get("jetson")) else "no NVIDIA GPU here"
+        if why is None:
+            try:
+                _backend("tensorrt", precision, threads)
+            except UserError as e:
+                why = str(e)
+        if why is not None:
+            tensorrt = False
+            notes.append(f"{why}: exported ONNX only; run `pomonag-edge export --format tensorrt` on the target "
+                         "to build and time TensorRT engines")
+            if backend_name == "tensorrt":
+                measure = False
+    measure_precision = precision
+    if precision == "fp16" and not BACKENDS[backend_name].gpu:
+        if "tensorrt" not in options.formats:
+            raise UserError(f"--precision fp16 needs a GPU runtime and the profile's is {backend_name} (CPU): use "
+                            "fp32, add --format tensorrt for fp16 engines, or use a GPU profile on the target")
+        measure_precision = "fp32"  # fp16 is for the engines; the CPU runtime stays fp32
+
+    if tensorrt and options.dynamic_batch:
+        raise UserError("--dynamic-batch cannot be used with TensorRT engines here (they are built for the "
+                        f"profile's fixed batch {batch}): drop one of the two")
+    candidates = [c for c in run.candidates if c.get("feasible", True) or options.allow_over_budget][: options.top]
+    if not candidates:
+        raise UserError(f"{run.path / 'pareto.json'} holds no net within budget (pass --allow-over-budget to export "
+                        "infeasible ones)")
+
+    ctx = _Context(run, space, profile, profile_path, options, run.path / "export", backend_name, measure_precision,
+                   precision, threads, batch, measure, tensorrt, notes)
+    predicted, predicted_by = _predicted_ms(space, profile, run, candidates)
+    existing = _existing_files(ctx.out_dir)
+    report = {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "complete": False,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "run_dir": str(run.path), "space": run.space, "dataset": run.dataset,
+        "profile": {"name": profile.name, "spec": spec, "sha256": profile.sha256, "reference": profile.reference,
+                    "run_profile_sha256": run.profile_sha256},
+        "budget": run.budget,
+        "settings": {**{k: v for k, v in asdict(options).items() if k != "formats"}, "formats": list(options.formats),
+                     "precision": measure_precision, "engine_precision": precision, "batch": batch,
+                     "threads": threads, "measured": measure,
+                     "timing_protocol": _protocol(profile, options.quick).to_dict() if measure else None,
+                     "predicted_by": predicted_by},
+        "environment": environment(backend_name, measure_precision, threads, batch, detected, profile, mismatch,
+                                   tensorrt),
+        "nets": [], "notes": notes, "feedback": None,
+    }
+    report_path = ctx.out_dir / "report.json"
+    for position, (item, pred) in enumerate(zip(candidates, predicted), start=1):
+        say(f"net {position}/{len(candidates)}: {item['arch']}")
+        rank = int(item.get("rank") or position)  # the run's rank (infeasible nets may have been skipped)
+        report["nets"].append(_export_one(ctx, rank, item, pred, existing))
+        write_report(report_path, report)
+
+    if measure and options.feedback and not mismatch:
+        report["feedback"] = _feedback(ctx, report["nets"])
+    report["summary"] = summarize(report["nets"], options.allow_over_budget)
+    report["complete"] = True
+    write_report(report_path, report)
+    report["path"] = str(report_path)
+    return report
+
+
+def _existing_files(out_dir: Path) -> dict[str, Path]:
+    return {p.stem: p for p in out_dir.glob("*.onnx")} if out_dir.is_dir() else {}
+
+
+def _export_one(ctx: _Context, rank: int, item: dict, predicted_ms: float | None, existing: dict) -> dict:
+    space, options = ctx.space, ctx.options
+    arch = space.parse(item["arch"])
+    stem = file_stem(rank, arch, space)
+    entry = {"rank": rank, "arch": str(arch), "params": space.params(arch, ctx.run.dataset),
+             "macs": space.macs(arch, ctx.run.dataset), "predicted": {"latency_ms": predicted_ms,
+                                                                      "accuracy": item.get("accuracy")},
+             "files": {}, "checks": [], "measured": {}, "timing_s": {}, "status": None, "reasons": []}
+    input_shape = space.input_shape(arch, ctx.run.dataset, batch=ctx.batch)
+    batches = sorted({1, 2, ctx.batch}) if options.dynamic_batch else [ctx.batch]
+    weights = load_weights(options.weights, arch) if options.weights else None
+    onnx_path = ctx.out_dir / f"{stem}.onnx"
+
+    t0 = time.perf_counter()
+    model = build_model(space, arch, ctx.run.dataset, weights, seed=options.seed)
+    reuse = bool(options.measure) and stem in existing
+    try:
+        if not reuse:
+            export_onnx(model, input_shape, onnx_path, opset=options.opset, dynamic_batch=options.dynamic_batch)
+    except UserError:
+        raise
+    except Exception as e:  # an exporter or checker failure fails this net, with its message, not the run
+        entry["reasons"].append(f"ONNX export failed: {type(e).__name__}: {str(e)[:300]}")
+        _judge(entry, ctx)
+        return entry
+    entry["files"]["onnx"] = onnx_summary(onnx_path) | {"reused": reuse}
+    entry["timing_s"]["export"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    run, names = onnxruntime_runner(onnx_path)
+    check = check_outputs(model, run, names, input_shape, batches,
+                          tolerance_for("onnxruntime", "fp32"), seed=options.seed, runtime="onnxruntime")
+    entry["checks"].append(check.to_dict())
+    entry["timing_s"]["check"] = time.perf_counter() - t0
+
+    runnables = {}
+    timing_inputs = {INPUT_NAME: random_inputs(input_shape, options.seed)}
+    if ctx.tensorrt and check.passed:
+        t0 = time.perf_counter()
+        engine_path = onnx_path.with_suffix(".engine")
+        try:
+            trt = ctx.runtime("tensorrt").load(str(onnx_path), inputs=timing_inputs)
+            trt.save_engine(engine_path)
+        except UserError:
+            raise
+        except Exception as e:
+            entry["reasons"].append(f"TensorRT engine build failed: {type(e).__name__}: {str(e)[:300]}")
+        else:
+            runnables["tensorrt"] = trt
+            entry["files"]["engine"] = {"path": str(engine_path), "bytes": engine_path.stat().st_size,
+                                        "precision": ctx.engine_precision}
+            trt_check = check_outputs(model, trt.run, trt.output_names, input_shape, [ctx.batch],
+                                      tolerance_for("tensorrt", ctx.engine_precision), seed=options.seed,
+                                      runtime="tensorrt")
+            entry["checks"].append(trt_check.to_dict())
+        entry["timing_s"]["engine"] = time.perf_counter() - t0
+
+    if ctx.measure and all(c["passed"] for c in entry["checks"]) and not entry["reasons"]:
+        t0 = time.perf_counter()
+        protocol = _protocol(ctx.profile, options.quick)
+        for name in dict.fromkeys([ctx.backend_name] + list(runnables)):
+            runnable = runnables.get(name) or ctx.runtime(name).load(
+                str(onnx_path) if _reads_onnx(name) else model, inputs=timing_inputs)
+            entry["measured"][name] = runnable.measure(protocol).to_dict()
+        entry["timing_s"]["measure"] = time.perf_counter() - t0
+    _judge(entry, ctx)
+    return entry
+
+
+def _judge(entry: dict, ctx: _Context) -> None:
+    """Status: failed (a check or build failed), over_budget, passed (measured within budget), checked."""
+    for c in entry["checks"]:
+        entry["reasons"].extend(f"{c['runtime']}: {f}" for f in c["failures"])
+    m = entry["measured"].get(ctx.backend_name)
+    pred = entry["predicted"]["latency_ms"]
+    if m:
+        entry["noisy"] = m["cv"] > _protocol(ctx.profile, ctx.options.quick).max_cv
+    if m and pred:
+        entry["latency_error_pct"] = 100.0 * (m["median_ms"] - pred) / pred
+        entry["within_10pct"] = abs(m["median_ms"] - pred) <= NN_METER_BAND * pred
+    budget = ctx.run.budget.get("max_latency_ms")
+    entry["budget_ms"] = budget
+    if entry["reasons"]:
+        entry["status"] = "failed"
+    elif m is None:
+        entry["status"] = "checked"
+    elif budget is not None and m["median_ms"] > budget:
+        entry["status"] = "over_budget"
+        entry["reasons"].append(f"measured median {m['median_ms']:.3f} ms > budget {budget:.3f} ms")
+    else:
+        entry["status"] = "passed"
+
+
+def summarize(nets: list[dict], allow_over_budget: bool) -> dict:
+    counts = {s: sum(n["status"] == s for n in nets) for s in ("passed", "checked", "over_budget", "failed")}
+    bad = counts["failed"] + (0 if allow_over_budget else counts["over_budget"])
+    errors = [n["latency_error_pct"] for n in nets if n.get("latency_error_pct") is not None]
+    return {**counts, "nets": len(nets), "ok": bad == 0, "noisy": sum(bool(n.get("noisy")) for n in nets),
+            "within_10pct": sum(abs(e) <= 100 * NN_METER_BAND for e in errors), "compared": len(errors)}
+
+
+def _feedback(ctx: _Context, nets: list[dict]) -> dict | None:
+    """Append measured latencies to the profile's calibration set and refit its latency model."""
+    if ctx.profile_path is None:
+        return {"applied": False, "added": 0, "skipped_noisy": 0,
+                "why": "reference profile: published measurements are not extended"}
+    measured = [n for n in nets if ctx.backend_name in n["measured"] and n["status"] != "failed"]
+    rows = [(n["arch"], n["measured"][ctx.backend_name]) for n in measured if not n.get("noisy")]
+    noisy = len(measured) - len(rows)  # a noisy timing would teach the latency model the machine's load
+    if not rows:
+        return {"applied": False, "added": 0, "skipped_noisy": noisy,
+                "why": f"all {noisy} timings were noisy" if noisy else "nothing measured"}
+    from ..profile import load_profile
+
+    profile = load_profile(ctx.profile_path)  # fresh: never write back a stale copy
+    new = {arch for arch, _ in rows}
+    profile.calibration = [c for c in profile.calibration if c["arch"] not in new] + [
+        {"arch": arch, "latency_ms": m["median_ms"], **m, "source": "export",
+         "protocol": _protocol(ctx.profile, ctx.options.quick).name} for arch, m in rows]
+    refit, why = False, None
+    try:
+        from ..predictors.latency import fit_profile_model
+
+        profile.latency_model = fit_profile_model(ctx.space, profile)
+        refit = True
+    except (ImportError, UserError) as e:
+        why = f"latency model not refit: {e}"
+    profile.save(ctx.profile_path)
+    return {"applied": True, "profile": str(ctx.profile_path), "added": len(rows), "skipped_noisy": noisy,
+            "calibration_size": len(profile.calibration), "refit": refit, "why": why}

@@ -1,0 +1,115 @@
+"""``RUN_DIR/export/report.json``: what was exported, how it was checked, what it measured, and where.
+
+Schema (version 1), top level: ``schema, schema_version, complete, created, run_dir, space, dataset,
+profile {name, spec, sha256, reference, run_profile_sha256}, budget {max_latency_ms, max_params, max_macs},
+settings {...the options, precision, engine_precision, batch, threads, measured, timing_protocol,
+predicted_by}, environment {runtime, precision, threads, batch, versions, device, profile_device,
+profile_runtime, same_machine, mismatch, tensorrt}, nets [...], notes [...], feedback {applied, added,
+skipped_noisy, why, ...} or null, summary {passed, checked, over_budget, failed, nets, ok, noisy,
+within_10pct, compared}``. ``complete`` is false while nets are still being exported.
+
+Each net: ``rank, arch, params, macs, predicted {latency_ms, accuracy}, files {onnx {path, bytes, sha256,
+nodes, opset, input_shape, reused}, engine? {path, bytes, precision}}, checks [NumericCheck.to_dict(), one
+per runtime], measured {backend: Measurement.to_dict()}, noisy?, latency_error_pct?, within_10pct?,
+budget_ms, status, reasons, timing_s {export, check, engine?, measure?}``. ``noisy``: the timing's
+coefficient of variation stayed above the protocol's limit. ``status``: passed (measured within budget),
+checked (numerics only, not measured), over_budget, failed (a check or a build failed).
+"""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+from importlib.util import find_spec
+from pathlib import Path
+
+from ..files import atomic_write_json
+
+SCHEMA = "pomonag-edge/export-report"
+SCHEMA_VERSION = 1
+NET_STATUSES = ("passed", "checked", "over_budget", "failed")
+
+
+def versions(tensorrt: bool = False) -> dict:
+    """Versions of everything that changes an exported file or a measured number."""
+    out = {"python": platform.python_version()}
+    for key, dists in (("pomonag-edge", ["pomonag-edge"]), ("torch", ["torch"]), ("onnx", ["onnx"]),
+                       ("onnxruntime", ["onnxruntime", "onnxruntime-gpu"])):
+        out[key] = None
+        for dist in dists:
+            try:
+                out[key] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    if tensorrt and find_spec("tensorrt") is not None:
+        import tensorrt as trt  # only reached on a machine that builds engines
+
+        out["tensorrt"] = trt.__version__
+    return out
+
+
+def environment(backend: str, precision: str, threads: int, batch: int, detected: dict, profile,
+                mismatch: list[str], tensorrt: bool) -> dict:
+    return {"runtime": backend, "precision": precision, "threads": threads, "batch": batch,
+            "versions": versions(tensorrt), "device": detected, "profile_device": profile.device,
+            "profile_runtime": profile.runtime, "same_machine": not mismatch, "mismatch": mismatch,
+            "tensorrt": tensorrt}
+
+
+def write_report(path: str | Path, report: dict) -> Path:
+    return atomic_write_json(path, report)
+
+
+def render(report: dict, console) -> None:
+    """The rich table: one row per net, then notes and the summary line."""
+    from rich import box
+    from rich.table import Table
+
+    budget = report["budget"].get("max_latency_ms")
+    env = report["environment"]
+    title = (f"export of {report['run_dir']}  ·  profile {report['profile']['name']}  ·  {env['runtime']} "
+             f"{env['precision']}, {env['threads']} thread(s), batch {env['batch']}"
+             + (f"  ·  budget {budget:g} ms" if budget else ""))
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    names = [Path(n["files"]["onnx"]["path"]).stem if "onnx" in n["files"] else "-" for n in report["nets"]]
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("file (.onnx)", overflow="fold")
+    for col in ("rel err", "pred ms", "median", "p90", "err %", "status"):
+        table.add_column(col, justify="left" if col == "status" else "right", no_wrap=True)
+    style = {"passed": "green", "checked": "cyan", "over_budget": "yellow", "failed": "bold red"}
+    for n, name in zip(report["nets"], names):
+        name += " +engine" if "engine" in n["files"] else ""
+        rel = [c["max_rel_error"] for c in n["checks"] if c["max_rel_error"] is not None]
+        m = n["measured"].get(env["runtime"])
+        pred = n["predicted"]["latency_ms"]
+        table.add_row(str(n["rank"]), name, f"{max(rel):.1e}" if rel else "-",
+                      f"{pred:.3f}" if pred else "-", f"{m['median_ms']:.3f}" if m else "-",
+                      f"{m['p90_ms']:.3f}" if m else "-",
+                      f"{n['latency_error_pct']:+.1f}" if n.get("latency_error_pct") is not None else "-",
+                      f"[{style[n['status']]}]{n['status']}[/]")
+    console.print(table)
+    for n in report["nets"]:
+        for reason in n["reasons"]:
+            console.print(f"[red]net {n['rank']}[/]: {reason}", highlight=False, soft_wrap=True)
+    for note in report["notes"]:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    fb = report.get("feedback")
+    if fb and not fb.get("applied"):
+        console.print(f"feedback: none ({fb['why']})", highlight=False, soft_wrap=True)
+    if fb and fb.get("applied"):
+        console.print(f"feedback: {fb['added']} measured latencies added to {fb['profile']} "
+                      f"({fb['calibration_size']} calibration nets){', latency model refit' if fb['refit'] else ''}"
+                      + (f"; {fb['skipped_noisy']} noisy timing(s) left out" if fb.get("skipped_noisy") else "")
+                      + (f"; {fb['why']}" if fb.get("why") else ""), highlight=False, soft_wrap=True)
+    s = report["summary"]
+    if s.get("noisy"):
+        console.print(f"note: {s['noisy']} of {s['nets']} timings stayed noisy after the protocol's repeats "
+                      "(coefficient of variation above its limit): another load on this machine? Re-time on a quiet "
+                      "machine with "
+                      f"`pomonag-edge export {report['run_dir']} --measure`", highlight=False, soft_wrap=True)
+    line = (f"{s['passed']} passed, {s['checked']} checked only, {s['over_budget']} over budget, {s['failed']} failed"
+            + (f"; {s['within_10pct']}/{s['compared']} measured within ±10% of predicted" if s["compared"] else ""))
+    console.print(line + f"  ->  {report.get('path', '')}", highlight=False, soft_wrap=True)
+
+

@@ -1,0 +1,104 @@
+"""Reading a ``generate`` run: its folder, its manifest and its ranked Pareto set."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+
+RUNS_DIR = Path("runs")
+
+
+@dataclass
+class Run:
+    """What ``export`` needs from a run folder."""
+
+    path: Path
+    space: str
+    dataset: str | None
+    candidates: list[dict]  # pareto.json items in rank order
+    budget: dict = field(default_factory=dict)  # max_latency_ms, max_params, max_macs (None = unconstrained)
+    profile_spec: str | None = None
+    profile_sha256: str | None = None
+    manifest: dict = field(default_factory=dict)
+
+
+def resolve_run_dir(spec: str | os.PathLike | None, folder: str | os.PathLike = RUNS_DIR) -> Path:
+    """The folder the user named, or the newest folder under ./runs holding a pareto.json."""
+    if spec is not None:
+        path = Path(spec)
+        if not path.is_dir():
+            raise UserError(f"run folder {path} does not exist")
+        return path
+    runs = [p for p in Path(folder).glob("*/") if (p / "pareto.json").is_file()]
+    if not runs:
+        raise UserError(f"no run found under ./{Path(folder)}: run `pomonag-edge generate` first or pass RUN_DIR")
+    return max(runs, key=lambda p: p.stat().st_mtime)
+
+
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist: is {path.parent} a `pomonag-edge generate` run folder?") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{what} {path} is unreadable or corrupt: {e}") from None
+
+
+def load_run(path: str | os.PathLike) -> Run:
+    path = Path(path)
+    pareto = _read_json(path / "pareto.json", "Pareto set")
+    if not isinstance(pareto, list) or not all(isinstance(i, dict) and "arch" in i for i in pareto):
+        raise UserError(f"{path / 'pareto.json'} must be a JSON list of objects with an 'arch' field")
+    manifest_path = path / "manifest.json"
+    manifest = _read_json(manifest_path, "run manifest") if manifest_path.exists() else {}
+    space = manifest.get("space", "nb201")
+    if isinstance(space, dict):
+        space = space.get("name", "nb201")
+    profile = manifest.get("profile")
+    spec = sha = None
+    if isinstance(profile, dict):
+        spec = profile.get("path") or profile.get("spec")
+        sha = profile.get("sha256")
+    elif isinstance(profile, str):
+        spec, sha = profile, manifest.get("profile_sha256")
+    budget = manifest.get("budget") or {}
+    return Run(path=path, space=str(space), dataset=manifest.get("dataset"), candidates=pareto,
+               budget={k: budget.get(k) for k in ("max_latency_ms", "max_params", "max_macs")},
+               profile_spec=spec, profile_sha256=sha, manifest=manifest)
+
+
+def profile_spec_for(run: Run, folder: str | os.PathLike | None = None) -> str:
+    """The run's own profile as a ``--profile`` spec.
+
+    A reference name is used as is; a path is tried from here, then from the run folder. A run made
+    with the default profile records no spec: the profile in ./profiles with the recorded hash is
+    used, else ./profiles/<name>.json (it may have gained calibration timings since).
+    """
+    from ..profile import PROFILES_DIR, Profile
+
+    spec, folder = run.profile_spec, Path(folder or PROFILES_DIR)
+    info = run.manifest.get("profile") if isinstance(run.manifest.get("profile"), dict) else {}
+    if spec is None and info.get("reference"):
+        return str(info["reference"])
+    if spec is None:
+        for path in sorted(folder.glob("*.json")):
+            try:
+                if Profile.from_dict(json.loads(path.read_text(encoding="utf-8"))).sha256 == run.profile_sha256:
+                    return str(path)
+            except (OSError, ValueError, UserError):
+                continue
+        if info.get("name") and (folder / f"{info['name']}.json").exists():
+            return str(folder / f"{info['name']}.json")
+        raise UserError(f"the run's profile ({info.get('name', 'unnamed')}, sha256 {run.profile_sha256}) is not in "
+                        f"./{folder}: pass --profile PATH|NAME")
+    if os.path.sep in spec or spec.endswith(".json"):
+        candidate = Path(spec)
+        if not candidate.exists() and not candidate.is_absolute() and (run.path / candidate).exists():
+            return str(run.path / candidate)
+        if not candidate.exists():
+            raise UserError(f"the run's profile {spec} is not found from here: pass --profile PATH|NAME")
+    return spec

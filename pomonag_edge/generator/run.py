@@ -1,0 +1,166 @@
+"""One ``generate`` request end to end: resolve inputs, run the search, write the run folder.
+
+Kept apart from the CLI so tests, benchmarks and the export stage call the same function. The files and
+their keys are documented in ``pomonag_edge/search.py``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import __version__
+from ..errors import UserError
+from ..files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..search import (OBJECTIVES, SearchProblem, SearchResult, describe_budget, make_strategy, parse_weights,
+                      predictors_for, run_search)
+from ..units import Budget, format_count
+
+RUN_SCHEMA = "pomonag-edge/run"
+RUN_SCHEMA_VERSION = 1
+CSV_FIELDS = ("rank", "arch", "accuracy", "latency_ms", "latency_ms_with_margin", "params", "macs", "feasible",
+              "front", "index")
+
+
+@dataclass
+class Run:
+    out: Path
+    problem: SearchProblem
+    result: SearchResult
+    manifest: dict
+
+
+def new_run_dir(root: str | Path = "runs") -> Path:
+    """A fresh folder ``runs/<UTC time>-<n>`` that no other run uses."""
+    root = Path(root)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    for n in range(1000):
+        path = root / (stamp if n == 0 else f"{stamp}-{n}")
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            return path
+        except FileExistsError:
+            continue
+    raise UserError(f"cannot create a new run folder under {root}")
+
+
+def generate_run(*, space="nb201", profile=None, dataset=None, max_latency=None, max_params=None, max_macs=None,
+                 weights=None, num=10, samples=512, strategy="diffusion", seed=0, out=None, progress=None,
+                 predictors=None, strategy_options=None, command=None) -> Run:
+    """Resolve the profile, budget and weights; search; write the run folder (unless nothing is feasible).
+
+    ``predictors`` overrides the profile's predictors (tests and benchmarks pass measured tables).
+    """
+    from ..profile import resolve_profile
+    from ..spaces import get_space
+
+    sp = get_space(space)
+    budget = Budget.parse(max_latency, max_params, max_macs)
+    w = parse_weights(weights)
+    dataset = dataset or sp.default_dataset
+    if dataset not in sp.datasets:
+        raise UserError(f"unknown dataset {dataset!r} for {sp.name}; choose one of {', '.join(sp.datasets)}")
+    prof = resolve_profile(profile)
+    if prof.space != sp.name:
+        raise UserError(f"profile {prof.name} is for space {prof.space}, not {sp.name}")
+    preds = predictors if predictors is not None else predictors_for(sp, prof, dataset)
+    problem = SearchProblem(sp, dataset, budget, preds)
+    strat = make_strategy(strategy, weights=w, **(strategy_options or {}))
+    result = run_search(problem, strat, samples=samples, num=num, seed=seed, progress=progress)
+    manifest = {
+        "schema": RUN_SCHEMA, "schema_version": RUN_SCHEMA_VERSION, "space": sp.name, "dataset": dataset,
+        "profile": {"spec": profile, "name": prof.name, "sha256": prof.sha256, "reference": prof.reference},
+        "budget": budget.to_dict(), "budget_text": describe_budget(budget),
+        "margin": problem.margin, "latency_limit_ms": problem.latency_limit_ms,
+        "weights": w, "strategy": strategy, "num": num, "samples": samples, "seed": seed,
+        "predictors": preds.source, "stats": result.stats,
+        "generator": getattr(strat, "info", None) or None, "versions": _versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": command,
+    }
+    out_dir = Path(out) if out is not None else None
+    if result.selected:
+        out_dir = out_dir or new_run_dir()
+        write_run(out_dir, result, manifest, problem)
+    return Run(out=out_dir, problem=problem, result=result, manifest=manifest)
+
+
+def write_run(out: Path, result: SearchResult, manifest: dict, problem: SearchProblem) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "pareto.json", result.selected)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(result.selected)
+    atomic_write_text(out / "pareto.csv", buf.getvalue())
+    atomic_write_json(out / "manifest.json", manifest)
+    atomic_write_bytes(out / "pareto.png", plot_png(result, problem))
+
+
+def plot_png(result: SearchResult, problem: SearchProblem) -> bytes:
+    """Accuracy vs latency of the scored candidates, the front highlighted, the budget line drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    rest = [r for r in result.scored if r.get("front") != 0]
+    ax.scatter([r["latency_ms"] for r in rest], [r["accuracy"] for r in rest], s=6, c="#bbbbbb",
+               label=f"other candidates ({len(rest)})")
+    front = result.front
+    ax.scatter([r["latency_ms"] for r in front], [r["accuracy"] for r in front], s=14, c="#9ecae1",
+               label=f"feasible front ({len(front)})")
+    sel = result.selected
+    ax.scatter([r["latency_ms"] for r in sel], [r["accuracy"] for r in sel], s=36, c="#d62728", marker="*",
+               label=f"returned ({len(sel)})", zorder=3)
+    b = problem.budget.max_latency_ms
+    if b is not None:
+        ax.axvline(b, color="k", ls="--", lw=1, label=f"budget {b:g} ms")
+        if problem.margin > 0:
+            ax.axvline(problem.latency_limit_ms, color="gray", ls=":", lw=1,
+                       label=f"budget less margin ({problem.margin:.1%})")
+    ax.set_xlabel("predicted latency (ms)")
+    ax.set_ylabel(f"predicted accuracy (%, {problem.dataset})")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def render_table(rows, problem, title: str = ""):
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("#", justify="right")
+    table.add_column("arch", overflow="fold", min_width=20)
+    for name, justify in (("accuracy %", "right"), ("latency ms", "right"),
+                          ("params", "right"), ("MACs", "right"), ("within budget", "center")):
+        table.add_column(name, justify=justify)
+    for i, r in enumerate(rows, start=1):
+        table.add_row(str(r.get("rank") or i), r["arch"], f"{r['accuracy']:.2f}", f"{r['latency_ms']:.3f}",
+                      format_count(r["params"]), format_count(r["macs"]), "yes" if r["feasible"] else "no")
+    return table
+
+
+def _versions() -> dict:
+    import platform
+
+    import numpy as np
+
+    v = {"pomonag_edge": __version__, "numpy": np.__version__, "python": platform.python_version()}
+    try:
+        import torch
+
+        v["torch"] = torch.__version__
+    except ImportError:
+        pass
+    return v
+
+
+__all__ = ["Run", "generate_run", "write_run", "new_run_dir", "OBJECTIVES"]

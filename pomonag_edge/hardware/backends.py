@@ -1,0 +1,324 @@
+"""Runtime backends behind one small interface: load a model, run it on fixed inputs, time it.
+
+    runnable = get_backend("onnxruntime", threads=1).load("net.onnx")   # or bytes, or a torch.nn.Module
+    outputs = runnable.run({"input": x})                                 # list of numpy arrays
+    stats = runnable.measure(QUICK)                                      # Measurement (median_ms, p90_ms, ...)
+
+ONNX Runtime on the CPU is the default deployment runtime; TensorRT (``tensorrt.py``) is the one for
+NVIDIA GPUs and Jetson. The PyTorch backends time a ``torch.nn.Module`` directly: ``torch-cuda`` gives
+``--device gpu`` a measured path where TensorRT is absent, ``torch-cpu`` is a fallback, never a default.
+torch, onnxruntime and tensorrt are imported only when a backend is made.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+import numpy as np
+
+from ..errors import MissingDependencyError, UserError
+from .timing import CLOCKS, DEFAULT, Measurement, Protocol, measure, wall_clock
+
+PRECISIONS = ("fp32", "fp16")
+OPSET = 17
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    name: str
+    summary: str
+    gpu: bool  # needs an NVIDIA GPU
+    reads_onnx: bool  # False: times a torch.nn.Module instead
+
+
+BACKENDS = {
+    "onnxruntime": BackendInfo("onnxruntime", "ONNX Runtime, CPU execution provider", False, True),
+    "onnxruntime-cuda": BackendInfo("onnxruntime-cuda", "ONNX Runtime, CUDA execution provider", True, True),
+    "onnxruntime-trt": BackendInfo("onnxruntime-trt", "ONNX Runtime, TensorRT execution provider", True, True),
+    "tensorrt": BackendInfo("tensorrt", "TensorRT engine built from ONNX, timed with CUDA events", True, True),
+    "torch-cuda": BackendInfo("torch-cuda", "PyTorch on CUDA, CUDA events (+ CUDA graphs)", True, False),
+    "torch-cpu": BackendInfo("torch-cpu", "PyTorch eager on the CPU (fallback, not a deployment number)", False,
+                             False),
+}
+
+
+def get_backend(name: str, precision: str = "fp32", threads: int = 1, **options):
+    """A backend by name; raises ``UserError`` for an unknown name or setting, ``MissingDependencyError``
+    when this machine lacks what it needs. ``options``: ``clock`` ("wall" or "cpu", onnxruntime on the
+    CPU), ``cuda_graphs`` (torch-cuda), ``workspace_mb`` (tensorrt)."""
+    if name not in BACKENDS:
+        raise UserError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if not isinstance(threads, int) or threads < 1:
+        raise UserError(f"threads must be a positive integer, got {threads!r}")
+    clock = options.pop("clock", "wall")
+    if name.startswith("onnxruntime"):
+        return OnnxRuntimeBackend(name.partition("-")[2] or "cpu", precision, threads, clock=clock)
+    if clock != "wall":
+        raise UserError(f"--clock {clock} works only with backend onnxruntime (CPU, 1 thread); {name} uses "
+                        "the wall clock or CUDA events")
+    if name == "tensorrt":
+        from .tensorrt import TensorRTBackend
+
+        return TensorRTBackend(precision, **options)
+    return TorchBackend("cuda" if name == "torch-cuda" else "cpu", precision, threads, **options)
+
+
+def backend_available(name: str) -> tuple[bool, str]:
+    """(usable here, reason if not), without building anything heavy."""
+    try:
+        get_backend(name)
+    except UserError as e:
+        return False, str(e)
+    return True, ""
+
+
+# ----------------------------------------------------------------------------- model sources
+
+
+def onnx_bytes(module, inputs: dict[str, np.ndarray]) -> bytes:
+    """Export a ``torch.nn.Module`` (in eval mode) to ONNX with the legacy exporter at opset 17.
+
+    ``inputs`` fixes the input names and shapes (static shapes, as TensorRT and the LUT need)."""
+    import torch
+
+    args = tuple(torch.from_numpy(np.ascontiguousarray(v)) for v in inputs.values())
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
+        torch.onnx.export(module.eval(), args, buf, dynamo=False, opset_version=OPSET,
+                          input_names=list(inputs), output_names=["output"])
+    return buf.getvalue()
+
+
+def _is_module(model) -> bool:
+    return hasattr(model, "forward") and hasattr(model, "parameters")
+
+
+def _read_onnx(model, inputs) -> bytes:
+    """ONNX bytes from a path, bytes, an ``onnx.ModelProto`` or a module (exported with ``inputs``)."""
+    if isinstance(model, (bytes, bytearray)):
+        return bytes(model)
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if not path.is_file():
+            raise UserError(f"ONNX model {path} does not exist")
+        return path.read_bytes()
+    if _is_module(model):
+        if inputs is None:
+            raise ValueError("exporting a torch module needs example inputs")
+        return onnx_bytes(model, inputs)
+    if hasattr(model, "SerializeToString"):
+        return model.SerializeToString()
+    raise TypeError(f"cannot load a model of type {type(model).__name__}")
+
+
+def random_inputs(specs: list[tuple[str, tuple[int, ...], np.dtype]], seed: int = 0) -> dict[str, np.ndarray]:
+    """Fixed inputs for timing: standard normal floats, zeros for integer inputs."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape, dtype in specs:
+        dtype = np.dtype(dtype)
+        out[name] = (rng.standard_normal(shape).astype(dtype) if dtype.kind == "f" else np.zeros(shape, dtype))
+    return out
+
+
+# ----------------------------------------------------------------------------- the runnable
+
+
+class Runnable:
+    """A loaded model with fixed inputs. Subclasses set ``inputs`` and implement ``run`` and ``run_once_ms``."""
+
+    backend: str
+    inputs: dict[str, np.ndarray]
+
+    def run(self, inputs: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def run_once_ms(self) -> float:
+        """One forward pass on the fixed inputs; returns its duration in milliseconds."""
+        raise NotImplementedError
+
+    def measure(self, protocol: Protocol = DEFAULT) -> Measurement:
+        return measure(self.run_once_ms, protocol)
+
+
+# ----------------------------------------------------------------------------- ONNX Runtime
+
+_ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                  "trt": "TensorrtExecutionProvider"}
+
+
+class OnnxRuntimeBackend:
+    """ONNX Runtime with a fixed intra-op thread count and sequential execution.
+
+    On CUDA the timed call includes copying inputs and outputs between host and device, as a
+    ``session.run`` caller pays them."""
+
+    def __init__(self, provider: str = "cpu", precision: str = "fp32", threads: int = 1, clock: str = "wall"):
+        import onnxruntime as ort
+
+        self.ort, self.provider, self.precision, self.threads = ort, provider, precision, threads
+        if clock not in CLOCKS:
+            raise UserError(f"unknown clock {clock!r}; choose one of {', '.join(CLOCKS)}")
+        if clock == "cpu" and (provider != "cpu" or threads != 1):
+            raise UserError("--clock cpu measures the calling thread only: it needs backend onnxruntime "
+                            "with --threads 1")
+        self.clock = clock
+        self.name = "onnxruntime" if provider == "cpu" else f"onnxruntime-{provider}"
+        wanted = _ORT_PROVIDERS[provider]
+        if wanted not in ort.get_available_providers():
+            raise MissingDependencyError(
+                f"this onnxruntime ({ort.__version__}) has no {wanted} (it offers "
+                f"{', '.join(ort.get_available_providers())}): pip install onnxruntime-gpu, "
+                "or choose another --backend")
+        if precision == "fp16" and provider != "trt":
+            raise UserError(f"--precision fp16 is not supported by backend {self.name}: "
+                            "use tensorrt or onnxruntime-trt for fp16")
+
+    def version(self) -> dict:
+        return {"onnxruntime": self.ort.__version__}
+
+    def _providers(self) -> list:
+        if self.provider == "cpu":
+            return ["CPUExecutionProvider"]
+        cuda = ("CUDAExecutionProvider", {"device_id": 0})
+        if self.provider == "cuda":
+            return [cuda, "CPUExecutionProvider"]
+        trt = ("TensorrtExecutionProvider", {"device_id": 0, "trt_fp16_enable": self.precision == "fp16"})
+        return [trt, cuda, "CPUExecutionProvider"]
+
+    def load(self, model, inputs: dict[str, np.ndarray] | None = None) -> "OnnxRuntimeRunnable":
+        ort = self.ort
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        session = ort.InferenceSession(_read_onnx(model, inputs), options, providers=self._providers())
+        wanted = _ORT_PROVIDERS[self.provider]
+        if wanted not in session.get_providers():  # onnxruntime falls back to the CPU silently
+            raise MissingDependencyError(f"onnxruntime could not start {wanted} on this machine (CUDA libraries "
+                                         "missing?); choose another --backend")
+        return OnnxRuntimeRunnable(self.name, session, inputs, CLOCKS[self.clock])
+
+
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+               "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
+
+
+class OnnxRuntimeRunnable(Runnable):
+    def __init__(self, backend: str, session, inputs: dict[str, np.ndarray] | None, clock=wall_clock):
+        self.backend, self.session = backend, session
+        specs = [(i.name, tuple(d if isinstance(d, int) else 1 for d in i.shape), _ORT_DTYPES.get(i.type, np.float32))
+                 for i in session.get_inputs()]
+        self.inputs = dict(inputs) if inputs is not None else random_inputs(specs)
+        self.input_names = [s[0] for s in specs]
+        self.output_names = [o.name for o in session.get_outputs()]
+        self._timed = clock(lambda: self.session.run(None, self.inputs))
+
+    def run(self, inputs: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        return self.session.run(None, self.inputs if inputs is None else inputs)
+
+    def run_once_ms(self) -> float:
+        return self._timed()
+
+
+# ----------------------------------------------------------------------------- PyTorch
+
+
+class TorchBackend:
+    """PyTorch eager on CPU (fallback) or CUDA (CUDA events; CUDA graphs by default to drop launch cost).
+
+    It times a ``torch.nn.Module`` and cannot read ONNX."""
+
+    def __init__(self, device: str = "cpu", precision: str = "fp32", threads: int = 1, cuda_graphs: bool = True):
+        import torch
+
+        self.torch, self.device, self.precision, self.threads = torch, device, precision, threads
+        self.cuda_graphs = cuda_graphs and device == "cuda"
+        self.name = f"torch-{device}"
+        if device == "cuda" and not torch.cuda.is_available():
+            raise MissingDependencyError(f"backend torch-cuda needs PyTorch with CUDA and an NVIDIA GPU; this torch "
+                                         f"({torch.__version__}) sees none")
+        if device == "cpu" and precision == "fp16":
+            raise UserError("--precision fp16 is not supported by backend torch-cpu")
+
+    def version(self) -> dict:
+        v = {"torch": self.torch.__version__}
+        if self.device == "cuda":
+            v["torch_cuda"] = self.torch.version.cuda
+        return v
+
+    def load(self, model, inputs: dict[str, np.ndarray] | None = None) -> "TorchRunnable":
+        if not _is_module(model):
+            raise UserError(f"backend {self.name} times a torch.nn.Module, not an ONNX model; "
+                            "use --backend onnxruntime or tensorrt for ONNX files")
+        if inputs is None:
+            raise ValueError("a torch backend needs example inputs (name -> array) to fix the input shapes")
+        if self.device == "cpu":
+            self.torch.set_num_threads(self.threads)
+        return TorchRunnable(self, model, inputs)
+
+
+class TorchRunnable(Runnable):
+    def __init__(self, backend: TorchBackend, module, inputs: dict[str, np.ndarray]):
+        torch = backend.torch
+        self.backend, self._torch, self._device = backend.name, torch, backend.device
+        self._dtype = torch.float16 if backend.precision == "fp16" else torch.float32
+        self.inputs = dict(inputs)
+        self.module = module.eval().to(device=self._device, dtype=self._dtype)
+        self._static = [self._tensor(v) for v in self.inputs.values()]
+        self._graph = None
+        if backend.cuda_graphs:
+            self._capture()
+        self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) \
+            if self._device == "cuda" else None
+        self._timed = wall_clock(self._forward) if self._events is None else None
+
+    def _tensor(self, array: np.ndarray):
+        t = self._torch.from_numpy(np.ascontiguousarray(array)).to(self._device)
+        return t.to(self._dtype) if t.is_floating_point() else t
+
+    def _capture(self) -> None:
+        torch = self._torch
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.inference_mode(), torch.cuda.stream(stream):
+            for _ in range(3):  # warm-up on a side stream before capture, as the CUDA graphs docs ask
+                self.module(*self._static)
+        torch.cuda.current_stream().wait_stream(stream)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(self._graph):
+            self._graph_out = self.module(*self._static)
+
+    def _forward(self):
+        if self._graph is not None:
+            self._graph.replay()
+            return self._graph_out
+        with self._torch.inference_mode():
+            return self.module(*self._static)
+
+    def run(self, inputs: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        if inputs is not None:
+            for static, value in zip(self._static, inputs.values()):
+                static.copy_(self._tensor(value))
+        out = self._forward()
+        outs = out if isinstance(out, (tuple, list)) else [out]
+        return [o.detach().float().cpu().numpy() for o in outs]
+
+    def run_once_ms(self) -> float:
+        if self._events is None:
+            return self._timed()
+        start, end = self._events
+        start.record()
+        self._forward()
+        end.record()
+        end.synchronize()
+        return float(start.elapsed_time(end))
+

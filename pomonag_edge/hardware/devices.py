@@ -1,0 +1,230 @@
+"""Device descriptors (``pomonag_edge/devices/*.toml``) and detection of the facts that change a latency.
+
+A descriptor says how to profile a kind of device (backends in order of preference, precision, batch,
+threads) and what hardware it needs; ``detect_device`` records what this machine is (CPU, GPU, driver,
+CUDA, TensorRT, onnxruntime, Jetson model and power mode), read without importing torch or tensorrt.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass
+from importlib import metadata, resources
+from pathlib import Path
+
+from ..errors import UserError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+REQUIREMENTS = ("nvidia-gpu", "jetson")
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    name: str
+    description: str
+    backends: tuple[str, ...]
+    precision: str = "fp32"
+    batch: int = 1
+    threads: int = 1
+    requires: str | None = None  # "nvidia-gpu", "jetson" or None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _descriptor_files() -> dict[str, object]:
+    folder = resources.files("pomonag_edge").joinpath("devices")
+    return {Path(f.name).stem: f for f in folder.iterdir() if f.name.endswith(".toml")}
+
+
+def descriptor_names() -> list[str]:
+    return sorted(_descriptor_files())
+
+
+def load_descriptor(name: str) -> Descriptor:
+    """A shipped descriptor by name, or a TOML file of the same form by path."""
+    from .backends import BACKENDS, PRECISIONS
+
+    files = _descriptor_files()
+    if name in files:
+        source, text = f"device {name!r}", files[name].read_text(encoding="utf-8")
+    elif name.endswith(".toml") and Path(name).is_file():
+        source, text = f"device file {name}", Path(name).read_text(encoding="utf-8")
+    else:
+        raise UserError(f"unknown device {name!r}; known devices: {', '.join(sorted(files))} (or a path to a .toml)")
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{source} is not valid TOML: {e}") from None
+    fields = set(Descriptor.__dataclass_fields__) - {"name"}
+    unknown = set(raw) - fields
+    if unknown:
+        raise UserError(f"{source}: unknown field(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(fields))}")
+    try:
+        d = Descriptor(name=Path(name).stem, description=str(raw.get("description", "")),
+                       backends=tuple(raw["backends"]), precision=raw.get("precision", "fp32"),
+                       batch=int(raw.get("batch", 1)), threads=int(raw.get("threads", 1)),
+                       requires=raw.get("requires"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{source} is malformed: {e}") from None
+    bad = [b for b in d.backends if b not in BACKENDS]
+    if not d.backends or bad:
+        raise UserError(f"{source}: backends must list some of {', '.join(BACKENDS)} (got {list(d.backends)})")
+    if d.precision not in PRECISIONS or d.batch < 1 or d.threads < 1:
+        raise UserError(f"{source}: precision must be one of {', '.join(PRECISIONS)}, batch and threads >= 1")
+    if d.requires is not None and d.requires not in REQUIREMENTS:
+        raise UserError(f"{source}: requires must be one of {', '.join(REQUIREMENTS)}")
+    return d
+
+
+# ----------------------------------------------------------------------------- detection
+
+
+def _run(args: list[str], timeout: float = 10.0) -> str | None:
+    if shutil.which(args[0]) is None:
+        return None
+    try:
+        out = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_facts(root: Path = Path("/")) -> dict:
+    model = None
+    info = _read(root / "proc/cpuinfo") or ""
+    m = re.search(r"^(?:model name|Model|Hardware)\s*:\s*(.+)$", info, re.MULTILINE)
+    if m:
+        model = m.group(1).strip()
+    facts = {"cpu": model or platform.processor() or platform.machine(), "cpu_cores": os.cpu_count()}
+    if hasattr(os, "sched_getaffinity"):
+        facts["cpu_cores_usable"] = len(os.sched_getaffinity(0))
+    governor = _read(root / "sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
+    if governor:
+        facts["cpu_governor"] = governor.strip()
+    return facts
+
+
+def parse_nvidia_smi(query: str | None, banner: str | None) -> dict:
+    """``nvidia-smi --query-gpu=name,driver_version --format=csv,noheader`` and the plain banner."""
+    facts: dict = {}
+    if query:
+        rows = [r.split(",") for r in query.strip().splitlines() if r.strip()]
+        if rows:
+            facts["gpu"] = rows[0][0].strip()
+            facts["gpu_count"] = len(rows)
+            if len(rows[0]) > 1:
+                facts["gpu_driver"] = rows[0][1].strip()
+    if banner:
+        m = re.search(r"CUDA Version:\s*([0-9.]+)", banner)
+        if m:
+            facts["cuda"] = m.group(1)
+    return facts
+
+
+def gpu_facts(root: Path = Path("/")) -> dict:
+    """From nvidia-smi, else from the driver's /proc files (containers without nvidia-smi)."""
+    query = _run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"])
+    if query:
+        return parse_nvidia_smi(query, _run(["nvidia-smi"]))
+    facts: dict = {}
+    infos = sorted((root / "proc/driver/nvidia/gpus").glob("*/information"))
+    for info in infos:
+        m = re.search(r"^Model:\s*(.+)$", _read(info) or "", re.MULTILINE)
+        if m and "gpu" not in facts:
+            facts.update(gpu=m.group(1).strip(), gpu_count=len(infos))
+    version = _read(root / "proc/driver/nvidia/version") or ""
+    m = re.search(r"Kernel Module\s+(?:for \S+\s+)?([0-9.]+)", version)
+    if m and facts:
+        facts["gpu_driver"] = m.group(1)
+    return facts
+
+
+def parse_tegra_release(text: str) -> str | None:
+    """``# R35 (release), REVISION: 4.1, ...`` -> ``'35.4.1'`` (the L4T version)."""
+    m = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([0-9.]+)", text)
+    return f"{m.group(1)}.{m.group(2)}" if m else None
+
+
+def parse_nvpmodel(text: str) -> str | None:
+    """``nvpmodel -q`` prints ``NV Power Mode: MAXN`` then the mode id."""
+    m = re.search(r"NV Power Mode:[ \t]*(\S+)[ \t]*(?:\r?\n\s*(\d+))?", text)
+    if not m:
+        return None
+    return f"{m.group(1)} ({m.group(2)})" if m.group(2) else m.group(1)
+
+
+def jetson_facts(root: Path = Path("/")) -> dict:
+    """Empty unless this is a Jetson (``/etc/nv_tegra_release`` exists)."""
+    release = _read(root / "etc/nv_tegra_release")
+    if release is None:
+        return {}
+    facts = {"jetson": True, "l4t": parse_tegra_release(release)}
+    model = _read(root / "proc/device-tree/model")
+    if model:
+        facts["jetson_model"] = model.strip("\x00\n ")
+    power = _run(["nvpmodel", "-q"])
+    if power:
+        facts["power_mode"] = parse_nvpmodel(power)
+    return facts
+
+
+def detect_device() -> dict:
+    """Facts about this machine that change a latency; missing ones are simply absent."""
+    facts = {"os": platform.platform(), "machine": platform.machine(), "python": platform.python_version()}
+    facts.update(cpu_facts())
+    facts.update(gpu_facts())
+    facts.update(jetson_facts())
+    for dist, key in (("onnxruntime", "onnxruntime"), ("onnxruntime-gpu", "onnxruntime"),
+                      ("tensorrt", "tensorrt"), ("torch", "torch")):
+        version = _version(dist)
+        if version and key not in facts:
+            facts[key] = version
+    return facts
+
+
+def check_hardware(descriptor: Descriptor, facts: dict) -> None:
+    """Raise one clear line when this machine lacks what the descriptor needs."""
+    if descriptor.requires == "jetson" and not facts.get("jetson"):
+        raise UserError(f"--device {descriptor.name} needs an NVIDIA Jetson and this machine is not one (no "
+                        "/etc/nv_tegra_release): run `pomonag-edge profile` on the Jetson, or use --device cpu here")
+    if descriptor.requires == "nvidia-gpu" and not (facts.get("gpu") or facts.get("jetson")):
+        raise UserError(f"--device {descriptor.name} needs an NVIDIA GPU and none was found (nvidia-smi lists none): "
+                        "run on the GPU machine, or use --device cpu here")
+
+
+def choose_backend(descriptor: Descriptor, requested: str | None = None) -> tuple[str, list[str]]:
+    """The backend to use and the reasons the preferred ones were skipped (shown to the user)."""
+    from .backends import backend_available
+
+    if requested:
+        return requested, []
+    skipped = []
+    for name in descriptor.backends:
+        ok, reason = backend_available(name)
+        if ok:
+            return name, skipped
+        skipped.append(f"{name}: {reason}")
+    raise UserError(f"no backend of device {descriptor.name!r} works here ({'; '.join(skipped)})")

@@ -1,0 +1,197 @@
+"""TensorRT 10: build an engine from ONNX (fp32 / fp16), run it through an execution context, time it
+with CUDA events on its stream (GPU compute time with inputs resident, as trtexec reports it).
+
+TensorRT and cuda-python are imported only when this backend is made; without them the user gets one
+line saying how to install them. Written against the TensorRT 10 Python API; it could not be run in the
+workplace where it was written (no TensorRT there), so the first run on a target is its real test.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..errors import MissingDependencyError, UserError
+from .backends import Runnable, _read_onnx, random_inputs
+from .timing import DEFAULT, Measurement, Protocol
+
+INSTALL_HINT = ("pip install 'pomonag-edge[tensorrt]' on a machine with an NVIDIA GPU, or run on the target "
+                "(a Jetson's JetPack ships TensorRT)")
+_FLAGS = {"fp32": (), "fp16": ("FP16",)}
+
+
+def builder_flag_names(precision: str) -> tuple[str, ...]:
+    """Names of the ``trt.BuilderFlag`` members a precision turns on."""
+    if precision not in _FLAGS:
+        raise UserError(f"TensorRT precision {precision!r} is not supported; choose one of {', '.join(_FLAGS)}")
+    return _FLAGS[precision]
+
+
+def import_tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise MissingDependencyError(f"TensorRT is not installed here: {INSTALL_HINT}") from None
+    major = int(str(trt.__version__).split(".")[0])
+    if major < 10:
+        raise MissingDependencyError(f"TensorRT {trt.__version__} is too old (need 10 or newer): {INSTALL_HINT}")
+    return trt
+
+
+def import_cudart():
+    """cuda-python's runtime bindings (module path changed in cuda-python 12.6+)."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart
+        except ImportError:
+            raise MissingDependencyError(f"cuda-python is not installed here: {INSTALL_HINT}") from None
+    return cudart
+
+
+def cuda_check(cudart, result):
+    """cuda-python returns ``(error, *values)``; raise on error, else return the value(s)."""
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if err != cudart.cudaError_t.cudaSuccess:
+        name = cudart.cudaGetErrorName(err)[1]
+        raise RuntimeError(f"CUDA call failed: {name.decode() if isinstance(name, bytes) else name}")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+class TensorRTBackend:
+    name = "tensorrt"
+
+    def __init__(self, precision: str = "fp32", workspace_mb: int = 1024):
+        self.flags = builder_flag_names(precision)
+        self.precision, self.workspace_mb = precision, workspace_mb
+        self.trt = import_tensorrt()
+        self.cudart = import_cudart()
+        count = cuda_check(self.cudart, self.cudart.cudaGetDeviceCount())
+        if not count:
+            raise MissingDependencyError("backend tensorrt needs an NVIDIA GPU and this machine has none")
+        self.logger = self.trt.Logger(self.trt.Logger.WARNING)
+
+    def version(self) -> dict:
+        return {"tensorrt": str(self.trt.__version__)}
+
+    def build_engine(self, onnx: bytes) -> bytes:
+        """Serialized engine for this GPU, TensorRT version and precision."""
+        trt = self.trt
+        builder = trt.Builder(self.logger)
+        network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+        parser = trt.OnnxParser(network, self.logger)
+        if not parser.parse(onnx):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise UserError(f"TensorRT could not parse the ONNX model: {errors}")
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.workspace_mb << 20)
+        for flag in self.flags:
+            config.set_flag(getattr(trt.BuilderFlag, flag))
+        engine = builder.build_serialized_network(network, config)
+        if engine is None:
+            raise RuntimeError("TensorRT failed to build an engine (see the TensorRT log above)")
+        return bytes(engine)
+
+    def load(self, model, inputs: dict[str, np.ndarray] | None = None) -> "TensorRTRunnable":
+        """``model``: ONNX (path, bytes, ModelProto, or a torch module to export) or a ``.engine`` path."""
+        if isinstance(model, (str, os.PathLike)) and str(model).endswith((".engine", ".plan")):
+            with open(model, "rb") as f:
+                engine = f.read()
+        else:
+            engine = self.build_engine(_read_onnx(model, inputs))
+        return TensorRTRunnable(self, engine, inputs)
+
+
+class TensorRTRunnable(Runnable):
+    """An engine, an execution context, device buffers for every I/O tensor, one stream, two events."""
+
+    def __init__(self, backend: TensorRTBackend, engine_bytes: bytes, inputs: dict[str, np.ndarray] | None):
+        trt, cudart = backend.trt, backend.cudart
+        self.backend, self.cudart, self.engine_bytes = backend.name, cudart, engine_bytes
+        self.runtime = trt.Runtime(backend.logger)  # must outlive the engine
+        self.engine = self.runtime.deserialize_cuda_engine(engine_bytes)
+        if self.engine is None:
+            raise UserError("TensorRT could not deserialize the engine (built by another TensorRT version or GPU?)")
+        self.context = self.engine.create_execution_context()
+        self._buffers: list[int] = []
+        specs, self.output_specs = [], []
+        for i in range(self.engine.num_io_tensors):
+            name = self.engine.get_tensor_name(i)
+            shape = tuple(self.engine.get_tensor_shape(name))
+            if any(d < 0 for d in shape):
+                raise UserError(f"tensor {name!r} has a dynamic shape {shape}: export with fixed shapes")
+            dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
+            pointer = cuda_check(cudart, cudart.cudaMalloc(max(1, int(np.prod(shape)) * dtype.itemsize)))
+            self._buffers.append(pointer)
+            self.context.set_tensor_address(name, pointer)
+            is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+            (specs if is_input else self.output_specs).append((name, shape, dtype, pointer))
+        self._input_specs = specs
+        self.input_names = [s[0] for s in specs]
+        self.output_names = [s[0] for s in self.output_specs]
+        self.inputs = dict(inputs) if inputs is not None else random_inputs([s[:3] for s in specs])
+        self.stream = cuda_check(cudart, cudart.cudaStreamCreate())
+        self._start = cuda_check(cudart, cudart.cudaEventCreate())
+        self._end = cuda_check(cudart, cudart.cudaEventCreate())
+        self._upload(self.inputs)
+
+    def _upload(self, inputs: dict[str, np.ndarray]) -> None:
+        cudart = self.cudart
+        for name, shape, dtype, pointer in self._input_specs:
+            host = np.ascontiguousarray(inputs[name], dtype=dtype)
+            if host.shape != shape:
+                raise ValueError(f"input {name!r}: expected shape {shape}, got {host.shape}")
+            cuda_check(cudart, cudart.cudaMemcpyAsync(pointer, host.ctypes.data, host.nbytes,
+                                                      cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream))
+        cuda_check(cudart, cudart.cudaStreamSynchronize(self.stream))
+
+    def _execute(self) -> None:
+        if not self.context.execute_async_v3(self.stream):
+            raise RuntimeError("TensorRT execute_async_v3 failed")
+
+    def run(self, inputs: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        cudart = self.cudart
+        if inputs is not None:
+            self._upload(inputs)
+        self._execute()
+        outputs = []
+        for _, shape, dtype, pointer in self.output_specs:
+            host = np.empty(shape, dtype=dtype)
+            cuda_check(cudart, cudart.cudaMemcpyAsync(host.ctypes.data, pointer, host.nbytes,
+                                                      cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream))
+            outputs.append(host)
+        cuda_check(cudart, cudart.cudaStreamSynchronize(self.stream))
+        return outputs
+
+    def measure(self, protocol: Protocol = DEFAULT) -> Measurement:
+        self._upload(self.inputs)  # timing always runs on the fixed inputs
+        return super().measure(protocol)
+
+    def run_once_ms(self) -> float:
+        cudart = self.cudart
+        cuda_check(cudart, cudart.cudaEventRecord(self._start, self.stream))
+        self._execute()
+        cuda_check(cudart, cudart.cudaEventRecord(self._end, self.stream))
+        cuda_check(cudart, cudart.cudaEventSynchronize(self._end))
+        return float(cuda_check(cudart, cudart.cudaEventElapsedTime(self._start, self._end)))
+
+    def save_engine(self, path) -> None:
+        from ..files import atomic_write_bytes
+
+        atomic_write_bytes(path, self.engine_bytes)
+
+    def __del__(self):
+        cudart = getattr(self, "cudart", None)
+        if cudart is None:
+            return
+        for pointer in getattr(self, "_buffers", []):
+            cudart.cudaFree(pointer)
+        for event in (getattr(self, "_start", None), getattr(self, "_end", None)):
+            if event is not None:
+                cudart.cudaEventDestroy(event)
+        if getattr(self, "stream", None) is not None:
+            cudart.cudaStreamDestroy(self.stream)

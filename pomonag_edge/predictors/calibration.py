@@ -1,0 +1,74 @@
+"""Whole-net timings measured elsewhere (a CSV of ``arch,latency_ms``) turned into a profile with a fitted model."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+
+from ..errors import ArchParseError, ProfileError, UserError
+
+MIN_ROWS = 5
+
+
+def read_measurements(space, path: str | os.PathLike) -> list[dict]:
+    """Rows of ``arch,latency_ms`` as calibration items; the first bad row raises naming its line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise UserError(f"measurements file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read measurements file {path}: {e}") from None
+    reader = csv.DictReader(text.splitlines())
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    missing = [c for c in ("arch", "latency_ms") if c not in header]
+    if missing:
+        raise UserError(f"{path}: header must have columns arch,latency_ms; missing {', '.join(missing)} "
+                        f"(got {','.join(header) or 'nothing'})")
+    reader.fieldnames = header
+    items = []
+    for row in reader:
+        line = reader.line_num
+        arch_text, ms_text = (row.get("arch") or "").strip(), (row.get("latency_ms") or "").strip()
+        if not arch_text and not ms_text:
+            continue
+        try:
+            arch = space.parse(arch_text)
+        except ArchParseError as e:
+            raise UserError(f"{path}, line {line}: {e}") from None
+        try:
+            ms = float(ms_text)
+        except ValueError:
+            raise UserError(f"{path}, line {line}: latency_ms {ms_text!r} is not a number") from None
+        if not math.isfinite(ms) or ms <= 0:
+            raise UserError(f"{path}, line {line}: latency_ms must be a positive number of milliseconds, got {ms_text!r}")
+        items.append({"arch": str(arch), "latency_ms": ms})
+    if len(items) < MIN_ROWS:
+        raise UserError(f"{path}: {len(items)} measurement row(s); calibration needs at least {MIN_ROWS}")
+    return items
+
+
+def calibrate_profile(space, items: list[dict], name: str, base=None, source: str = ""):
+    """A profile for ``name`` holding ``items`` (plus ``base``'s device facts, LUT and calibration), fitted."""
+    from ..profile import Profile
+    from .latency import fit_profile_model
+
+    if base is not None:
+        if base.reference:
+            raise ProfileError(f"{base.name!r} is a reference profile (every net already measured): "
+                               "calibrate without --base")
+        if base.space != space.name:
+            raise ProfileError(f"base profile {base.name!r} is for space {base.space!r}, not {space.name!r}")
+        runtime = dict(base.runtime)
+        profile = Profile(name=name, space=base.space, dataset=base.dataset, device=dict(base.device),
+                          runtime=runtime, lut=dict(base.lut),
+                          calibration=list(base.calibration) + [dict(i, source=source) for i in items])
+        profile.runtime["calibrated_from"] = source
+    else:
+        profile = Profile(name=name, space=space.name, dataset=space.default_dataset,
+                          device={"name": name}, runtime={"backend": "measured elsewhere", "calibrated_from": source},
+                          calibration=[dict(i, source=source) for i in items])
+    profile.latency_model = fit_profile_model(space, profile)
+    return profile

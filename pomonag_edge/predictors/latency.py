@@ -1,0 +1,442 @@
+"""Latency model: a shared arch embedding pretrained on 32 measured devices, a per-device head fitted from a few timings.
+
+Why this shape: across the shipped NB201 tables, log-latency on every device is close to a linear function
+of one small learned embedding of the arch, ``log ms ~ w_d . phi(arch) + b_d``. The heads ``(w_d, b_d)`` of
+the training devices form a prior over what a device looks like, so a new device needs only a handful of
+whole-net timings: its head is the MAP estimate under that prior (Bayesian linear regression, the noise
+level chosen by marginal likelihood). This is HELP's idea (a device embedding inferred from a few measured
+nets) in closed form, with a mixture prior (see ``mixture_head``). A per-op LUT, when the profile has one, enters as one more feature, log(LUT-sum).
+
+The model knows its own error: leave-one-out (cross-validated beyond 10) residuals on the calibration
+timings give a relative-error quantile that ``generate`` adds to predictions as a budget margin.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import ProfileError, UserError
+
+LATENCY_CHECKPOINT = "latency_nb201.pt"
+MODEL_KIND = "nb201-embedding-map"
+REFERENCE_KIND = "reference-table"
+ERROR_QUANTILE = 0.9
+MIN_CALIBRATION = 3
+NOISE_GRID = np.geomspace(0.005, 0.5, 41)  # candidate noise std of log-ms
+LUT_PRIOR_STD = 1.0  # prior std of the log(LUT-sum) coefficient (prior mean 0: the embedding alone)
+POPULATION_WEIGHT = 0.2  # prior weight of the broad population Gaussian; the rest is split over device heads
+DEVICE_COV_SCALE = 0.03  # each training device's component: its head, covariance 0.03 x the population's
+
+
+# ------------------------------------------------------------------------------------------ the network
+
+
+def _build_embedding(dim: int, hidden: int):
+    import torch.nn as nn
+
+    from .features import NUM_FEATURES, nb201_features
+
+    class LatencyEmbedding(nn.Module):
+        """(n, 6, 5) encoding -> (n, dim) embedding; differentiable, so guidance can use it."""
+
+        def __init__(self):
+            super().__init__()
+            self.dim, self.hidden = dim, hidden
+            self.net = nn.Sequential(nn.Linear(NUM_FEATURES, hidden), nn.SiLU(), nn.Linear(hidden, hidden),
+                                     nn.SiLU(), nn.Linear(hidden, dim))
+
+        def forward(self, x):
+            return self.net(nb201_features(x))
+
+    return LatencyEmbedding()
+
+
+def shipped_device_tables(names: Sequence[str] | None = None) -> tuple[list[str], np.ndarray]:
+    """Device names and an (15625, D) array of measured ms (NaN = not measured), in shipped order."""
+    from ..data import nb201_latency_ms, nb201_latency_tables
+
+    if names is None:
+        names = [t.name for t in nb201_latency_tables()]
+    return list(names), np.stack([nb201_latency_ms(n) for n in names], axis=1)
+
+
+def pretrain_embedding(latency_ms: np.ndarray, dim: int = 12, hidden: int = 64, steps: int = 600,
+                       batch: int = 2048, lr: float = 3e-3, seed: int = 0, progress=None):
+    """Fit phi and one head per column of ``latency_ms`` (all 15,625 NB201 nets x D devices).
+
+    Loss: Huber on per-device standardized log-ms, NaN cells ignored. Returns the embedding module (eval mode).
+    """
+    import torch
+
+    from ..spaces.nb201 import SPACE
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.from_numpy(SPACE.encode(list(SPACE.enumerate())))
+    logy = np.log(latency_ms)
+    mean, std = np.nanmean(logy, axis=0), np.nanstd(logy, axis=0)
+    z = torch.from_numpy(np.nan_to_num((logy - mean) / std, nan=0.0)).float()
+    mask = torch.from_numpy(np.isfinite(logy)).float()
+    emb = _build_embedding(dim, hidden)
+    heads = torch.nn.Linear(dim, logy.shape[1])
+    params = list(emb.parameters()) + list(heads.parameters())
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for step in range(steps):
+        idx = torch.randint(0, len(x), (batch,), generator=gen)
+        pred = heads(emb(x[idx]))
+        loss = (torch.nn.functional.huber_loss(pred, z[idx], reduction="none", delta=1.0) * mask[idx]).sum()
+        loss = loss / mask[idx].sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if progress is not None:
+            progress(step + 1, steps, loss.item())
+    emb.eval()
+    return emb
+
+
+def embed_all(emb) -> np.ndarray:
+    """phi of all 15,625 nets in topology-index order, float64."""
+    import torch
+
+    from ..spaces.nb201 import SPACE
+
+    with torch.no_grad():
+        return emb(torch.from_numpy(SPACE.encode(list(SPACE.enumerate())))).double().numpy()
+
+
+def fit_heads(phi: np.ndarray, latency_ms: np.ndarray) -> np.ndarray:
+    """Least-squares heads ``[w_d, b_d]`` in raw log-ms for each device column: (D, dim + 1).
+
+    Fitted on connected nets only: a disconnected net (output independent of the input) is never
+    generated or deployed, and pixel3 times those at ~0.004 ms, outliers that would bend its head.
+    """
+    from ..spaces.nb201 import SPACE
+
+    connected = np.array([SPACE.is_valid(a) for a in SPACE.enumerate()])
+    design = np.hstack([phi, np.ones((len(phi), 1))])
+    heads = []
+    for col in np.log(latency_ms).T:
+        ok = np.isfinite(col) & connected
+        heads.append(np.linalg.lstsq(design[ok], col[ok], rcond=None)[0])
+    return np.array(heads)
+
+
+def head_prior(heads: np.ndarray, shrink: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of the training devices' heads (optionally shrunk toward its diagonal)."""
+    mean = heads.mean(axis=0)
+    cov = np.cov(heads, rowvar=False)
+    cov = (1 - shrink) * cov + shrink * np.diag(np.diag(cov))
+    return mean, cov + 1e-6 * np.eye(len(mean))
+
+
+def train_latency_checkpoint(seed: int = 0, steps: int = 1500, dim: int = 16, hidden: int = 128,
+                             devices: Sequence[str] | None = None, progress=None) -> dict:
+    """The shipped checkpoint's content: embedding weights, every training device's head, the prior.
+
+    The shipped recipe is larger than ``pretrain_embedding``'s defaults (the few-shot benchmark's per-fold
+    recipe): few-shot quality on unseen devices is the same, but the in-sample fit that reference profiles'
+    model form uses is better (mean Spearman over the 32 tables 0.974 vs 0.964; edgetpu-large 0.91 vs 0.72)."""
+    names, ms = shipped_device_tables(devices)
+    emb = pretrain_embedding(ms, dim=dim, hidden=hidden, steps=steps, seed=seed, progress=progress)
+    heads = fit_heads(embed_all(emb), ms)
+    mean, cov = head_prior(heads)
+    import torch
+
+    return {
+        "kind": "pomonag-edge/latency-embedding", "version": 1,
+        "config": {"dim": dim, "hidden": hidden},
+        "state_dict": emb.state_dict(),
+        "devices": names,
+        "heads": torch.from_numpy(heads), "prior_mean": torch.from_numpy(mean),
+        "prior_cov": torch.from_numpy(cov),
+        "meta": {"seed": seed, "steps": steps, "trained_on": "all shipped NB201 latency tables",
+                 "command": f"pomonag-edge train latency --seed {seed}"},
+    }
+
+
+@dataclass
+class Pretrained:
+    """A loaded embedding plus the head prior; ``sha256`` names the checkpoint it came from."""
+
+    embedding: object
+    devices: list[str]
+    heads: np.ndarray
+    prior_mean: np.ndarray
+    prior_cov: np.ndarray
+    sha256: str = ""
+    file: str = ""
+    _phi_all: np.ndarray | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, sha256: str = "", file: str = "") -> "Pretrained":
+        emb = _build_embedding(**ckpt["config"])
+        emb.load_state_dict(ckpt["state_dict"])
+        emb.eval()
+        return cls(emb, list(ckpt["devices"]), ckpt["heads"].double().numpy(),
+                   ckpt["prior_mean"].double().numpy(), ckpt["prior_cov"].double().numpy(), sha256, file)
+
+    @classmethod
+    def from_tables(cls, ms: np.ndarray, names: Sequence[str], **train_kw) -> "Pretrained":
+        """Pretrain on the given device columns (the few-shot benchmark's per-fold step)."""
+        emb = pretrain_embedding(ms, **train_kw)
+        phi = embed_all(emb)
+        heads = fit_heads(phi, ms)
+        mean, cov = head_prior(heads)
+        return cls(emb, list(names), heads, mean, cov, _phi_all=phi)
+
+    def prior_components(self, extra: int = 0, extra_std: float = LUT_PRIOR_STD) -> list:
+        """The head prior as mixture components ``(weight, mean, cov)``; ``extra`` appends features with
+        prior mean 0 and std ``extra_std`` (the LUT feature)."""
+        def pad(mean, cov):
+            cov = np.pad(cov, ((0, extra), (0, extra)))
+            cov[len(mean):, len(mean):] = extra_std**2 * np.eye(extra)
+            return np.append(mean, np.zeros(extra)), cov
+
+        comps = [(POPULATION_WEIGHT, *pad(self.prior_mean, self.prior_cov))]
+        for head in self.heads:
+            comps.append(((1 - POPULATION_WEIGHT) / len(self.heads), *pad(head, DEVICE_COV_SCALE * self.prior_cov)))
+        return comps
+
+    def phi(self, archs=None) -> np.ndarray:
+        """Embedding of ``archs`` (all 15,625 when None); the whole-space table is computed once."""
+        if self._phi_all is None:
+            self._phi_all = embed_all(self.embedding)
+        if archs is None:
+            return self._phi_all
+        from ..spaces.nb201 import SPACE
+
+        return self._phi_all[[SPACE.index(a) for a in archs]]
+
+
+_PRETRAINED: dict[str, Pretrained] = {}
+
+
+def load_pretrained(path=None) -> Pretrained:
+    """The shipped latency embedding (or the checkpoint at ``path``), loaded once per process."""
+    from .checkpoints import checkpoint_path, load_checkpoint
+
+    path = path or checkpoint_path(LATENCY_CHECKPOINT)
+    ckpt, sha = load_checkpoint(path)
+    if sha not in _PRETRAINED:
+        _PRETRAINED[sha] = Pretrained.from_checkpoint(ckpt, sha, str(path))
+    return _PRETRAINED[sha]
+
+
+# ------------------------------------------------------------------------------------------ adaptation
+
+
+def _log_evidence(design, y, mean, cov, noise_std) -> float:
+    r = y - design @ mean
+    c = design @ cov @ design.T + noise_std**2 * np.eye(len(y))
+    return -0.5 * (np.linalg.slogdet(c)[1] + r @ np.linalg.solve(c, r))
+
+
+def _posterior_mean(design, y, mean, cov, noise_std) -> np.ndarray:
+    prec = np.linalg.inv(cov)
+    a = design.T @ design / noise_std**2 + prec
+    return np.linalg.solve(a, design.T @ y / noise_std**2 + prec @ mean)
+
+
+def mixture_head(design: np.ndarray, y: np.ndarray, components) -> tuple[np.ndarray, float]:
+    """Posterior-mean head under a mixture-of-Gaussians prior ``[(weight, mean, cov), ...]``.
+
+    Why a mixture: a new device usually resembles a few training devices (the same GPU at another batch,
+    a sibling phone) more than their average; each training head is a narrow component, the population
+    Gaussian a broad one, and the few timings weigh them by marginal likelihood (noise std marginalised
+    over ``NOISE_GRID``). Returns (theta, posterior-mean noise std).
+    """
+    logs, thetas, noises = [], [], []
+    for weight, mean, cov in components:
+        for sd in NOISE_GRID[::4]:
+            logs.append(math.log(weight) + _log_evidence(design, y, mean, cov, sd))
+            thetas.append(_posterior_mean(design, y, mean, cov, sd))
+            noises.append(sd)
+    logs = np.array(logs)
+    w = np.exp(logs - logs.max())
+    w /= w.sum()
+    return w @ np.array(thetas), float(w @ np.array(noises))
+
+
+def cv_relative_errors(design: np.ndarray, y: np.ndarray, components, folds: int = 10) -> np.ndarray:
+    """|predicted / measured - 1| for each calibration net, predicted by a head fitted without it.
+
+    Leave-one-out up to ``folds`` timings, ``folds``-fold cross-validation beyond (bounded cost)."""
+    group = np.arange(len(y)) % min(folds, len(y))
+    out = np.empty(len(y))
+    for g in np.unique(group):
+        held = group == g
+        theta, _ = mixture_head(design[~held], y[~held], components)
+        out[held] = np.abs(np.expm1(design[held] @ theta - y[held]))
+    return out
+
+
+def lut_sum_ms(space, profile, archs) -> np.ndarray:
+    """The profile's LUT-sum (``hardware.lut``), checked positive since the model takes its log."""
+    from ..hardware.lut import lut_sum_ms as lut_sum
+
+    out = np.asarray(lut_sum(space, profile, list(archs)), dtype=np.float64)
+    if not np.all(out > 0):
+        raise ProfileError(f"profile {profile.name!r}: its LUT sums to a non-positive latency for some net")
+    return out
+
+
+def _soft_lut_sum_ms(space, profile, x):
+    """Differentiable LUT-sum over a (n, 6, 5) encoding: fixed blocks + sum over live edges of op cost."""
+    import torch
+
+    from ..spaces.nb201 import NB201Arch, SKIP
+    from .features import soft_live
+
+    # cost of each op on one edge across all stages = LUT-sum(all edges that op) - LUT-sum(no live op), / 6
+    base = float(lut_sum_ms(space, profile, [NB201Arch((SKIP,) * 6)])[0])
+    per_op = [0.0, 0.0]  # none, skip cost nothing
+    for op in (2, 3, 4):
+        per_op.append((float(lut_sum_ms(space, profile, [NB201Arch((op,) * 6)])[0]) - base) / 6)
+    cost = torch.tensor(per_op, dtype=x.dtype)
+    live = soft_live(x)
+    return base + ((x * cost).sum(-1) * live).sum(-1)
+
+
+class LatencyModel:
+    """Predicts ms for any net of a profile's target; knows its error; serialises to ``to_dict()``.
+
+    ``table_ms`` (reference profiles) makes ``predict_ms`` an exact lookup with zero error; the fitted
+    head is still there for ``log_ms_torch`` (differentiable guidance).
+    """
+
+    def __init__(self, space, pretrained: Pretrained, theta: np.ndarray, relative_error: float,
+                 profile=None, uses_lut: bool = False, table_ms: np.ndarray | None = None, state: dict | None = None):
+        self.space, self.pretrained, self.theta = space, pretrained, np.asarray(theta, dtype=np.float64)
+        self.relative_error = float(relative_error)
+        self.profile, self.uses_lut, self.table_ms = profile, uses_lut, table_ms
+        self.state = state or {}
+
+    def _design(self, archs) -> np.ndarray:
+        cols = [self.pretrained.phi(archs), np.ones((len(archs), 1))]
+        if self.uses_lut:
+            cols.append(np.log(lut_sum_ms(self.space, self.profile, archs))[:, None])
+        return np.hstack(cols)
+
+    def model_ms(self, archs) -> np.ndarray:
+        """The fitted model's prediction (never the table)."""
+        archs = list(archs)
+        if not archs:
+            return np.zeros(0)
+        return np.exp(self._design(archs) @ self.theta)
+
+    def predict_ms(self, archs) -> np.ndarray:
+        """Milliseconds per forward pass, one per arch; measured value for reference profiles."""
+        archs = list(archs)
+        pred = self.model_ms(archs)
+        if self.table_ms is not None and archs:
+            measured = self.table_ms[[self.space.index(a) for a in archs]]
+            pred = np.where(np.isfinite(measured), measured, pred)
+        return pred
+
+    def margin_ms(self, pred_ms) -> np.ndarray:
+        """How much to add to a prediction so it is an upper bound ~90% of the time."""
+        return np.asarray(pred_ms, dtype=np.float64) * self.relative_error
+
+    def log_ms_torch(self, x):
+        """Differentiable log-ms over a (n, 6, 5) encoding (one-hot or relaxed), for guidance."""
+        import torch
+
+        w = torch.as_tensor(self.theta, dtype=x.dtype)
+        k = self.pretrained.embedding.dim
+        out = self.pretrained.embedding(x.float()).to(x.dtype) @ w[:k] + w[k]
+        if self.uses_lut:
+            out = out + w[k + 1] * torch.log(_soft_lut_sum_ms(self.space, self.profile, x))
+        return out
+
+    def to_dict(self) -> dict:
+        return self.state
+
+
+def _check_space(space, profile=None):
+    if space.name != "nb201":
+        raise UserError(f"the latency model supports the nb201 space only (got {space.name!r})")
+    if profile is not None and profile.space != space.name:
+        raise ProfileError(f"profile {profile.name!r} is for space {profile.space!r}, not {space.name!r}")
+
+
+def _embedding_ref(pre: Pretrained) -> dict:
+    from pathlib import Path
+
+    return {"checkpoint": Path(pre.file).name if pre.file else None, "sha256": pre.sha256}
+
+
+def fit_calibration(space, archs, latency_ms, pretrained: Pretrained, profile=None) -> tuple[LatencyModel, dict]:
+    """Adapt the pretrained head prior to measured (arch, ms) pairs; the core of ``fit_profile_model``."""
+    _check_space(space)
+    y = np.log(np.asarray(latency_ms, dtype=np.float64))
+    if len(y) < MIN_CALIBRATION:
+        raise UserError(f"the latency model needs at least {MIN_CALIBRATION} calibration timings, got {len(y)}")
+    uses_lut = bool(profile is not None and profile.lut)
+    components = pretrained.prior_components(extra=int(uses_lut))
+    model = LatencyModel(space, pretrained, components[0][1], 0.0, profile=profile, uses_lut=uses_lut)
+    design = model._design(list(archs))
+    theta, noise = mixture_head(design, y, components)
+    errors = cv_relative_errors(design, y, components)
+    rel = float(np.quantile(errors, ERROR_QUANTILE))
+    model.theta, model.relative_error = theta, rel
+    features = [f"phi{i}" for i in range(len(pretrained.prior_mean) - 1)] + ["bias"]
+    model.state = {
+        "kind": MODEL_KIND, "version": 1, "embedding": _embedding_ref(pretrained),
+        "features": features + (["log_lut_sum_ms"] if uses_lut else []),
+        "coef": [float(v) for v in theta], "noise_log_std": noise,
+        "relative_error": rel, "relative_error_quantile": ERROR_QUANTILE,
+        "cv_relative_errors": [round(float(v), 6) for v in errors], "n_calibration": int(len(y)),
+    }
+    return model, model.state
+
+
+def _reference_model(space, profile, pre: Pretrained) -> tuple[LatencyModel, dict]:
+    from ..data import nb201_latency_ms
+
+    table = nb201_latency_ms(profile.reference)
+    if profile.reference in pre.devices:
+        theta = pre.heads[pre.devices.index(profile.reference)]
+    else:  # a table the checkpoint was not trained on: fit its head on the whole table
+        theta = fit_heads(pre.phi(), table[:, None])[0]
+    state = {"kind": REFERENCE_KIND, "version": 1, "table": profile.reference, "embedding": _embedding_ref(pre),
+             "coef": [float(v) for v in theta], "relative_error": 0.0}
+    return LatencyModel(space, pre, theta, 0.0, profile=profile, table_ms=table, state=state), state
+
+
+def fit_profile_model(space, profile, pretrained: Pretrained | None = None) -> dict:
+    """Fit the latency model to a profile's calibration timings; returns the JSON state to store in
+    ``profile.latency_model``. Reference profiles get their table's head and zero error."""
+    return _fit(space, profile, pretrained)[1]
+
+
+def _fit(space, profile, pretrained=None):
+    _check_space(space, profile)
+    pre = pretrained or load_pretrained()
+    if profile.reference:
+        return _reference_model(space, profile, pre)
+    if not profile.calibration:
+        raise ProfileError(f"profile {profile.name!r} has no calibration timings: the latency model needs "
+                           f"at least {MIN_CALIBRATION} (`pomonag-edge calibrate` adds them)")
+    archs = [space.parse(item["arch"]) for item in profile.calibration]
+    ms = [float(item["latency_ms"]) for item in profile.calibration]
+    return fit_calibration(space, archs, ms, pre, profile)
+
+
+def latency_model_for(space, profile, pretrained: Pretrained | None = None) -> LatencyModel:
+    """The profile's latency model: its stored state when it matches the shipped embedding, else refitted."""
+    _check_space(space, profile)
+    pre = pretrained or load_pretrained()
+    state = profile.latency_model
+    if (isinstance(state, dict) and state.get("kind") == MODEL_KIND and not profile.reference
+            and state.get("embedding", {}).get("sha256") == pre.sha256):
+        uses_lut = "log_lut_sum_ms" in state.get("features", [])
+        return LatencyModel(space, pre, np.array(state["coef"]), state["relative_error"], profile=profile,
+                            uses_lut=uses_lut, state=state)
+    return _fit(space, profile, pre)[0]

@@ -1,0 +1,108 @@
+"""Once-for-All's released ImageNet top-1 predictor for w1.2 MobileNetV3 subnets (Cai et al., ICLR 2020).
+
+It is OFA's *estimate* of a subnet's top-1 with weights inherited from the supernet, before any
+fine-tuning; OFA fitted it on subnets at resolutions 160..224, so predictions outside that range are
+flagged (``in_range``) and warned about. An MLP 128 -> 400 -> 400 -> 400 -> 1 on OFA's own features:
+60 kernel one-hots + 60 expand one-hots (20 slots x 3, unused slots all zero) + 8 resolution one-hots
+at ``(r - 112) // 16``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import UserError
+from ..spaces.mbv3 import (DEPTH_OFFSET, EXPANDS, KERNELS, NUM_SLOTS, RES_OFFSET, RESOLUTIONS, SLOT_FEATURES,
+                           MBV3Arch)
+
+VALID_RESOLUTIONS = (160, 224)  # inclusive range OFA trained the predictor on
+FEATURE_DIM = 2 * 3 * NUM_SLOTS + 8
+WIDTH = 1.2
+
+
+def ofa_features(archs: Sequence[MBV3Arch]) -> np.ndarray:
+    """(n, 128) float32 in OFA's ``spec2feats`` layout."""
+    x = np.zeros((len(archs), FEATURE_DIM), dtype=np.float32)
+    for n, a in enumerate(archs):
+        for i in range(NUM_SLOTS):
+            if a.ks[i]:
+                x[n, 3 * i + KERNELS.index(a.ks[i])] = 1
+                x[n, 60 + 3 * i + EXPANDS.index(a.e[i])] = 1
+        x[n, 120 + (a.r - 112) // 16] = 1
+    return x
+
+
+def in_range(archs: Sequence[MBV3Arch]) -> np.ndarray:
+    """True where OFA's predictor is trustworthy (resolution 160..224)."""
+    lo, hi = VALID_RESOLUTIONS
+    return np.array([lo <= a.r <= hi for a in archs], dtype=bool)
+
+
+def encoding_to_ofa_matrix() -> np.ndarray:
+    """(160, 128) 0/1 matrix taking the space encoding (``MBV3Space.encode``) to OFA's features, so
+    ``encode(archs) @ M == ofa_features(archs)``; it also maps soft (denoised) encodings, for gradients."""
+    m = np.zeros((RES_OFFSET + len(RESOLUTIONS), FEATURE_DIM), dtype=np.float32)
+    for i in range(NUM_SLOTS):
+        for j in range(3):
+            m[i * SLOT_FEATURES + j, 3 * i + j] = 1  # kernel
+            m[i * SLOT_FEATURES + 3 + j, 60 + 3 * i + j] = 1  # expand
+    for k, r in enumerate(RESOLUTIONS):
+        m[RES_OFFSET + k, 120 + (r - 112) // 16] = 1
+    assert DEPTH_OFFSET == NUM_SLOTS * SLOT_FEATURES  # depth one-hots map to nothing: zeroed slots carry depth
+    return m
+
+
+class OFAAccuracyPredictor:
+    """``predict(archs, dataset="imagenet")`` -> ImageNet top-1 in percent, OFA's pre-fine-tuning estimate
+    (w1.2 only). ``module`` maps the space encoding (n, 160) to percent, differentiably; OFA reads depth
+    only from which slots are zero, so mask a soft encoding first (``MBV3Space.slot_mask``)."""
+
+    name = "ofa-acc-predictor-w1.2"
+    datasets = ("imagenet",)
+
+    def __init__(self, path=None):
+        import torch
+        import torch.nn as nn
+
+        from ..data.mbv3 import ofa_acc_predictor_path
+
+        self.model = nn.Sequential(nn.Linear(FEATURE_DIM, 400), nn.ReLU(), nn.Linear(400, 400), nn.ReLU(),
+                                   nn.Linear(400, 400), nn.ReLU(), nn.Linear(400, 1))
+        source = ofa_acc_predictor_path() if path is None else path
+        with open(source, "rb") as f:
+            state = torch.load(f, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(state)
+        self.model.eval()
+        gather = nn.Linear(RES_OFFSET + len(RESOLUTIONS), FEATURE_DIM, bias=False)
+        gather.weight.data = torch.from_numpy(encoding_to_ofa_matrix().T.copy())
+
+        class Percent(nn.Module):
+            def forward(self, y):
+                return 100.0 * y.squeeze(-1)
+
+        self.module = nn.Sequential(gather, self.model, Percent()).eval().requires_grad_(False)
+
+    def predict(self, archs: Sequence[MBV3Arch], dataset: str = "imagenet", warn: bool = True) -> np.ndarray:
+        """Top-1 (%) per arch, float64 (n,). Archs outside r 160..224 are predicted but warned about."""
+        import torch
+
+        if dataset not in self.datasets:
+            raise UserError(f"OFA's accuracy predictor is for ImageNet; dataset {dataset!r} is not available for mbv3")
+        archs = list(archs)
+        wrong = [a for a in archs if a.w != WIDTH]
+        if wrong:
+            raise UserError(f"OFA's accuracy predictor describes w{WIDTH} subnets only; got w{wrong[0].w} "
+                            f"({len(wrong)} arch(s))")
+        if len(archs) == 0:
+            return np.zeros(0)
+        ok = in_range(archs)
+        if warn and not ok.all():
+            warnings.warn(f"{int((~ok).sum())} arch(s) have a resolution outside 160..224, where OFA's accuracy "
+                          "predictor was not fitted; their accuracy is a rough extrapolation", stacklevel=2)
+        with torch.no_grad():
+            y = self.model(torch.from_numpy(ofa_features(archs))).squeeze(1).double().numpy()
+        return 100.0 * y
+

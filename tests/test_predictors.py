@@ -1,0 +1,152 @@
+"""Predictors: differentiable features, few-shot latency adaptation, serialisation, accuracy predictor."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from pomonag_edge.data import nb201_accuracy, nb201_latency_ms
+from pomonag_edge.predictors import latency_model_for, load_accuracy_predictor
+from pomonag_edge.predictors.accuracy import make_accuracy_net, noise_aware_copy, train_accuracy_checkpoint, training_indices
+from pomonag_edge.predictors.features import soft_live
+from pomonag_edge.predictors.latency import (LatencyModel, Pretrained, _soft_lut_sum_ms, fit_calibration,
+                                             load_pretrained, lut_sum_ms, shipped_device_tables)
+from pomonag_edge.profile import Profile, reference_profile
+from pomonag_edge.spaces.nb201 import SPACE, live_edges
+
+ALL = list(SPACE.enumerate())
+HELD_OUT = "embedded-tpu-edge-tpu-int8"  # an accelerator unlike the CPUs/GPUs/phones it is pretrained on
+
+
+@pytest.fixture(scope="module")
+def tiny_pretrained():
+    """An embedding pretrained in ~2 s on 8 devices that exclude HELD_OUT."""
+    torch.set_num_threads(1)
+    names = ["1080ti_1", "2080ti_256", "gold_6240", "pixel3", "samsung_s7", "silver_4114",
+             "desktop-cpu-core-i7-7820x-fp32", "mobile-gpu-snapdragon-855-adreno-640-int8"]
+    names, ms = shipped_device_tables(names)
+    return Pretrained.from_tables(ms, names, steps=200, batch=512, dim=8, hidden=32, seed=0)
+
+
+def _shots_and_rest(table, n, seed):
+    pool = np.where(np.isfinite(table) & np.array([SPACE.is_valid(a) for a in ALL]))[0]
+    shots = np.random.default_rng(seed).choice(pool, size=n, replace=False)
+    return shots, np.setdiff1d(pool, shots)
+
+
+def test_soft_live_is_exact_on_one_hot_and_differentiable():
+    x = torch.from_numpy(SPACE.encode(ALL))
+    assert np.array_equal(soft_live(x).numpy(), np.array([live_edges(a) for a in ALL], dtype=np.float32))
+    relaxed = torch.softmax(torch.randn(4, 6, 5), dim=-1).requires_grad_()
+    soft_live(relaxed).sum().backward()
+    assert relaxed.grad is not None and torch.isfinite(relaxed.grad).all()
+
+
+def test_adaptation_beats_pretrained_prior_on_held_out_device(tiny_pretrained):
+    table = nb201_latency_ms(HELD_OUT)
+    shots, rest = _shots_and_rest(table, 10, seed=0)
+    adapted, state = fit_calibration(SPACE, [ALL[i] for i in shots], table[shots], tiny_pretrained)
+    prior = LatencyModel(SPACE, tiny_pretrained, tiny_pretrained.prior_mean, 0.0)
+    rest_archs = [ALL[i] for i in rest]
+    sp_adapted = spearmanr(adapted.predict_ms(rest_archs), table[rest])[0]
+    sp_prior = spearmanr(prior.predict_ms(rest_archs), table[rest])[0]
+    mape_adapted = np.mean(np.abs(adapted.predict_ms(rest_archs) / table[rest] - 1))
+    mape_prior = np.mean(np.abs(prior.predict_ms(rest_archs) / table[rest] - 1))
+    assert sp_adapted > sp_prior + 0.05, (sp_adapted, sp_prior)
+    assert mape_adapted < mape_prior
+    assert sp_adapted > 0.8
+    # the stated error is a leave-one-out quantile, a real number in a sane range
+    assert 0 < adapted.relative_error < 1 and len(state["cv_relative_errors"]) == 10
+    assert np.allclose(adapted.margin_ms([10.0, 20.0]), [10 * adapted.relative_error, 20 * adapted.relative_error])
+
+
+def test_profile_model_serialisation_round_trip(tiny_pretrained):
+    table = nb201_latency_ms("silver_4210r")
+    shots, rest = _shots_and_rest(table, 8, seed=1)
+    profile = Profile(name="x", calibration=[{"arch": str(ALL[i]), "latency_ms": float(table[i])} for i in shots])
+    model, state = fit_calibration(SPACE, [ALL[i] for i in shots], table[shots], tiny_pretrained, profile)
+    profile.latency_model = json.loads(json.dumps(state))
+    loaded = Profile.from_dict(json.loads(json.dumps(profile.to_dict())))
+    again = latency_model_for(SPACE, loaded, tiny_pretrained)
+    some = [ALL[i] for i in rest[:500]]
+    assert np.allclose(again.predict_ms(some), model.predict_ms(some), rtol=1e-12)
+    assert again.relative_error == model.relative_error
+    # a stored model made with another embedding is refitted from the calibration, not trusted
+    loaded.latency_model = dict(state, embedding={"checkpoint": "old.pt", "sha256": "0" * 16}, coef=[0.0] * len(state["coef"]))
+    assert np.allclose(latency_model_for(SPACE, loaded, tiny_pretrained).predict_ms(some), model.predict_ms(some))
+
+
+def test_lut_feature_soft_sum_matches_exact_sum(tiny_pretrained):
+    """With a LUT the model adds log(LUT-sum); its relaxed form equals the exact sum on one-hot input."""
+    keys = SPACE.lut_signatures("cifar10")
+    lut = {k: {"median_ms": 0.01 + 0.001 * (i % 7)} for i, k in enumerate(keys)}
+    table = nb201_latency_ms("gold_6240")
+    shots, _ = _shots_and_rest(table, 10, seed=2)
+    profile = Profile(name="lut", dataset="cifar10", lut=lut,
+                      calibration=[{"arch": str(ALL[i]), "latency_ms": float(table[i])} for i in shots])
+    model, state = fit_calibration(SPACE, [ALL[i] for i in shots], table[shots], tiny_pretrained, profile)
+    assert state["features"][-1] == "log_lut_sum_ms"
+    some = ALL[::97]
+    exact = lut_sum_ms(SPACE, profile, some)
+    soft = _soft_lut_sum_ms(SPACE, profile, torch.from_numpy(SPACE.encode(some)).double()).numpy()
+    assert np.allclose(exact, soft)
+    with torch.no_grad():
+        log_ms = model.log_ms_torch(torch.from_numpy(SPACE.encode(some)).double()).numpy()
+    assert np.allclose(np.exp(log_ms), model.predict_ms(some), rtol=1e-5)
+
+
+def test_reference_profile_is_exact_lookup_with_model_form():
+    model = latency_model_for(SPACE, reference_profile("pixel3"))
+    table = nb201_latency_ms("pixel3")
+    assert np.array_equal(model.predict_ms(ALL[:300]), table[:300])
+    assert model.relative_error == 0.0 and np.all(model.margin_ms([3.0]) == 0)
+    # the differentiable form ranks the device's nets well too (it is its pretrained head)
+    valid = [a for a in ALL[::5] if SPACE.is_valid(a)]
+    assert spearmanr(model.model_ms(valid), table[[SPACE.index(a) for a in valid]])[0] > 0.9
+
+
+def test_brpnas_reference_falls_back_to_model_for_unmeasured_nets():
+    name = "desktop-cpu-core-i7-7820x-fp32"
+    table = nb201_latency_ms(name)
+    missing = [ALL[i] for i in np.where(~np.isfinite(table))[0][:5]]
+    pred = latency_model_for(SPACE, reference_profile(name)).predict_ms(missing)
+    assert np.all(np.isfinite(pred)) and np.all(pred > 0)
+
+
+def test_shipped_latency_checkpoint_covers_all_devices_and_is_small():
+    pre = load_pretrained()
+    assert len(pre.devices) == 32 and pre.heads.shape[0] == 32
+    from pomonag_edge.predictors.checkpoints import checkpoint_path
+
+    assert checkpoint_path("latency_nb201.pt").stat().st_size < 2_000_000
+
+
+def test_shipped_accuracy_predictor_held_out_quality_and_record():
+    pred = load_accuracy_predictor()
+    idx = pred.train_indices
+    assert len(idx) <= 0.1 * 15625 and np.array_equal(idx, training_indices(pred.meta["seed"], pred.meta["fraction"]))
+    test = np.setdiff1d(np.arange(15625), idx)[::10]
+    for dataset in ("cifar10", "cifar100", "imagenet16-120"):
+        truth = nb201_accuracy(dataset)[test]
+        guess = pred.predict([ALL[i] for i in test], dataset)
+        assert spearmanr(guess, truth)[0] > 0.9
+        assert abs(np.median(guess) - np.median(truth)) < 5  # percent, same scale as the table
+
+
+def test_accuracy_module_trains_conditions_on_dataset_and_has_noise_aware_form():
+    torch.set_num_threads(1)
+    ckpt = train_accuracy_checkpoint(seed=3, steps=40, hidden=16)
+    net = make_accuracy_net(**ckpt["config"])
+    net.load_state_dict(ckpt["state_dict"])
+    x = torch.from_numpy(SPACE.encode(ALL[:8])).requires_grad_()
+    a10, a100 = net(x, "cifar10"), net(x, "cifar100")
+    assert a10.shape == (8,) and not torch.allclose(a10, a100)
+    a10.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    noisy = noise_aware_copy(net)
+    out = noisy(x.detach(), torch.zeros(8, dtype=torch.long), t=torch.rand(8))
+    assert torch.allclose(out, a10.detach(), atol=1e-5)  # starts as the clean net, ready for distillation
+    with pytest.raises(ValueError, match="diffusion time"):
+        noisy(torch.randn(2, 6, 5), 0)
