@@ -30,7 +30,8 @@ from .options import dataset_option, profile_option, space_option
 def command(space, profile, dataset, max_latency, max_params, max_macs, weights, num, samples, strategy, seed, out):
     """Generate nets on the accuracy / latency / params / MACs Pareto front inside the budget.
 
-    Writes DIR/pareto.json, pareto.csv, manifest.json and pareto.png.
+    Writes DIR/pareto.json, pareto.csv, manifest.json and pareto.png. Without --profile the newest
+    profile in ./profiles is used. A budget no candidate meets lists the closest nets and exits with 2.
     """
     import sys
 
@@ -54,6 +55,8 @@ def command(space, profile, dataset, max_latency, max_params, max_macs, weights,
                            strategy=strategy, seed=seed, out=out, progress=progress,
                            command=" ".join(["pomonag-edge", *sys.argv[1:]]))
     out_console = Console()
+    if not out_console.is_terminal:  # piped or logged: keep each arch string on one line, copyable
+        out_console = Console(width=max(out_console.width, 200))
     if not run.result.selected:
         out_console.print(render_table(run.result.closest, run.problem, title="closest nets (none within budget)"))
         run.result.require_feasible(run.problem.budget)

@@ -169,17 +169,29 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
     plan = select_calibration(space, profile, req.calibration, req.seed)
     done = {item["arch"] for item in profile.calibration}
     report("calibration", sum(str(a) in done for a in plan), len(plan), "")
-    for arch in plan:
-        if str(arch) in done:
-            continue
+    def time_net(arch):
         net = space.build(arch, dataset).eval()
         x = np.random.default_rng(req.seed).standard_normal(space.input_shape(arch, dataset, batch)).astype(np.float32)
         m = backend.load(net, {"input": x}).measure(protocol)
-        profile.calibration.append({"arch": str(arch), "latency_ms": m.median_ms, **m.to_dict()})
+        return {"arch": str(arch), "latency_ms": m.median_ms, **m.to_dict()}
+
+    for arch in plan:
+        if str(arch) in done:
+            continue
+        profile.calibration.append(time_net(arch))
         done.add(str(arch))
         profile.save(path)
         measured += 1
         report("calibration", sum(str(a) in done for a in plan), len(plan), str(arch))
+
+    # 2b. a burst of load rarely lasts minutes: time the still-noisy nets once more, later, keep the quieter
+    noisy = [i for i, item in enumerate(profile.calibration) if item.get("cv", 0.0) > protocol.max_cv]
+    for n, i in enumerate(noisy, start=1):
+        again = time_net(space.parse(profile.calibration[i]["arch"]))
+        if again["cv"] < profile.calibration[i]["cv"]:
+            profile.calibration[i] = again
+            profile.save(path)
+        report("re-timing noisy", n, len(noisy), again["arch"])
 
     # 3. latency model
     note = fit_latency_model(space, profile) if fit_model else "not asked for"
