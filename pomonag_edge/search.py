@@ -346,7 +346,7 @@ class SearchResult:
     front: list[dict]  # every feasible non-dominated candidate, rank order
     closest: list[dict]  # when nothing is feasible: the nets nearest the budget
     stats: dict
-    candidates: list = field(default_factory=list)  # the valid, functionally distinct proposals
+    candidates: list = field(default_factory=list)  # the valid, distinct proposals (all members scored)
     scored: list[dict] = field(default_factory=list)  # their rows (feasible or not), for plots
 
     def require_feasible(self, budget: Budget) -> None:
@@ -379,10 +379,11 @@ def run_search(problem: SearchProblem, strategy, *, samples: int = 512, num: int
     proposed = strategy.propose(problem, samples, seed, progress)
     propose_s = time.perf_counter() - start
     valid = [a for a in proposed if space.is_valid(a)]
-    unique = list({space.canonical(a): a for a in reversed(valid)}.values())[::-1]  # first seen per function
-    scores = problem.evaluate(unique)
+    distinct = list(dict.fromkeys(valid))
+    scores = problem.evaluate(distinct)
     feas = problem.feasible(scores)
-    rows = [_row(problem, a, scores, i, bool(feas[i])) for i, a in enumerate(unique)]
+    rows = [_row(problem, a, scores, i, bool(feas[i])) for i, a in enumerate(distinct)]
+    classes = [space.canonical(a) for a in distinct]
     fidx = np.flatnonzero(feas)
     front_rows: list[dict] = []
     ordered: list[dict] = []
@@ -391,7 +392,14 @@ def run_search(problem: SearchProblem, strategy, *, samples: int = 512, num: int
         for r, f in enumerate(fronts):
             for j in f:
                 rows[fidx[j]]["front"] = r
-        feasible_rows = sorted((rows[i] for i in fidx), key=lambda r: (r["front"], -r["accuracy"], r["latency_ms"]))
+        ranked = sorted(fidx, key=lambda i: (rows[i]["front"], -rows[i]["accuracy"], rows[i]["latency_ms"]))
+        # one net per function, its best-ranked member: members compute the same function but need not
+        # run equally fast (the published tables timed dead edges too), so the choice is the ranking's
+        kept, feasible_rows = set(), []
+        for i in ranked:
+            if classes[i] not in kept:
+                kept.add(classes[i])
+                feasible_rows.append(rows[i])
         front_rows = [r for r in feasible_rows if r["front"] == 0]
         ordered = front_rows if len(front_rows) >= num else feasible_rows  # fill from the next fronts if short
     selected = [dict(r, rank=i + 1) for i, r in enumerate(ordered[:num])]
@@ -399,14 +407,16 @@ def run_search(problem: SearchProblem, strategy, *, samples: int = 512, num: int
     if not selected and rows:
         viol = problem.violation(scores)
         near = [rows[i] for i in np.argsort(viol, kind="stable")[:closest]]
-    stats = {"proposed": len(proposed), "valid": len(valid), "unique": len(unique), "feasible": int(feas.sum()),
+    unique = list(dict.fromkeys(classes))
+    stats = {"proposed": len(proposed), "valid": len(valid), "unique": len(unique),
+             "feasible": len({c for c, ok in zip(classes, feas) if ok}),
              "front": len(front_rows), "returned": len(selected),
              "validity": round(len(valid) / max(1, len(proposed)), 4),
              "uniqueness": round(len(unique) / max(1, len(valid)), 4),
              "predictor_calls": problem.calls - calls0, "propose_seconds": round(propose_s, 2),
              "seconds": round(time.perf_counter() - start, 2)}
     return SearchResult(selected=selected, front=[dict(r, rank=i + 1) for i, r in enumerate(front_rows)],
-                        closest=near, stats=stats, candidates=unique, scored=rows)
+                        closest=near, stats=stats, candidates=distinct, scored=rows)
 
 
 def _row(problem, arch, scores, i, feasible) -> dict:

@@ -11,8 +11,9 @@ from pomonag_edge.data import nb201_accuracy, nb201_latency_ms
 from pomonag_edge.predictors import latency_model_for, load_accuracy_predictor
 from pomonag_edge.predictors.accuracy import make_accuracy_net, noise_aware_copy, train_accuracy_checkpoint, training_indices
 from pomonag_edge.predictors.features import soft_live
-from pomonag_edge.predictors.latency import (LatencyModel, Pretrained, _soft_lut_sum_ms, fit_calibration,
-                                             load_pretrained, lut_sum_ms, shipped_device_tables)
+from pomonag_edge.predictors.latency import (LatencyModel, Pretrained, _soft_lut_sum_ms, _soft_table_lookup,
+                                             fit_calibration, load_pretrained, lut_sum_ms, shipped_device_tables,
+                                             sibling_fit)
 from pomonag_edge.profile import Profile, reference_profile
 from pomonag_edge.spaces.nb201 import SPACE, live_edges
 
@@ -60,6 +61,27 @@ def test_adaptation_beats_pretrained_prior_on_held_out_device(tiny_pretrained):
     # the stated error is a leave-one-out quantile, a real number in a sane range
     assert 0 < adapted.relative_error < 1 and len(state["cv_relative_errors"]) == 10
     assert np.allclose(adapted.margin_ms([10.0, 20.0]), [10 * adapted.relative_error, 20 * adapted.relative_error])
+
+
+def test_sibling_fit_finds_the_device_the_timings_came_from(tiny_pretrained):
+    """Timings that are an affine map (in log space) of one training table pick that table out."""
+    tables = tiny_pretrained.sibling_tables()
+    shots, _ = _shots_and_rest(nb201_latency_ms("pixel3"), 10, seed=4)
+    j = tiny_pretrained.devices.index("gold_6240")
+    y = 0.8 * tables[shots, j] + 1.5 + np.random.default_rng(0).normal(0, 0.01, 10)
+    w, a, b = sibling_fit(tables[shots], y)
+    assert np.argmax(w) == j and w[j] > 0.5 and abs(a[j] - 0.8) < 0.1 and abs(b[j] - 1.5) < 0.3
+
+
+def test_soft_table_lookup_is_exact_on_one_hot_and_differentiable():
+    values = np.random.default_rng(0).normal(size=len(ALL))
+    some = ALL[::131]
+    x = torch.from_numpy(SPACE.encode(some)).double()
+    assert np.allclose(_soft_table_lookup(values, x).numpy(), values[[SPACE.index(a) for a in some]])
+    relaxed = torch.softmax(torch.randn(3, 6, 5, dtype=torch.float64), dim=-1).requires_grad_()
+    out = _soft_table_lookup(values, relaxed)
+    out.sum().backward()
+    assert torch.isfinite(relaxed.grad).all() and relaxed.grad.abs().sum() > 0
 
 
 def test_profile_model_serialisation_round_trip(tiny_pretrained):
@@ -133,6 +155,14 @@ def test_shipped_accuracy_predictor_held_out_quality_and_record():
         guess = pred.predict([ALL[i] for i in test], dataset)
         assert spearmanr(guess, truth)[0] > 0.9
         assert abs(np.median(guess) - np.median(truth)) < 5  # percent, same scale as the table
+
+
+def test_shipped_accuracy_predictor_is_calibrated_at_the_top():
+    # the generator ranks by predicted percent: the best nets must not be predicted far above any real net
+    pred = load_accuracy_predictor()
+    assert pred.module.members > 1 and pred.module.knots > 0
+    for dataset in ("cifar10", "cifar100", "imagenet16-120"):
+        assert abs(pred.predict(ALL, dataset).max() - nb201_accuracy(dataset).max()) < 1.5  # percent
 
 
 def test_accuracy_module_trains_conditions_on_dataset_and_has_noise_aware_form():
