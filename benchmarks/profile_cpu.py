@@ -106,6 +106,11 @@ def main() -> None:
         print(f"linear fit on calibration ({name}): latency_ms = {slope:.3f} * lut_sum_ms {intercept:+.3f}")
     print(f"{'predictor':<40}{'spearman':>10}{'kendall':>10}{'MAPE %':>10}")
     rows = [("raw LUT-sum", raw)] + [(f"LUT-sum + linear fit ({name})", np.polyval(f, raw)) for name, f in fits.items()]
+    from pomonag_edge.predictors import fit_profile_model, latency_model_for
+
+    profile.latency_model = fit_profile_model(SPACE, profile)
+    model = latency_model_for(SPACE, profile)
+    rows.append(("latency model (what profile ships)", model.predict_ms(archs)))
     if again is not None:
         rows.append(("second measurement (noise ceiling)", again))
     for name, pred in rows:
