@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     from pomonag_edge.generator.train import load_checkpoint, training_set
     from pomonag_edge.pareto import hypervolume, pareto_mask
     from pomonag_edge.profile import reference_profile
-    from pomonag_edge.search import (OBJECTIVES, Predictors, SearchProblem, make_strategy, parse_weights,
+    from pomonag_edge.search import (Predictors, SearchProblem, make_strategy, parse_weights,
                                      predictors_for, run_search)
     from pomonag_edge.spaces.nb201 import SPACE
     from pomonag_edge.units import Budget

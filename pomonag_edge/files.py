@@ -7,6 +7,18 @@ import os
 import tempfile
 from pathlib import Path
 
+from .errors import UserError
+
+
+def read_user_text(path: str | os.PathLike, what: str, error: type = UserError, encoding: str = "utf-8") -> str:
+    """A file the user named, or one line saying why it cannot be read (``error``, a ``UserError``)."""
+    try:
+        return Path(path).read_text(encoding=encoding)
+    except FileNotFoundError:
+        raise error(f"{what} {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"cannot read {what} {path}: {e}") from None
+
 
 def _umask() -> int:
     mask = os.umask(0)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ProfileError
-from .files import atomic_write_json
+from .files import atomic_write_json, read_user_text
 
 SCHEMA = "pomonag-edge/profile"
 SCHEMA_VERSION = 1
@@ -83,12 +83,7 @@ class Profile:
 
 def load_profile(path: str | os.PathLike) -> Profile:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ProfileError(f"profile {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ProfileError(f"cannot read profile {path}: {e}") from None
+    text = read_user_text(path, "profile", ProfileError)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from ..errors import ArchParseError, ProfileError, UserError
+from ..files import read_user_text
 
 MIN_ROWS = 5
 
@@ -15,12 +16,7 @@ MIN_ROWS = 5
 def read_measurements(space, path: str | os.PathLike) -> list[dict]:
     """Rows of ``arch,latency_ms`` as calibration items; the first bad row raises naming its line."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise UserError(f"measurements file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read measurements file {path}: {e}") from None
+    text = read_user_text(path, "measurements file", encoding="utf-8-sig")
     reader = csv.DictReader(text.splitlines())
     header = [h.strip() for h in (reader.fieldnames or [])]
     missing = [c for c in ("arch", "latency_ms") if c not in header]
