@@ -12,7 +12,7 @@ from pomonag_edge.predictors import latency_model_for, load_accuracy_predictor
 from pomonag_edge.predictors.accuracy import make_accuracy_net, noise_aware_copy, train_accuracy_checkpoint, training_indices
 from pomonag_edge.predictors.features import soft_live
 from pomonag_edge.predictors.latency import (LatencyModel, Pretrained, _soft_lut_sum_ms, _soft_table_lookup,
-                                             fit_calibration, load_pretrained, lut_sum_ms, shipped_device_tables,
+                                             fit_calibration, fit_lut_scale, load_pretrained, lut_sum_ms, shipped_device_tables,
                                              sibling_fit)
 from pomonag_edge.profile import Profile, reference_profile
 from pomonag_edge.spaces.nb201 import SPACE, live_edges
@@ -100,8 +100,8 @@ def test_profile_model_serialisation_round_trip(tiny_pretrained):
     assert np.allclose(latency_model_for(SPACE, loaded, tiny_pretrained).predict_ms(some), model.predict_ms(some))
 
 
-def test_lut_feature_soft_sum_matches_exact_sum(tiny_pretrained):
-    """With a LUT the model adds log(LUT-sum); its relaxed form equals the exact sum on one-hot input."""
+def test_lut_profile_is_scaled_lut_sum_and_soft_sum_matches_exact_sum(tiny_pretrained):
+    """With a LUT the model is scale x LUT-sum; its relaxed form equals the exact sum on one-hot input."""
     keys = SPACE.lut_signatures("cifar10")
     lut = {k: {"median_ms": 0.01 + 0.001 * (i % 7)} for i, k in enumerate(keys)}
     table = nb201_latency_ms("gold_6240")
@@ -109,9 +109,12 @@ def test_lut_feature_soft_sum_matches_exact_sum(tiny_pretrained):
     profile = Profile(name="lut", dataset="cifar10", lut=lut,
                       calibration=[{"arch": str(ALL[i]), "latency_ms": float(table[i])} for i in shots])
     model, state = fit_calibration(SPACE, [ALL[i] for i in shots], table[shots], tiny_pretrained, profile)
-    assert state["features"][-1] == "log_lut_sum_ms"
+    assert state["kind"] == "nb201-lut-scale" and len(state["cv_relative_errors"]) == 10
     some = ALL[::97]
     exact = lut_sum_ms(SPACE, profile, some)
+    assert np.allclose(model.predict_ms(some), np.exp(state["lut_scale_log"]) * exact)
+    profile.latency_model = state  # the stored state loads back as the same model
+    assert np.allclose(latency_model_for(SPACE, profile, tiny_pretrained).predict_ms(some), model.predict_ms(some))
     soft = _soft_lut_sum_ms(SPACE, profile, torch.from_numpy(SPACE.encode(some)).double()).numpy()
     assert np.allclose(exact, soft)
     with torch.no_grad():
@@ -180,3 +183,13 @@ def test_accuracy_module_trains_conditions_on_dataset_and_has_noise_aware_form()
     assert torch.allclose(out, a10.detach(), atol=1e-5)  # starts as the clean net, ready for distillation
     with pytest.raises(ValueError, match="diffusion time"):
         noisy(torch.randn(2, 6, 5), 0)
+
+
+def test_lut_scale_is_robust_to_one_noisy_timing():
+    lut = np.linspace(0.5, 3.0, 20)
+    measured = 1.3 * lut
+    measured[4] *= 3.0  # one timing caught in a burst of load
+    scale, errors = fit_lut_scale(lut, measured)
+    assert np.exp(scale) == pytest.approx(1.3)
+    assert errors[4] == pytest.approx(2 / 3)  # predicted 1.3 x LUT, measured 3.9 x LUT
+    assert np.all(np.delete(errors, 4) < 1e-9)
