@@ -39,9 +39,9 @@ def facts():
     return detect_device()
 
 
-def make_profile(path: Path, facts: dict, protocol=QUICK, **device) -> Path:
+def make_profile(path: Path, facts: dict, protocol=QUICK, clock="wall", **device) -> Path:
     profile = Profile(name="cpu-test", space="nb201", dataset="cifar10", device={"name": "cpu", **facts, **device},
-                      runtime={"backend": "onnxruntime", "precision": "fp32", "batch": 1, "threads": 1,
+                      runtime={"backend": "onnxruntime", "precision": "fp32", "batch": 1, "threads": 1, "clock": clock,
                                "protocol": protocol.name, "protocol_settings": protocol.to_dict()},
                       calibration=[{"arch": a, "latency_ms": 1.0 + i / 4} for i, a in enumerate(CALIBRATION)])
     profile.save(path)
@@ -100,6 +100,25 @@ def test_export_writes_checked_onnx_and_measured_report(setup):
     assert saved["summary"]["ok"] and saved["summary"]["passed"] == 3
     assert load_profile(profile).calibration == before.calibration  # --no-feedback leaves it alone
     assert report["path"] == str(run / "export" / "report.json")
+
+
+def test_nets_are_timed_with_the_profiles_clock(tmp_path, facts, monkeypatch):
+    """A profile timed with --clock cpu is re-measured with the CPU clock, not the wall clock."""
+    import pomonag_edge.hardware as hardware
+
+    clocks = []
+    real = hardware.get_backend
+
+    def spy(name, **kw):
+        clocks.append(kw.get("clock"))
+        return real(name, **kw)
+
+    monkeypatch.setattr(hardware, "get_backend", spy)
+    profile = make_profile(tmp_path / "p.json", facts, clock="cpu")
+    report = export_run(make_run(tmp_path, str(profile), archs=ARCHS[:1]),
+                        ExportOptions(top=1, quick=True, feedback=False))
+    assert clocks == ["cpu"] and report["settings"]["clock"] == "cpu"
+    assert report["nets"][0]["measured"]["onnxruntime"]["median_ms"] > 0
 
 
 def test_numeric_check_fails_on_perturbed_initializer(tmp_path):

@@ -80,10 +80,10 @@ def machine_mismatch(profile: Profile, detected: dict) -> list[str]:
             if profile.device.get(k) != detected.get(k)]
 
 
-def _backend(name: str, precision: str, threads: int):
+def _backend(name: str, precision: str, threads: int, clock: str = "wall"):
     from ..hardware import get_backend
 
-    return get_backend(name, precision=precision, threads=threads)
+    return get_backend(name, precision=precision, threads=threads, clock=clock)
 
 
 def _reads_onnx(name: str) -> bool:
@@ -136,12 +136,14 @@ class _Context:
     measure: bool
     tensorrt: bool
     notes: list[str] = field(default_factory=list)
+    clock: str = "wall"  # the profile's: a net is re-timed with the clock its prediction was fitted on
     _runtimes: dict = field(default_factory=dict)
 
     def runtime(self, name: str):
         if name not in self._runtimes:
             precision = self.engine_precision if name == "tensorrt" else self.precision
-            self._runtimes[name] = _backend(name, precision, self.threads)
+            clock = self.clock if name == self.backend_name else "wall"
+            self._runtimes[name] = _backend(name, precision, self.threads, clock)
         return self._runtimes[name]
 
 
@@ -206,7 +208,7 @@ def export_run(run_dir: str | Path, options: ExportOptions,
                         "infeasible ones)")
 
     ctx = _Context(run, space, profile, profile_path, options, run.path / "export", backend_name, measure_precision,
-                   precision, threads, batch, measure, tensorrt, notes)
+                   precision, threads, batch, measure, tensorrt, notes, clock=runtime.get("clock") or "wall")
     predicted, predicted_by = _predicted_ms(space, profile, run, candidates)
     existing = _existing_files(ctx.out_dir)
     report = {
@@ -218,7 +220,7 @@ def export_run(run_dir: str | Path, options: ExportOptions,
         "budget": run.budget,
         "settings": {**{k: v for k, v in asdict(options).items() if k != "formats"}, "formats": list(options.formats),
                      "precision": measure_precision, "engine_precision": precision, "batch": batch,
-                     "threads": threads, "measured": measure,
+                     "threads": threads, "clock": ctx.clock, "measured": measure,
                      "timing_protocol": _protocol(profile, options.quick).to_dict() if measure else None,
                      "predicted_by": predicted_by},
         "environment": environment(backend_name, measure_precision, threads, batch, detected, profile, mismatch,
