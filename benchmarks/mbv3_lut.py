@@ -13,6 +13,11 @@ is printed as the noise ceiling of the comparison.
 
     python benchmarks/mbv3_lut.py                 # both parts, 12 nets on this CPU
     python benchmarks/mbv3_lut.py --nets 0        # shipped tables only (seconds)
+    python benchmarks/mbv3_lut.py --nets 0 --profile profiles/cpu.json   # + a profile's own LUT (part 3)
+
+Part 3 (``--profile``, a ``profile --space mbv3`` result): the profile's own LUT-sum (interpolated at the
+resolutions it did not measure), the i7 LUT-sum and MACs, ranked against the profile's own whole-net
+calibration timings, and the fitted latency model's cross-validated error.
 """
 
 from __future__ import annotations
@@ -126,12 +131,41 @@ def this_cpu(n: int, seed: int, rounds: int, runs: int) -> None:
     print(f"  ({time.time() - t0:.0f} s; n={n}, so one swapped neighbour pair moves Spearman by {6 / (n * n - 1):.3f})")
 
 
+def own_profile(path: str) -> None:
+    from pomonag_edge.data.mbv3 import reference_lut
+    from pomonag_edge.predictors.latency_mbv3 import lut_resolutions, own_lut_cost
+    from pomonag_edge.profile import load_profile
+    from pomonag_edge.spaces.mbv3 import SPACE, lut_sum_ms
+
+    p = load_profile(path)
+    archs = [SPACE.parse(c["arch"]) for c in p.calibration]
+    measured = np.array([c["latency_ms"] for c in p.calibration])
+    own = own_lut_cost(p).evaluate_np(archs)
+    i7 = np.array([lut_sum_ms(a, reference_lut("i7-8700k")) for a in archs])
+    macs = np.array([SPACE.macs(a) for a in archs], dtype=np.float64)
+    exact = np.array([a.r in lut_resolutions(p) for a in archs])
+    rt = p.runtime
+    print(f"\nPart 3: profile {path} ({rt.get('backend')}, {rt.get('clock')} clock, {rt.get('protocol')} protocol, "
+          f"LUT at r {lut_resolutions(p)}): {len(archs)} calibration nets, {int(exact.sum())} at a measured resolution")
+    for name, x in (("own LUT-sum", own), ("i7 LUT-sum", i7), ("MACs", macs)):
+        sp, kt = _corr(x, measured)
+        print(f"  {name:12s} vs measured: Spearman {sp:.3f}, Kendall {kt:.3f}")
+    ratio = measured / own
+    print(f"  measured / own LUT-sum: median {np.median(ratio):.2f}, range {ratio.min():.2f}..{ratio.max():.2f}")
+    m = p.latency_model or {}
+    if m.get("cv_relative_errors"):
+        e = np.array(m["cv_relative_errors"])
+        print(f"  fitted model ({m.get('form', m.get('kind'))}): leave-one-out relative error median "
+              f"{100 * np.median(e):.1f}%, 90% quantile {100 * m['relative_error']:.1f}% (the budget margin)")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nets", type=int, default=12, help="random nets to time on this CPU (0: skip part 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rounds", type=int, default=6, help="interleaved timing rounds on this CPU")
     p.add_argument("--runs", type=int, default=4, help="runs per net per round")
+    p.add_argument("--profile", default=None, help="an mbv3 profile file: also rank its own LUT-sum (part 3)")
     args = p.parse_args(argv)
     t0 = time.time()
     coverage()
@@ -139,6 +173,8 @@ def main(argv=None):
     print(f"  ({time.time() - t0:.0f} s)")
     if args.nets:
         this_cpu(args.nets, args.seed, args.rounds, args.runs)
+    if args.profile:
+        own_profile(args.profile)
 
 
 if __name__ == "__main__":

@@ -91,20 +91,41 @@ def load_profile(path: str | os.PathLike) -> Profile:
     return Profile.from_dict(data, source=f"profile {path}")
 
 
-def reference_profile(name: str) -> Profile:
-    """A shipped reference profile: every NB201 net's latency measured on one published device setting."""
+MBV3_REFERENCE_SOURCE = "HELP / Once-for-All MobileNetV3 table (5,000 nets)"
+
+
+def reference_profile(name: str, space: str | None = None) -> Profile:
+    """A shipped reference profile: one published device setting's measured latency table.
+
+    nb201: every net measured (the model is exact on it). mbv3: OFA's GPU settings, 5,000 nets measured, so
+    the profile's model is fitted on them (``predictors.latency_mbv3``). ``2080ti_1`` and ``2080ti_32`` name a
+    setting in both spaces: ``space`` picks one; without it the nb201 setting is meant."""
     from .data import nb201_latency_tables
 
-    table = next((t for t in nb201_latency_tables() if t.name == name), None)
-    if table is None:
-        raise ProfileError(f"no reference profile named {name!r}; `pomonag-edge devices` lists them")
-    return Profile(name=name, space="nb201", dataset="cifar10", reference=name,
-                   device={"name": name, "source": table.source},
-                   runtime={"backend": "published table", "batch": _batch_of(name)},
-                   created="shipped")
+    if space in (None, "nb201"):
+        table = next((t for t in nb201_latency_tables() if t.name == name), None)
+        if table is not None:
+            return Profile(name=name, space="nb201", dataset="cifar10", reference=name,
+                           device={"name": name, "source": table.source},
+                           runtime={"backend": "published table", "batch": _batch_of(name)},
+                           created="shipped")
+    if space in (None, "mbv3") and name in mbv3_reference_names():
+        return Profile(name=name, space="mbv3", dataset="imagenet", reference=name,
+                       device={"name": name, "source": MBV3_REFERENCE_SOURCE},
+                       runtime={"backend": "published table", "batch": _batch_of(name)},
+                       created="shipped")
+    where = "" if space is None else f" for space {space}"
+    raise ProfileError(f"no reference profile named {name!r}{where}; `pomonag-edge devices` lists them")
 
 
-_HELP_GPUS = ("1080ti", "2080ti", "titanx", "titanxp")  # HELP names GPU settings <gpu>_<batch>
+def mbv3_reference_names() -> tuple[str, ...]:
+    """OFA's MobileNetV3 GPU settings (``<gpu>_<batch>``), the mbv3 reference profiles."""
+    from .data.mbv3 import ofa_latency_settings
+
+    return ofa_latency_settings()
+
+
+_HELP_GPUS = ("1080ti", "2080ti", "titanx", "titanxp", "titan_xp", "v100")  # HELP names GPU settings <gpu>_<batch>
 
 
 def _batch_of(name: str) -> int:
@@ -117,8 +138,9 @@ def newest_profile(folder: str | os.PathLike = PROFILES_DIR) -> Path | None:
     return files[-1] if files else None
 
 
-def resolve_profile(spec: str | None, folder: str | os.PathLike = PROFILES_DIR) -> Profile:
-    """``--profile`` as the user gives it: a path, a reference name, or None for the newest in ./profiles."""
+def resolve_profile(spec: str | None, folder: str | os.PathLike = PROFILES_DIR, space: str | None = None) -> Profile:
+    """``--profile`` as the user gives it: a path, a reference name (of ``space`` when given), or None for the
+    newest in ./profiles."""
     if spec is None:
         path = newest_profile(folder)
         if path is None:
@@ -127,4 +149,4 @@ def resolve_profile(spec: str | None, folder: str | os.PathLike = PROFILES_DIR) 
         return load_profile(path)
     if os.path.sep in spec or spec.endswith(".json") or Path(spec).exists():
         return load_profile(spec)
-    return reference_profile(spec)
+    return reference_profile(spec, space)

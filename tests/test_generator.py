@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pomonag_edge.generator.guidance import make_guidance
+from pomonag_edge.generator.guidance import make_guidance, make_tilted_guidance, trade_off_directions
 from pomonag_edge.generator.losses import dsm_loss
 from pomonag_edge.generator.noise_aware import NoiseAwarePredictor, PosteriorMeanPredictor, cached_distill
 from pomonag_edge.generator.sampler import sample
@@ -137,6 +137,56 @@ def test_guidance_moves_samples_the_right_way(shipped, tables):
     assert _guided_mean(shipped, nap, {"latency_ms": 1.0}, lat) < _guided_mean(shipped, nap, {}, lat) - 1.0
 
 
+def test_tilted_guidance_is_the_exact_tilted_score():
+    """Equals grad log sum_i p(x_0 = i | x_t) exp(scale * J_i), brute force over all 15,625 nets; excluded nets
+    drop to the floor weight."""
+    X = SPACE.encode(list(SPACE.enumerate()))
+    Y = np.random.default_rng(1).normal(size=(len(X), 2))
+    sde = VPSDE()
+    post = PosteriorMeanPredictor(sde, X, Y, ("accuracy", "latency_ms"))
+    dirs = [{"accuracy": 1.0}, {"accuracy": 0.3, "latency_ms": 0.7}]
+    assign = torch.tensor([0, 1, 1, 0])
+    g = make_tilted_guidance(post, dirs, assign, {"latency_ms": 0.5}, scale=3.0, penalty=2.0, floor=-1e9)
+    flat = np.ravel_multi_index(tuple(X.argmax(-1).T), (5,) * 6)  # the table's row of each net
+    Xt, Z = torch.as_tensor(X[np.argsort(flat)], dtype=torch.float64), post.table.double()
+    v = (Z[:, 1] - (0.5 - float(post.mean[1])) / float(post.std[1])).clamp_min(0)
+    J = torch.stack([Z[:, 0], 0.3 * Z[:, 0] - 0.7 * Z[:, 1]], 1) - 2.0 * (v + v**2)[:, None]
+    for tv in (0.8, 0.3, 0.05):
+        x = torch.randn(4, 6, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64).requires_grad_(True)
+        t = torch.full((4,), tv)
+        alpha, std = sde.marginal_prob(torch.ones(4), t)
+        logp = torch.log_softmax(x * (alpha / std**2).double().reshape(-1, 1, 1), -1)
+        joint = torch.einsum("nsc,msc->nm", logp, Xt)  # log p(x_0 = m | x_t) (factorised over slots)
+        obj = torch.logsumexp(joint + 3.0 * J[:, assign].T, dim=1).sum()
+        (want,) = torch.autograd.grad(obj, x)
+        got = g(x.detach().float(), t)
+        assert torch.allclose(got.double(), want, atol=1e-3 * float(want.abs().max()) + 1e-5), tv
+    # excluding every net but one leaves that net's direction of pull at small t
+    keep = 4321
+    g = make_tilted_guidance(post, dirs[:1], torch.zeros(1, dtype=torch.long), scale=3.0,
+                             exclude=np.delete(X, keep, axis=0))
+    x = torch.zeros(1, 6, 5)
+    assert (g(x, torch.full((1,), 0.5)).argmax(-1) == torch.as_tensor(X[keep]).argmax(-1)).all()
+
+
+def test_perplexity_sets_how_many_nets_a_direction_spreads_over():
+    from pomonag_edge.generator.guidance import _scale_for_perplexity
+
+    J = torch.as_tensor(np.random.default_rng(0).normal(size=15625), dtype=torch.float64)
+    J[:100] = float("-inf")  # excluded nets do not count
+    for target in (8.0, 32.0):
+        p = torch.softmax(_scale_for_perplexity(J, target) * J[100:], 0)
+        assert float(torch.exp(-(p * p.log()).sum())) == pytest.approx(target, rel=1e-3)
+
+
+def test_trade_off_directions_sweep_from_accuracy_to_cost():
+    dirs = trade_off_directions({"accuracy": 1.0, "latency_ms": 0.5, "params": 0.1, "macs": 0.1}, 6, seed=0)
+    assert len(dirs) == 6 and all(abs(sum(d.values()) - 1) < 1e-9 for d in dirs)
+    assert dirs[0]["accuracy"] > 0.95 and dirs[-1]["accuracy"] < 0.2
+    assert trade_off_directions({"accuracy": 1.0, "latency_ms": 0.0}, 3) == [{"accuracy": 1.0}] * 3
+    assert dirs == trade_off_directions({"accuracy": 1.0, "latency_ms": 0.5, "params": 0.1, "macs": 0.1}, 6, seed=0)
+
+
 def test_guidance_rejects_unknown_objective():
     nap = NoiseAwarePredictor((6, 5), ("accuracy", "latency_ms"))
     with pytest.raises(ValueError, match="predictor knows only"):
@@ -157,6 +207,19 @@ def test_diffusion_search_respects_budget_with_margin(margin, tables):
     accs = [r["accuracy"] for r in result.selected]
     assert accs == sorted(accs, reverse=True)
     assert len({SPACE.canonical(SPACE.parse(r["arch"])) for r in result.selected}) == len(result.selected)
+
+
+@pytest.mark.slow
+def test_tilted_diffusion_fills_the_call_budget_and_finds_the_best_feasible_net(tables):
+    """Rounds steer away from nets already proposed, so up to ``samples`` distinct nets come back; the
+    accuracy-first directions reach the table's best net within budget (what exhaustive returns)."""
+    problem = SearchProblem(SPACE, "cifar100", Budget.parse("8ms"), tables[0])
+    strategy = make_strategy("diffusion", steps=40)
+    got = run_search(problem, strategy, samples=96, num=1, seed=0)
+    assert got.stats["proposed"] == got.stats["valid"] == got.stats["predictor_calls"]
+    assert 0.9 * 96 <= got.stats["proposed"] <= 96 and strategy.info["rounds"] <= 3
+    best = run_search(problem, make_strategy("exhaustive"), num=1).selected[0]
+    assert got.selected[0]["accuracy"] == pytest.approx(best["accuracy"], abs=1e-3)
 
 
 def test_train_generator_command_is_reproducible(tmp_path):

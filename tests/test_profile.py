@@ -97,7 +97,10 @@ def test_build_interrupt_and_resume(tmp_path):
     result = build_profile(req, fit_model=False)
     assert result.resumed and result.measured == 1
     done = load_profile(out)
-    assert done.calibration[0] == middle.calibration[0] and len(done.calibration) == 2
+    first, kept = done.calibration[0], middle.calibration[0]
+    assert first["arch"] == kept["arch"] and len(done.calibration) == 2
+    if first != kept:  # only a noisy timing may be replaced, and only by a quieter one (the re-timing pass)
+        assert kept["cv"] > TINY.max_cv and first["cv"] < kept["cv"]
     for item in done.calibration:
         SPACE.parse(item["arch"])
         assert item["latency_ms"] == item["median_ms"] > 0 and item["runs"] >= 2
@@ -113,7 +116,7 @@ def test_build_interrupt_and_resume(tmp_path):
 def test_request_errors(tmp_path):
     for req, match in ((ProfileRequest(device="jetson"), "Jetson"), (ProfileRequest(device="gpu"), "NVIDIA GPU"),
                        (ProfileRequest(device="abacus"), "known devices"),
-                       (ProfileRequest(space="mbv3"), "not supported yet"),
+                       (ProfileRequest(space="mbv3", dataset="cifar10"), "dataset 'cifar10' for mbv3"),
                        (ProfileRequest(dataset="mnist"), "dataset"),
                        (ProfileRequest(backend="tensorrt", out=tmp_path / "t.json"), "tensorrt")):
         if req.device == "gpu" and detect_device().get("gpu"):

@@ -13,7 +13,9 @@ from .options import dataset_option, space_option
               help="Device descriptor (`pomonag-edge devices` lists them) or a .toml file of the same form.")
 @space_option
 @dataset_option
-@click.option("--quick", is_flag=True, help="Fewer timed runs: a fast, rougher profile (tests, a first look).")
+@click.option("--quick", is_flag=True, help="Fewer timed runs: a fast, rougher profile (tests, a first look). "
+              "mbv3: layers timed at resolutions 128 and 224 only, each alone (default: every 16 from 128 to "
+              "224, residual blocks as chains); other resolutions are interpolated.")
 @click.option("--calibration", type=click.IntRange(min=0), default=20, show_default=True,
               help="Whole nets to time for calibrating the latency model (chosen to span the latency range).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads [device default: 1].")

@@ -11,7 +11,7 @@ from importlib import import_module
 import click
 
 SUBCOMMANDS = {
-    "latency": ("pomonag_edge.commands.train", "latency", "Latency embedding pretrained on the 32 shipped NB201 device tables."),
+    "latency": ("pomonag_edge.commands.train", "latency", "Latency embedding pretrained on the shipped tables (nb201: 32, mbv3: 9)."),
     "accuracy": ("pomonag_edge.commands.train", "accuracy", "NB201 accuracy predictor on a seeded 10% of the table."),
     "generator": ("pomonag_edge.generator.train_cli", "command", "Diffusion generator's score network (denoising score matching)."),
 }
@@ -71,11 +71,16 @@ _out = click.option("--out", type=click.Path(dir_okay=False), default=None,
 @_seed
 @_out
 @click.option("--steps", type=int, default=None, help="Optimizer steps [default: the shipped setting].")
-def latency(seed, out, steps):
-    """Pretrain the latency embedding and device-head prior on every shipped NB201 latency table."""
+@click.option("--space", type=click.Choice(["nb201", "mbv3"]), default="nb201", show_default=True,
+              help="nb201: the 32 NB201 tables; mbv3: OFA's 9 GPU settings (5,000 MobileNetV3 nets).")
+def latency(seed, out, steps, space):
+    """Pretrain the latency embedding and device-head prior on every shipped latency table of the space."""
     import torch
 
-    from ..predictors.latency import LATENCY_CHECKPOINT, train_latency_checkpoint
+    if space == "mbv3":
+        from ..predictors.latency_mbv3 import LATENCY_CHECKPOINT, train_latency_checkpoint
+    else:
+        from ..predictors.latency import LATENCY_CHECKPOINT, train_latency_checkpoint
 
     torch.set_num_threads(1)
     kw = {} if steps is None else {"steps": steps}

@@ -1,6 +1,7 @@
 """Shipped Once-for-All MobileNetV3 tables (``data/ofa_mbv3/``), loaded lazily and cached.
 
-- ``ofa_latency_table()``: HELP's 5,000 w1.2 subnets x 9 GPU settings (end-to-end ms).
+- ``ofa_latency_table()``: HELP's 5,000 w1.2 subnets x 9 GPU settings (end-to-end ms); ``ofa_latency_settings()``
+  their names (the mbv3 reference profiles).
 - ``reference_lut(name)``: per-layer latency tables keyed as ``spaces.mbv3.op_signatures`` writes them:
   ``"i7-8700k"`` (NSGANetV2, Intel i7-8700K CPU, r 96..256 step 4, w1.0 and w1.2) and ``"note10"`` (OFA,
   Samsung Note10, w1.2, r 160..224 step 16). Both ship only a *mean* per layer (no median), so the
@@ -81,6 +82,12 @@ class OFALatencyTable:
     archs: tuple  # of spaces.mbv3.MBV3Arch, all w1.2
     settings: tuple[str, ...]
     latency_ms: np.ndarray
+
+
+def ofa_latency_settings() -> tuple[str, ...]:
+    """The table's 9 GPU setting names, without building its 5,000 archs."""
+    header, _ = _read_csv("ofa_mbv3", "latency_ms.csv.gz")
+    return tuple(header[5:])
 
 
 @lru_cache(maxsize=None)

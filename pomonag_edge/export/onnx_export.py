@@ -27,6 +27,7 @@ OUTPUT_NAMES = ("logits",)
 DEFAULT_OPSET = 17
 MIN_OPSET, MAX_OPSET = 11, 20  # 20: the newest the TorchScript exporter (torch 2.x) writes
 _BATCH_AXIS = "batch"
+ARCH_KEY_PREFIXES = ("|", "ks=")  # how canonical arch strings start (nb201, mbv3): {arch: state_dict} files
 
 
 def build_model(space, arch, dataset: str | None, weights: dict | None = None, seed: int = 0):
@@ -67,7 +68,7 @@ def load_weights(path: str | Path, arch) -> dict:
         raise UserError(f"--weights {path} does not exist") from None
     except Exception as e:  # pickle errors, non-tensor content: the user's file, not our bug
         raise UserError(f"cannot read --weights {path}: {e}") from None
-    if isinstance(obj, dict) and obj and all(isinstance(k, str) and k.startswith("|") for k in obj):
+    if isinstance(obj, dict) and obj and all(isinstance(k, str) and k.startswith(ARCH_KEY_PREFIXES) for k in obj):
         if str(arch) not in obj:
             raise UserError(f"--weights {path} holds no state_dict for {arch}")
         obj = obj[str(arch)]

@@ -109,7 +109,7 @@ def _predicted_ms(space, profile: Profile, run: Run, items: list[dict]) -> tuple
     if profile.sha256 == run.profile_sha256 or (run.profile_sha256 is None and profile.name == run.profile_spec):
         return [i.get("latency_ms") for i in items], "run"
     try:
-        from ..predictors.latency import latency_model_for
+        from ..predictors import latency_model_for  # dispatches on the space (nb201 / mbv3)
 
         archs = [space.parse(i["arch"]) for i in items]
         return [float(v) for v in latency_model_for(space, profile).predict_ms(archs)], "profile latency model"
@@ -137,6 +137,7 @@ class _Context:
     tensorrt: bool
     notes: list[str] = field(default_factory=list)
     clock: str = "wall"  # the profile's: a net is re-timed with the clock its prediction was fitted on
+    informative: bool = False  # timings of this machine for a reference profile: not judged
     _runtimes: dict = field(default_factory=dict)
 
     def runtime(self, name: str):
@@ -154,7 +155,7 @@ def export_run(run_dir: str | Path, options: ExportOptions,
     run = load_run(run_dir)
     space = get_space(run.space)
     spec = options.profile or profile_spec_for(run)
-    profile = resolve_profile(spec)
+    profile = resolve_profile(spec, space=run.space)
     profile_path = None if profile.reference else Path(spec)
 
     runtime = profile.runtime or {}
@@ -171,7 +172,15 @@ def export_run(run_dir: str | Path, options: ExportOptions,
     mismatch = machine_mismatch(profile, detected)
     notes: list[str] = []
     measure = options.measure if options.measure is not None else not mismatch
-    if mismatch and options.measure is None:
+    informative = False  # measured on this machine, but it is not the profile's device: no budget test
+    if mismatch and options.measure is None and profile.reference:
+        # a reference profile is published timings of a device that is never here: what this machine can add
+        # is its own latency, for information (the ONNX file runs here), never judged against the budget
+        measure = informative = True
+        notes.append(f"profile {profile.name!r} is a reference profile (published timings of another device): "
+                     f"latency measured on this machine with {backend_name} for information only, not tested "
+                     "against the budget nor compared with the prediction")
+    elif mismatch and options.measure is None:
         notes.append(f"this machine differs from profile {profile.name!r} ({'; '.join(mismatch)}): numerics checked, "
                      f"latency not measured; run `pomonag-edge export {run.path} --measure` on the target")
     elif mismatch and options.measure:
@@ -208,7 +217,8 @@ def export_run(run_dir: str | Path, options: ExportOptions,
                         "infeasible ones)")
 
     ctx = _Context(run, space, profile, profile_path, options, run.path / "export", backend_name, measure_precision,
-                   precision, threads, batch, measure, tensorrt, notes, clock=runtime.get("clock") or "wall")
+                   precision, threads, batch, measure, tensorrt, notes, clock=runtime.get("clock") or "wall",
+                   informative=informative)
     predicted, predicted_by = _predicted_ms(space, profile, run, candidates)
     existing = _existing_files(ctx.out_dir)
     report = {
@@ -221,6 +231,7 @@ def export_run(run_dir: str | Path, options: ExportOptions,
         "settings": {**{k: v for k, v in asdict(options).items() if k != "formats"}, "formats": list(options.formats),
                      "precision": measure_precision, "engine_precision": precision, "batch": batch,
                      "threads": threads, "clock": ctx.clock, "measured": measure,
+                     "measured_for_information": informative,
                      "timing_protocol": _protocol(profile, options.quick).to_dict() if measure else None,
                      "predicted_by": predicted_by},
         "environment": environment(backend_name, measure_precision, threads, batch, detected, profile, mismatch,
@@ -234,7 +245,7 @@ def export_run(run_dir: str | Path, options: ExportOptions,
         report["nets"].append(_export_one(ctx, rank, item, pred, existing))
         write_report(report_path, report)
 
-    if measure and options.feedback and not mismatch:
+    if measure and options.feedback and not mismatch and not informative:
         report["feedback"] = _feedback(ctx, report["nets"])
     report["summary"] = summarize(report["nets"], options.allow_over_budget)
     report["complete"] = True
@@ -317,13 +328,18 @@ def _export_one(ctx: _Context, rank: int, item: dict, predicted_ms: float | None
 
 
 def _judge(entry: dict, ctx: _Context) -> None:
-    """Status: failed (a check or build failed), over_budget, passed (measured within budget), checked."""
+    """Status: failed (a check or build failed), over_budget, passed (measured within budget), checked
+    (not measured, or measured here for a reference profile: this machine's time is not the target's)."""
     for c in entry["checks"]:
         entry["reasons"].extend(f"{c['runtime']}: {f}" for f in c["failures"])
     m = entry["measured"].get(ctx.backend_name)
     pred = entry["predicted"]["latency_ms"]
     if m:
         entry["noisy"] = m["cv"] > _protocol(ctx.profile, ctx.options.quick).max_cv
+    if m and ctx.informative:
+        entry["status"] = "failed" if entry["reasons"] else "checked"  # this machine's time, not the target's
+        entry["budget_ms"] = ctx.run.budget.get("max_latency_ms")
+        return
     if m and pred:
         entry["latency_error_pct"] = 100.0 * (m["median_ms"] - pred) / pred
         entry["within_10pct"] = abs(m["median_ms"] - pred) <= NN_METER_BAND * pred
@@ -368,7 +384,7 @@ def _feedback(ctx: _Context, nets: list[dict]) -> dict | None:
          "protocol": _protocol(ctx.profile, ctx.options.quick).name} for arch, m in rows]
     refit, why = False, None
     try:
-        from ..predictors.latency import fit_profile_model
+        from ..predictors import fit_profile_model  # dispatches on the space (nb201 / mbv3)
 
         profile.latency_model = fit_profile_model(ctx.space, profile)
         refit = True

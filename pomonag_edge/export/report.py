@@ -13,7 +13,9 @@ nodes, opset, input_shape, reused}, engine? {path, bytes, precision}}, checks [N
 per runtime], measured {backend: Measurement.to_dict()}, noisy?, latency_error_pct?, within_10pct?,
 budget_ms, status, reasons, timing_s {export, check, engine?, measure?}``. ``noisy``: the timing's
 coefficient of variation stayed above the protocol's limit. ``status``: passed (measured within budget),
-checked (numerics only, not measured), over_budget, failed (a check or a build failed).
+checked (numerics only: not measured, or measured on this machine for a reference profile, whose device
+is never here; ``settings.measured_for_information`` is then true), over_budget, failed (a check or a
+build failed).
 """
 
 from __future__ import annotations

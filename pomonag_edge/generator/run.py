@@ -63,7 +63,7 @@ def generate_run(*, space="nb201", profile=None, dataset=None, max_latency=None,
     dataset = dataset or sp.default_dataset
     if dataset not in sp.datasets:
         raise UserError(f"unknown dataset {dataset!r} for {sp.name}; choose one of {', '.join(sp.datasets)}")
-    prof = resolve_profile(profile)
+    prof = resolve_profile(profile, space=sp.name)
     if prof.space != sp.name:
         raise UserError(f"profile {prof.name} is for space {prof.space}, not {sp.name}")
     preds = predictors if predictors is not None else predictors_for(sp, prof, dataset)

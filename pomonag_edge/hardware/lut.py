@@ -1,4 +1,4 @@
-"""Per-op latency table (LUT) of NB201, timed in context, and the LUT-sum of an arch.
+"""Per-op latency table (LUT) of NB201 and MobileNetV3, timed in context, and the LUT-sum of an arch.
 
 Lone single-op graphs overstate each op (per-call overhead, layout reorders, a ReLU that fuses into
 the preceding conv inside a real net): their sum was off by ~100% here. So each cell op is timed as
@@ -7,6 +7,13 @@ cancels the fixed cost of a call. The blocks every net has once (stem, two reduc
 timed together as one *skeleton* net (every cell an identity), and that total is shared among them
 in proportion to their lone timings. LUT keys are exactly ``SPACE.op_signatures``; skip edges
 compute nothing and have no key.
+
+MobileNetV3 (``mbv3_jobs``): one entry per ``ofa``-style key (``SPACE.lut_signatures``) at the resolutions
+profiled, each layer built by ``mbv3_net.signature_module``. A residual block (stride 1, same channels) is
+timed as a chain, ``MBV3_CHAIN`` copies, like NB201's ops; the other layers (first conv, first block of each
+stage, head) cannot be chained and are timed alone: every arch has exactly 11 of those, so their per-call
+overhead is a constant that the profile's fitted scale absorbs. Resolutions not profiled are interpolated
+(``predictors.latency_mbv3.own_lut_cost``).
 """
 
 from __future__ import annotations
@@ -23,6 +30,10 @@ from ..errors import ProfileError, UserError
 from .timing import Measurement
 
 CHAIN = (2, 12)  # (short, long) copies of one op
+MBV3_CHAIN = (1, 3)  # MobileNetV3 blocks are ~100x heavier than an NB201 op: short chains cancel the overhead
+# resolutions an mbv3 profile measures: every 16 (7) by default, the two ends with --quick (which also times
+# every layer alone, no chains: ~190 layers in ~1.5 min here); the rest are interpolated
+MBV3_RESOLUTIONS = {"default": (128, 144, 160, 176, 192, 208, 224), "quick": (128, 224)}
 _CELL_KEY = re.compile(r"^(nor_conv_1x1|nor_conv_3x3|avg_pool_3x3):c(\d+):hw(\d+)$")
 
 
@@ -50,6 +61,19 @@ def nb201_jobs(space, dataset: str) -> list[LutJob]:
     if bad:
         raise ValueError(f"unexpected NB201 LUT keys {bad}")
     return [LutJob("stem + reductions + head", fixed, "fixed")] + [LutJob(k, (k,), "chain") for k in cell]
+
+
+def mbv3_jobs(space, dataset: str, resolutions, chains: bool = True) -> list[LutJob]:
+    """One job per ``ofa``-style key any arch at ``resolutions`` needs: a chain for residual blocks (when
+    ``chains``), else the layer alone."""
+    from ..spaces.mbv3 import parse_signature
+
+    jobs = []
+    for key in space.lut_signatures(dataset, tuple(resolutions)):
+        layer, spec = parse_signature(key)
+        chain = chains and layer == "expanded_conv" and spec.residual
+        jobs.append(LutJob(key, (key,), "mbv3-chain" if chain else "mbv3-lone"))
+    return jobs
 
 
 # ----------------------------------------------------------------------------- graphs
@@ -110,23 +134,43 @@ def _scaled(m: Measurement, factor: float, extra: dict) -> dict:
             "mean_ms": m.mean_ms * factor, "cv": m.cv, "runs": m.runs, **extra}
 
 
+def _chain_stats(a: Measurement, b: Measurement, short: int, long: int) -> dict:
+    """Per-copy stats from a short and a long chain of the same op: the fixed cost of a call cancels."""
+    span = long - short
+    spread = np.hypot(a.cv * a.mean_ms, b.cv * b.mean_ms) / span
+    median = max(0.0, (b.median_ms - a.median_ms) / span)
+    return {"median_ms": median, "p90_ms": max(0.0, (b.p90_ms - a.p90_ms) / span),
+            "p99_ms": max(0.0, (b.p99_ms - a.p99_ms) / span), "mean_ms": max(0.0, (b.mean_ms - a.mean_ms) / span),
+            "cv": float(spread / median) if median > 0 else None, "runs": min(a.runs, b.runs),
+            "method": f"chain {long}-{short}", f"chain{short}_ms": a.median_ms, f"chain{long}_ms": b.median_ms}
+
+
+def _measure_mbv3(job: LutJob, backend, protocol, batch: int, seed: int) -> dict:
+    import torch.nn as nn
+
+    from ..spaces.mbv3_net import signature_module
+
+    key = job.keys[0]
+    module, shape = signature_module(key, batch)
+    if job.kind == "mbv3-lone":
+        return {key: _scaled(_timed(backend, module, shape, protocol, seed), 1.0, {"method": "alone"})}
+    short, long = MBV3_CHAIN
+    a, b = (_timed(backend, nn.Sequential(*[signature_module(key, batch)[0] for _ in range(n)]), shape, protocol, seed)
+            for n in MBV3_CHAIN)
+    return {key: _chain_stats(a, b, short, long)}
+
+
 def measure_job(job: LutJob, space, dataset: str, backend, protocol, batch: int = 1, seed: int = 0) -> dict:
     """Time one job; returns ``{key: stats}`` for the LUT."""
+    if job.kind.startswith("mbv3"):
+        return _measure_mbv3(job, backend, protocol, batch, seed)
     if job.kind == "chain":
         short, long = CHAIN
         stats = []
         for copies in CHAIN:
             module, (c, hw) = _chain_module(job.keys[0], copies)
             stats.append(_timed(backend, module, (batch, c, hw, hw), protocol, seed))
-        a, b = stats
-        span = long - short
-        spread = np.hypot(a.cv * a.mean_ms, b.cv * b.mean_ms) / span
-        median = max(0.0, (b.median_ms - a.median_ms) / span)
-        return {job.keys[0]: {
-            "median_ms": median, "p90_ms": max(0.0, (b.p90_ms - a.p90_ms) / span),
-            "p99_ms": max(0.0, (b.p99_ms - a.p99_ms) / span), "mean_ms": max(0.0, (b.mean_ms - a.mean_ms) / span),
-            "cv": float(spread / median) if median > 0 else None, "runs": min(a.runs, b.runs),
-            "method": f"chain {long}-{short}", f"chain{short}_ms": a.median_ms, f"chain{long}_ms": b.median_ms}}
+        return {job.keys[0]: _chain_stats(*stats, short, long)}
     net, shape, blocks = _fixed_blocks(space, dataset, batch)
     skeleton = _timed(backend, net, shape, protocol, seed)
     lone = [(key, _timed(backend, module, s, protocol, seed)) for key, module, s in blocks]
@@ -171,9 +215,15 @@ def signature_counts(space, archs: Sequence, dataset: str | None) -> tuple[list[
 
 
 def lut_sum_ms(space, profile, archs: Sequence) -> np.ndarray:
-    """Sum of the LUT medians over each arch's op signatures (ms); a feature for the latency model."""
+    """Sum of the LUT medians over each arch's op signatures (ms); a feature for the latency model.
+    mbv3: at a resolution the LUT was not measured at, interpolated (``latency_mbv3.own_lut_cost``)."""
     if profile.space != space.name:
         raise UserError(f"profile {profile.name} is for space {profile.space}, not {space.name}")
+    if space.name == "mbv3":
+        from ..predictors.latency_mbv3 import own_lut_cost
+
+        _lut_vector(profile, [])  # the "no LUT" error
+        return own_lut_cost(profile).evaluate_np(list(archs))
     keys, counts = signature_counts(space, archs, profile.dataset)
     return counts @ _lut_vector(profile, keys) if keys else np.zeros(len(archs))
 
@@ -191,13 +241,19 @@ def _distinct_valid(space) -> tuple:
     return tuple(out)
 
 
+MAX_ENUMERATED = 100_000  # a larger space (mbv3) draws its calibration nets from a seeded sample
+CANDIDATES = 3000
+
+
 def select_calibration(space, profile, n: int, seed: int, exclude: Sequence = ()) -> list:
     """``n`` distinct, valid, functionally different archs spanning the LUT-sum range: one drawn at random
-    (seeded) from each of ``n`` equal-width LUT-sum bins, the nearest unused arch when a bin is empty."""
+    (seeded) from each of ``n`` equal-width LUT-sum bins, the nearest unused arch when a bin is empty.
+    Candidates: the whole space when it is small (nb201), else ``CANDIDATES`` seeded samples (mbv3)."""
     if n <= 0:
         return []
     excluded = {str(a) for a in exclude}
-    archs = [a for a in _distinct_valid(space) if str(a) not in excluded]
+    pool = _distinct_valid(space) if space.size() <= MAX_ENUMERATED else space.sample(CANDIDATES, seed)
+    archs = [a for a in dict.fromkeys(pool) if str(a) not in excluded]
     sums = lut_sum_ms(space, profile, archs)
     rng = np.random.default_rng(seed)
     edges = np.linspace(sums.min(), sums.max(), n + 1)

@@ -18,7 +18,7 @@ from ..errors import UserError
 from ..profile import PROFILES_DIR, Profile, load_profile
 from .backends import BACKENDS, get_backend
 from .devices import check_hardware, choose_backend, detect_device, load_descriptor
-from .lut import measure_job, nb201_jobs, select_calibration
+from .lut import MBV3_RESOLUTIONS, measure_job, mbv3_jobs, nb201_jobs, select_calibration
 from .timing import PROTOCOLS, Protocol, settle
 
 # progress(stage, done, total, item): called once per stage before measuring and after every item
@@ -26,7 +26,7 @@ ProgressFn = Callable[[str, int, int, str], None]
 
 # settings that must match for a partial profile to be continued
 _RESUME_RUNTIME = ("backend", "precision", "batch", "threads", "clock", "protocol", "calibration_count",
-                   "calibration_seed")
+                   "calibration_seed", "lut_resolutions")
 _RESUME_DEVICE = ("name", "cpu", "gpu", "jetson_model", "power_mode")
 
 
@@ -46,6 +46,7 @@ class ProfileRequest:
     seed: int = 0
     fresh: bool = False
     protocol: Protocol | None = None  # overrides ``quick``: for tests and benchmarks
+    resolutions: tuple[int, ...] | None = None  # mbv3 LUT resolutions; None: MBV3_RESOLUTIONS by ``quick``
 
 
 @dataclass
@@ -67,8 +68,6 @@ def profile_path(req: ProfileRequest) -> Path:
 def _space(name: str):
     from ..spaces import get_space
 
-    if name == "mbv3":
-        raise UserError("`profile --space mbv3` is not supported yet; profile --space nb201")
     return get_space(name)
 
 
@@ -85,12 +84,12 @@ def _mismatch(old: Profile, new: Profile) -> str | None:
 
 
 def fit_latency_model(space, profile: Profile) -> str | None:
-    """Fit the latency model (``predictors.latency``) into the profile; returns why not, if it was not.
+    """Fit the latency model (``predictors``, by space) into the profile; returns why not, if it was not.
 
     A user-fixable refusal (say, a missing checkpoint) leaves the measured profile intact and is reported."""
     if find_spec("pomonag_edge.predictors.latency") is None:
         return "this version has no latency model"
-    from ..predictors.latency import fit_profile_model
+    from ..predictors import fit_profile_model
 
     try:
         profile.latency_model = fit_profile_model(space, profile)
@@ -101,9 +100,14 @@ def fit_latency_model(space, profile: Profile) -> str | None:
 
 def _settle(space, dataset: str, batch: int, backend, protocol, seed: int) -> None:
     """Bring the machine to a steady state with the heaviest net before the first measurement."""
-    from ..spaces.nb201 import CONV3, NB201Arch
+    if space.name == "mbv3":
+        from ..spaces.mbv3 import MAX_DEPTH, NUM_SLOTS, NUM_STAGES, MBV3Arch
 
-    arch = NB201Arch((CONV3,) * 6)
+        arch = MBV3Arch((7,) * NUM_SLOTS, (6,) * NUM_SLOTS, (MAX_DEPTH,) * NUM_STAGES, 224, space.width)
+    else:
+        from ..spaces.nb201 import CONV3, NB201Arch
+
+        arch = NB201Arch((CONV3,) * 6)
     x = np.random.default_rng(seed).standard_normal(space.input_shape(arch, dataset, batch)).astype(np.float32)
     settle(backend.load(space.build(arch, dataset).eval(), {"input": x}).run_once_ms, protocol)
 
@@ -134,6 +138,14 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
                "clock": req.clock,
                "protocol": protocol.name, "protocol_settings": protocol.to_dict(), **backend.version(),
                "calibration_count": req.calibration, "calibration_seed": req.seed, "lut_method": "in-context chains"}
+    if space.name == "mbv3":
+        resolutions = tuple(req.resolutions or MBV3_RESOLUTIONS["quick" if req.quick else "default"])
+        bad = [r for r in resolutions if r not in space.resolutions]
+        if bad:
+            raise UserError(f"cannot profile mbv3 at resolution {bad[0]}: the space has 128..224 in steps of 4")
+        runtime["lut_resolutions"] = list(resolutions)
+        runtime["lut_method"] = ("every layer alone" if req.quick else "residual blocks as chains, other layers "
+                                 "alone") + "; resolutions not profiled are interpolated"
     fresh = Profile(name=descriptor.name, space=space.name, dataset=dataset,
                     device={"name": descriptor.name, "descriptor": descriptor.to_dict(), **facts}, runtime=runtime)
     path = profile_path(req)
@@ -153,7 +165,10 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
 
     measured = 0
     # 1. per-op table
-    jobs = nb201_jobs(space, dataset)
+    if space.name == "mbv3":
+        jobs = mbv3_jobs(space, dataset, runtime["lut_resolutions"], chains=not req.quick)
+    else:
+        jobs = nb201_jobs(space, dataset)
     todo = [j for j in jobs if not all(k in profile.lut for k in j.keys)]
     plan_size = req.calibration - len(profile.calibration)
     if todo or plan_size > 0:

@@ -49,7 +49,7 @@ def read_measurements(space, path: str | os.PathLike) -> list[dict]:
 def calibrate_profile(space, items: list[dict], name: str, base=None, source: str = ""):
     """A profile for ``name`` holding ``items`` (plus ``base``'s device facts, LUT and calibration), fitted."""
     from ..profile import Profile
-    from .latency import fit_profile_model
+    from . import fit_profile_model  # dispatches on the space (nb201 / mbv3)
 
     if base is not None:
         if base.reference:

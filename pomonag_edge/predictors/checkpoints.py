@@ -48,3 +48,16 @@ def load_checkpoint(path) -> tuple[dict, str]:
     if not path.exists():
         raise UserError(f"checkpoint {path} does not exist; `pomonag-edge train --help` says how to make it")
     return _load(str(path), path.stat().st_mtime)
+
+
+_BUILT: dict = {}
+
+
+def load_built(path, build):
+    """``build(ckpt, sha, path)`` of the checkpoint at ``path``, made once per process per content hash
+    (pretrained embeddings are built once, however many profiles use them)."""
+    ckpt, sha = load_checkpoint(path)
+    key = (build, sha)
+    if key not in _BUILT:
+        _BUILT[key] = build(ckpt, sha, str(path))
+    return _BUILT[key]
