@@ -64,7 +64,8 @@ def main(argv=None) -> int:
                     help="use a profile calibrated from N measured nets of each device (its latency model then has "
                          "an error and a margin) instead of the reference profile (exact table)")
     ap.add_argument("--scale", type=float, default=None, help="diffusion guidance scale (default: the strategy's)")
-    ap.add_argument("--spread", type=float, default=None, help="diffusion weight spread (default: the strategy's)")
+    ap.add_argument("--spread", type=float, default=None,
+                    help="per-sample cost-weight spread of the mean-gradient path (used only with directions=1)")
     ap.add_argument("--penalty", type=float, default=None, help="diffusion budget penalty (default: the strategy's)")
     ap.add_argument("--rounds", type=int, default=None, help="diffusion sampling rounds (default: the strategy's)")
     ap.add_argument("--mean-guidance", action="store_true",
