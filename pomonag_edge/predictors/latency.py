@@ -97,18 +97,28 @@ def pretrain_embedding(latency_ms: np.ndarray, dim: int = 12, hidden: int = 64, 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     x = torch.from_numpy(SPACE.encode(list(SPACE.enumerate())))
+    emb = _build_embedding(dim, hidden)
+    return fit_embedding_heads(emb, dim, (x,), latency_ms, steps=steps, batch=batch, lr=lr, gen=gen,
+                               progress=progress)
+
+
+def fit_embedding_heads(emb, dim: int, inputs: tuple, latency_ms: np.ndarray, *, steps: int, batch: int, lr: float,
+                        gen, weight_decay: float = 0.0, progress=None):
+    """Train ``emb(*inputs)`` (each input: one row per net) with one linear head per column of ``latency_ms``:
+    Huber on per-column standardized log-ms, NaN cells ignored. Both spaces' pretraining; returns ``emb``
+    in eval mode."""
+    import torch
+
     logy = np.log(latency_ms)
     mean, std = np.nanmean(logy, axis=0), np.nanstd(logy, axis=0)
     z = torch.from_numpy(np.nan_to_num((logy - mean) / std, nan=0.0)).float()
     mask = torch.from_numpy(np.isfinite(logy)).float()
-    emb = _build_embedding(dim, hidden)
     heads = torch.nn.Linear(dim, logy.shape[1])
-    params = list(emb.parameters()) + list(heads.parameters())
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = torch.optim.Adam(list(emb.parameters()) + list(heads.parameters()), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for step in range(steps):
-        idx = torch.randint(0, len(x), (batch,), generator=gen)
-        pred = heads(emb(x[idx]))
+        idx = torch.randint(0, len(inputs[0]), (batch,), generator=gen)
+        pred = heads(emb(*(v[idx] for v in inputs)))
         loss = (torch.nn.functional.huber_loss(pred, z[idx], reduction="none", delta=1.0) * mask[idx]).sum()
         loss = loss / mask[idx].sum()
         opt.zero_grad()

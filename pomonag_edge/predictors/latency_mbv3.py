@@ -30,7 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ProfileError, UserError
-from .latency import embedding_ref
+from .latency import embedding_ref, fit_embedding_heads
 
 LATENCY_CHECKPOINT = "latency_mbv3.pt"
 MODEL_KIND = "mbv3-embedding-map"
@@ -196,27 +196,9 @@ def pretrain_embedding(archs, latency_ms: np.ndarray, dim: int = 16, hidden: int
     cost = raw_cost_features(archs) if cost is None else cost
     x = torch.from_numpy(SPACE.encode(archs))
     c = torch.from_numpy(cost).float()
-    logy = np.log(latency_ms)
-    mean, std = np.nanmean(logy, axis=0), np.nanstd(logy, axis=0)
-    z = torch.from_numpy(np.nan_to_num((logy - mean) / std, nan=0.0)).float()
-    mask = torch.from_numpy(np.isfinite(logy)).float()
     emb = _build_embedding(dim, hidden, cost.mean(0), cost.std(0))
-    heads = torch.nn.Linear(emb.dim, logy.shape[1])
-    opt = torch.optim.Adam(list(emb.parameters()) + list(heads.parameters()), lr=lr, weight_decay=1e-5)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    for step in range(steps):
-        idx = torch.randint(0, len(x), (batch,), generator=gen)
-        pred = heads(emb(x[idx], c[idx]))
-        loss = (torch.nn.functional.huber_loss(pred, z[idx], reduction="none", delta=1.0) * mask[idx]).sum()
-        loss = loss / mask[idx].sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        if progress is not None:
-            progress(step + 1, steps, loss.item())
-    emb.eval()
-    return emb
+    return fit_embedding_heads(emb, emb.dim, (x, c), latency_ms, steps=steps, batch=batch, lr=lr, gen=gen,
+                               weight_decay=1e-5, progress=progress)
 
 
 def _design(phi: np.ndarray) -> np.ndarray:
