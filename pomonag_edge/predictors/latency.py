@@ -10,27 +10,28 @@ modelled instead as ``scale x LUT-sum`` (see ``fit_lut_scale``): on this CPU tha
 
 The embedding cannot hold everything a training table knows (fine structure a sibling device shares), so
 the prediction is the mean, in log space, of that head and a *sibling-table* model (see ``sibling_fit``):
-each training device's own measured table, affinely rescaled in log space to the timings, weighted by its
-leave-one-out error. On the leave-one-device-out benchmark this lifts mean Spearman 0.938 -> 0.946.
+every training table and every pair of them, affinely fitted in log space to the timings, averaged with
+weights from their leave-one-out error. On the leave-one-device-out benchmark (10 shots) the single-table
+version lifted mean Spearman 0.938 -> 0.946; the pairs lift it to 0.949 and MAPE 10.6% -> 9.9%.
 
 The model knows its own error: leave-one-out (cross-validated beyond 10) residuals on the calibration
 timings give a relative-error quantile that ``generate`` adds to predictions as a budget margin.
 
-Tried on the same leave-one-device-out protocol (10 shots, 5 seeds, 32 devices; 0.946 / 10.6% MAPE as is)
-and not adopted, because none raised the mean Spearman by more than 0.001: an ensemble of two embeddings
-(0.9464), their concatenation as one embedding (0.9453), op-count / params / FLOPs features appended to phi
-(no gain on the 5 weakest devices), an episodic (HELP-style, closed-form ridge) few-shot loss or a pairwise
-ranking loss in pretraining (both 0.001-0.007 worse on the weakest devices),
-a single evidence-weighted mixture over head and sibling components instead of the fixed 0.5 mix (worse:
-selection loses to hedging on 10 timings), and a sweep of the prior weights, sibling temperature and mix
-(best 0.9466; chosen by nested leave-one-device-out, 0.9445). The family is near its ceiling: the same
-model fitted by least squares on a held-out device's *whole* table reaches only 0.970 on average, and
-0.67 on edgetpu-large, whose table jumps ~5x between two modes no training device shares
-(``benchmarks/latency_fewshot.py`` prints that ceiling per device).
+Tried on the same leave-one-device-out protocol (10 shots, 5 seeds, 32 devices) and not adopted, because
+none raised the mean Spearman by more than 0.001: an ensemble of two embeddings, their concatenation as
+one embedding, op-count / params / FLOPs features appended to phi, an episodic (HELP-style, closed-form
+ridge) few-shot loss or a pairwise ranking loss in pretraining, a single evidence-weighted mixture over
+head and sibling components instead of the fixed 0.5 mix (selection loses to hedging on 10 timings), a
+sweep of the prior weights, sibling temperature and mix, triples of tables beside the pairs (0.9487 vs
+0.9486), and a ridge correction over all tables and phi with evidence-chosen strength (-0.002 at 10 shots,
++0.003 at 50). The family is near its ceiling: the same model fitted by least squares on a held-out
+device's *whole* table reaches 0.970 on average, and 0.67 on edgetpu-large, whose table jumps ~6x between
+two modes that no other device's table predicts (``benchmarks/latency_modes.py``).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -41,7 +42,7 @@ from ..errors import ProfileError, UserError
 
 LATENCY_CHECKPOINT = "latency_nb201.pt"
 MODEL_KIND = "nb201-embedding-map"
-MODEL_VERSION = 2  # 2: + sibling-table model; older stored states are refitted
+MODEL_VERSION = 3  # 2: + sibling-table model; 3: + two-sibling fits; older stored states are refitted
 SIBLING_MIX = 0.5  # weight of the sibling-table model in log space (the rest: the embedding head)
 REFERENCE_KIND = "reference-table"
 ERROR_QUANTILE = 0.9
@@ -293,35 +294,45 @@ def mixture_head(design: np.ndarray, y: np.ndarray, components) -> tuple[np.ndar
     return w @ np.array(thetas), float(w @ np.array(noises))
 
 
-def sibling_fit(tables: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per training device j, ``y ~ a_j * log ms_j + b_j`` by least squares; weights from leave-one-out error.
+def sibling_fit(tables: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    """``y ~ sum_j coef_j * log ms_j + shift``: the leave-one-out-weighted average of every one- and
+    two-sibling least-squares fit, collapsed into one linear map of the D tables.
 
-    ``tables``: (n, D) log-ms of the calibration nets on the D training devices. Returns (weights, a, b).
+    ``tables``: (n, D) log-ms of the calibration nets on the D training devices. Returns (coef (D,), shift).
     Why: a sibling device's measured table carries structure no shared low-rank embedding keeps (whole-ms
-    phones, int8 mobile CPUs); a two-parameter fit per device cannot overfit 10 timings, and the leave-one-out
-    error (closed form through the hat matrix) says which siblings to trust.
+    phones, int8 mobile CPUs); fits of two or three parameters cannot overfit 10 timings, the leave-one-out
+    error (closed form through the hat matrix) says which to trust, and pairs reach devices that sit between
+    two training devices (pixel3 0.894 -> 0.909, edge-tpu-int8 0.874 -> 0.903 Spearman at 10 shots).
     """
     n, dev = tables.shape
-    a, b, loo = np.empty(dev), np.empty(dev), np.empty(dev)
-    for j in range(dev):
-        design = np.stack([tables[:, j], np.ones(n)], axis=1)
+    coef, shift = np.zeros(dev), 0.0
+    groups = [np.arange(dev)[:, None], np.array(list(itertools.combinations(range(dev), 2)))]
+    fits = []
+    for idx in groups:  # idx: (candidates, size) device indices
+        design = np.concatenate([tables[:, idx].transpose(1, 0, 2), np.ones((len(idx), n, 1))], axis=2)
         pinv = np.linalg.pinv(design)
-        a[j], b[j] = pinv @ y
-        hat = np.clip(np.diag(design @ pinv), 0, 1 - 1e-9)
-        loo[j] = np.mean(((design @ np.array([a[j], b[j]]) - y) / (1 - hat)) ** 2)
-    best = loo.min()
-    w = np.exp(-(loo - best) / (best + 1e-12))
-    return w / w.sum(), a, b
+        c = pinv @ y
+        hat = np.clip(np.einsum("cnk,ckn->cn", design, pinv), 0, 1 - 1e-9)
+        loo = np.mean(((np.einsum("cnk,ck->cn", design, c) - y) / (1 - hat)) ** 2, axis=1)
+        fits.append((idx, c, loo))
+    best = min(loo.min() for _, _, loo in fits)
+    total = sum(np.exp(-(loo - best) / (best + 1e-12)).sum() for _, _, loo in fits)
+    for idx, c, loo in fits:
+        w = np.exp(-(loo - best) / (best + 1e-12)) / total
+        for k in range(idx.shape[1]):
+            np.add.at(coef, idx[:, k], w * c[:, k])
+        shift += float(w @ c[:, -1])
+    return coef, shift
 
 
 def _fit_head(design, tables, y, components):
-    """The adapted model: (theta of the embedding head, sibling weights, a, b, noise std)."""
+    """The adapted model: (theta of the embedding head, sibling coef, sibling shift, noise std)."""
     theta, noise = mixture_head(design, y, components)
     return (theta, *sibling_fit(tables, y), noise)
 
 
-def _predict_log(design, tables, theta, w, a, b) -> np.ndarray:
-    return (1 - SIBLING_MIX) * (design @ theta) + SIBLING_MIX * ((tables * a + b) @ w)
+def _predict_log(design, tables, theta, coef, shift) -> np.ndarray:
+    return (1 - SIBLING_MIX) * (design @ theta) + SIBLING_MIX * (tables @ coef + shift)
 
 
 def cv_relative_errors(design: np.ndarray, y: np.ndarray, components, folds: int = 10,
@@ -337,8 +348,8 @@ def cv_relative_errors(design: np.ndarray, y: np.ndarray, components, folds: int
             theta, _ = mixture_head(design[~held], y[~held], components)
             out[held] = np.abs(np.expm1(design[held] @ theta - y[held]))
         else:
-            theta, w, a, b, _ = _fit_head(design[~held], tables[~held], y[~held], components)
-            out[held] = np.abs(np.expm1(_predict_log(design[held], tables[held], theta, w, a, b) - y[held]))
+            theta, coef, shift, _ = _fit_head(design[~held], tables[~held], y[~held], components)
+            out[held] = np.abs(np.expm1(_predict_log(design[held], tables[held], theta, coef, shift) - y[held]))
     return out
 
 
@@ -398,8 +409,8 @@ class LatencyModel:
                  profile=None, table_ms: np.ndarray | None = None, state: dict | None = None,
                  sibling: tuple | None = None, lut_scale_log: float | None = None):
         self.space, self.pretrained, self.theta = space, pretrained, np.asarray(theta, dtype=np.float64)
-        # (weights, a, b) of the sibling-table model over pretrained.devices, or None (the head alone)
-        self.sibling = None if sibling is None else tuple(np.asarray(v, dtype=np.float64) for v in sibling)
+        # (coef over pretrained.devices, shift) of the sibling-table model, or None (the head alone)
+        self.sibling = None if sibling is None else (np.asarray(sibling[0], dtype=np.float64), float(sibling[1]))
         self.relative_error = float(relative_error)
         self.profile, self.table_ms, self.lut_scale_log = profile, table_ms, lut_scale_log
         self.state = state or {}
@@ -448,8 +459,8 @@ class LatencyModel:
     def _sibling_table(self) -> np.ndarray:
         """The sibling-table model's log-ms of all 15,625 nets (index order), computed once."""
         if getattr(self, "_sibling_all", None) is None:
-            w, a, b = self.sibling
-            self._sibling_all = (self.pretrained.sibling_tables() * a + b) @ w
+            coef, shift = self.sibling
+            self._sibling_all = self.pretrained.sibling_tables() @ coef + shift
         return self._sibling_all
 
     def to_dict(self) -> dict:
@@ -507,17 +518,17 @@ def fit_calibration(space, archs, latency_ms, pretrained: Pretrained, profile=No
     model = LatencyModel(space, pretrained, components[0][1], 0.0, profile=profile)
     design = model._design(list(archs))
     tables = pretrained.sibling_tables()[[space.index(a) for a in archs]]
-    theta, w, a, b, noise = _fit_head(design, tables, y, components)
+    theta, coef, shift, noise = _fit_head(design, tables, y, components)
     errors = cv_relative_errors(design, y, components, tables=tables)
     rel = float(np.quantile(errors, ERROR_QUANTILE))
-    model.theta, model.relative_error, model.sibling = theta, rel, (w, a, b)
+    model.theta, model.relative_error, model.sibling = theta, rel, (coef, shift)
     features = [f"phi{i}" for i in range(len(pretrained.prior_mean) - 1)] + ["bias"]
     model.state = {
         "kind": MODEL_KIND, "version": MODEL_VERSION, "embedding": embedding_ref(pretrained),
         "features": features,
         "coef": [float(v) for v in theta], "noise_log_std": noise,
-        "sibling": {"mix": SIBLING_MIX, "devices": list(pretrained.devices), "weight": [float(v) for v in w],
-                    "scale": [float(v) for v in a], "shift": [float(v) for v in b]},
+        "sibling": {"mix": SIBLING_MIX, "devices": list(pretrained.devices), "coef": [float(v) for v in coef],
+                    "shift": shift},
         "relative_error": rel, "relative_error_quantile": ERROR_QUANTILE,
         "cv_relative_errors": [round(float(v), 6) for v in errors], "n_calibration": int(len(y)),
     }
@@ -575,5 +586,5 @@ def latency_model_for(space, profile, pretrained: Pretrained | None = None) -> L
             and state["sibling"].get("mix") == SIBLING_MIX):
         sib = state["sibling"]
         return LatencyModel(space, pre, np.array(state["coef"]), state["relative_error"], profile=profile,
-                            state=state, sibling=(sib["weight"], sib["scale"], sib["shift"]))
+                            state=state, sibling=(sib["coef"], sib["shift"]))
     return _fit(space, profile, pre)[0]
