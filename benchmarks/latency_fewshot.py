@@ -102,8 +102,9 @@ def main(argv=None):
     m = np.mean(rows, axis=0)
     print(f"{'MEAN (' + str(len(rows)) + ' devices, ' + str(seeds) + ' seeds, ' + str(args.shots) + ' shots)':44s} "
           f"{m[0]:8.3f} {m[1]:8.3f} {m[2]:7.1f} {m[3]:8.3f} {HELP_SPEARMAN:8.3f} {m[4]:8.3f} {m[5]:9.1f} {m[6]:8.3f}")
+    below = [f"{dev} {r[0]:.4f}" for dev, r in zip(held, rows) if r[0] < 0.90]
     print(f"worst device spearman {min(r[0] for r in rows):.3f}; devices below 0.90: "
-          f"{sum(r[0] < 0.90 for r in rows)}; HELP published FLOPs baseline {HELP_FLOPS}; "
+          f"{len(below)} ({', '.join(below) or 'none'}); HELP published FLOPs baseline {HELP_FLOPS}; "
           f"targets: mean >= 0.96, every device >= 0.90, MAPE <= 10%; {time.time() - t0:.0f} s")
 
 
