@@ -167,6 +167,15 @@ def head_prior(heads: np.ndarray, shrink: float = 0.0) -> tuple[np.ndarray, np.n
     return mean, cov + 1e-6 * np.eye(len(mean))
 
 
+def prior_components(mean: np.ndarray, cov: np.ndarray, heads: np.ndarray) -> list:
+    """The head prior as mixture components ``(weight, mean, cov)``: the population Gaussian, and one narrow
+    component per training device's head (see ``mixture_head``). Both spaces' models use it."""
+    comps = [(POPULATION_WEIGHT, mean, cov)]
+    for head in heads:
+        comps.append(((1 - POPULATION_WEIGHT) / len(heads), head, DEVICE_COV_SCALE * cov))
+    return comps
+
+
 def train_latency_checkpoint(seed: int = 0, steps: int = 1500, dim: int = 16, hidden: int = 128,
                              devices: Sequence[str] | None = None, progress=None) -> dict:
     """The shipped checkpoint's content: embedding weights, every training device's head, the prior.
@@ -235,11 +244,7 @@ class Pretrained:
         return self._fill
 
     def prior_components(self) -> list:
-        """The head prior as mixture components ``(weight, mean, cov)``."""
-        comps = [(POPULATION_WEIGHT, self.prior_mean, self.prior_cov)]
-        for head in self.heads:
-            comps.append(((1 - POPULATION_WEIGHT) / len(self.heads), head, DEVICE_COV_SCALE * self.prior_cov))
-        return comps
+        return prior_components(self.prior_mean, self.prior_cov, self.heads)
 
     def phi(self, archs=None) -> np.ndarray:
         """Embedding of ``archs`` (all 15,625 when None); the whole-space table is computed once."""

@@ -310,13 +310,9 @@ class Pretrained:
         return _embed(self.embedding, list(archs), cost)
 
     def prior_components(self) -> list:
-        """The head prior as mixture components ``(weight, mean, cov)``, weighted as NB201's."""
-        from .latency import DEVICE_COV_SCALE, POPULATION_WEIGHT
+        from .latency import prior_components
 
-        comps = [(POPULATION_WEIGHT, self.prior_mean, self.prior_cov)]
-        for head in self.heads:
-            comps.append(((1 - POPULATION_WEIGHT) / len(self.heads), head, DEVICE_COV_SCALE * self.prior_cov))
-        return comps
+        return prior_components(self.prior_mean, self.prior_cov, self.heads)
 
 
 def load_pretrained(path=None) -> Pretrained:
