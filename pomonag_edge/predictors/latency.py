@@ -310,20 +310,22 @@ def sibling_fit(tables: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
     two training devices (pixel3 0.894 -> 0.909, edge-tpu-int8 0.874 -> 0.903 Spearman at 10 shots).
     """
     n, dev = tables.shape
-    coef, shift = np.zeros(dev), 0.0
-    groups = [np.arange(dev)[:, None], np.array(list(itertools.combinations(range(dev), 2)))]
-    fits = []
-    for idx in groups:  # idx: (candidates, size) device indices
+    groups = [np.arange(dev)[:, None]]  # each group: (candidates, size) device indices
+    if dev > 1:
+        groups.append(np.array(list(itertools.combinations(range(dev), 2))))
+    fits, loo = [], []
+    for idx in groups:
         design = np.concatenate([tables[:, idx].transpose(1, 0, 2), np.ones((len(idx), n, 1))], axis=2)
         pinv = np.linalg.pinv(design)
         c = pinv @ y
         hat = np.clip(np.einsum("cnk,ckn->cn", design, pinv), 0, 1 - 1e-9)
-        loo = np.mean(((np.einsum("cnk,ck->cn", design, c) - y) / (1 - hat)) ** 2, axis=1)
-        fits.append((idx, c, loo))
-    best = min(loo.min() for _, _, loo in fits)
-    total = sum(np.exp(-(loo - best) / (best + 1e-12)).sum() for _, _, loo in fits)
-    for idx, c, loo in fits:
-        w = np.exp(-(loo - best) / (best + 1e-12)) / total
+        loo.append(np.mean(((np.einsum("cnk,ck->cn", design, c) - y) / (1 - hat)) ** 2, axis=1))
+        fits.append((idx, c))
+    loo = np.concatenate(loo)
+    weights = np.exp(-(loo - loo.min()) / (loo.min() + 1e-12))
+    weights = np.split(weights / weights.sum(), np.cumsum([len(idx) for idx in groups])[:-1])
+    coef, shift = np.zeros(dev), 0.0
+    for (idx, c), w in zip(fits, weights):
         for k in range(idx.shape[1]):
             np.add.at(coef, idx[:, k], w * c[:, k])
         shift += float(w @ c[:, -1])
