@@ -23,7 +23,9 @@ Two ceilings are printed beside each device, so a figure can be read against wha
 ``ceil-sp``/``ceil-MAPE`` fit the same model family (the fold's embedding head plus all training devices'
 tables, affine in log space) by least squares on the held-out device's *whole* table, an in-sample upper
 bound for any 10-shot adaptation of that family; ``ties-sp`` is the Spearman of a perfect continuous
-predictor against the table as stored (below 1 only for the whole-millisecond phones).
+predictor against the table as stored (below 1 only for the whole-millisecond phones). ``covered%`` is how
+often a held-out net's measured latency is within the prediction plus the model's own margin (its
+leave-one-out 90% relative error, which ``generate`` adds to every prediction): ~90 means the margin is honest.
 
 More timings help less than one would hope (same folds, ``--shots``): 20 shots 0.956 / 9.6% MAPE, 50 shots
 0.958 / 9.0%. edgetpu-large alone (0.58, ceiling 0.67) costs the mean 0.012, and is capped by its table, not
@@ -77,7 +79,7 @@ def main(argv=None):
     connected = np.array([SPACE.is_valid(a) for a in archs])
 
     print(f"{'device':44s} {'spearman':>8s} {'kendall':>8s} {'MAPE%':>7s} {'FLOPs-sp':>8s} {'HELP-sp':>8s} "
-          f"{'ceil-sp':>8s} {'ceil-MAPE':>9s} {'ties-sp':>8s}")
+          f"{'ceil-sp':>8s} {'ceil-MAPE':>9s} {'ties-sp':>8s} {'covered%':>8s}")
     rows, t0 = [], time.time()
     for dev in held:
         d = names.index(dev)
@@ -85,7 +87,7 @@ def main(argv=None):
         pre = Pretrained.from_tables(ms[:, train], [names[j] for j in train], steps=steps, seed=0)
         target = ms[:, d]
         pool = np.where(np.isfinite(target) & connected)[0]
-        sp, kt, mape = [], [], []
+        sp, kt, mape, covered = [], [], [], []
         for seed in range(seeds):
             rng = np.random.default_rng(seed)
             shots = rng.choice(pool, size=args.shots, replace=False)
@@ -95,13 +97,15 @@ def main(argv=None):
             sp.append(spearmanr(pred, target[rest])[0])
             kt.append(kendalltau(pred, target[rest])[0])
             mape.append(100 * np.mean(np.abs(pred / target[rest] - 1)))
+            covered.append(100 * np.mean(target[rest] <= pred + model.margin_ms(pred)))
         fsp = spearmanr(flops[pool], target[pool])[0]
-        rows.append((np.mean(sp), np.mean(kt), np.mean(mape), fsp, *_ceilings(pre, target, pool)))
+        rows.append((np.mean(sp), np.mean(kt), np.mean(mape), fsp, *_ceilings(pre, target, pool), np.mean(covered)))
         print(f"{dev:44s} {rows[-1][0]:8.3f} {rows[-1][1]:8.3f} {rows[-1][2]:7.1f} {fsp:8.3f} {HELP_SPEARMAN:8.3f} "
-              f"{rows[-1][4]:8.3f} {rows[-1][5]:9.1f} {rows[-1][6]:8.3f}", flush=True)
+              f"{rows[-1][4]:8.3f} {rows[-1][5]:9.1f} {rows[-1][6]:8.3f} {rows[-1][7]:8.1f}", flush=True)
     m = np.mean(rows, axis=0)
     print(f"{'MEAN (' + str(len(rows)) + ' devices, ' + str(seeds) + ' seeds, ' + str(args.shots) + ' shots)':44s} "
-          f"{m[0]:8.3f} {m[1]:8.3f} {m[2]:7.1f} {m[3]:8.3f} {HELP_SPEARMAN:8.3f} {m[4]:8.3f} {m[5]:9.1f} {m[6]:8.3f}")
+          f"{m[0]:8.3f} {m[1]:8.3f} {m[2]:7.1f} {m[3]:8.3f} {HELP_SPEARMAN:8.3f} {m[4]:8.3f} {m[5]:9.1f} {m[6]:8.3f} "
+          f"{m[7]:8.1f}")
     below = [f"{dev} {r[0]:.4f}" for dev, r in zip(held, rows) if r[0] < 0.90]
     print(f"worst device spearman {min(r[0] for r in rows):.3f}; devices below 0.90: "
           f"{len(below)} ({', '.join(below) or 'none'}); HELP published FLOPs baseline {HELP_FLOPS}; "
