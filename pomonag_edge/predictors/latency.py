@@ -23,8 +23,10 @@ one embedding, op-count / params / FLOPs features appended to phi, an episodic (
 ridge) few-shot loss or a pairwise ranking loss in pretraining, a single evidence-weighted mixture over
 head and sibling components instead of the fixed 0.5 mix (selection loses to hedging on 10 timings), a
 sweep of the prior weights, sibling temperature and mix, triples of tables beside the pairs (0.9487 vs
-0.9486), and a ridge correction over all tables and phi with evidence-chosen strength (-0.002 at 10 shots,
-+0.003 at 50). The family is near its ceiling: the same model fitted by least squares on a held-out
+0.9486), the head's reconstructions of the tables as extra sibling candidates (0.9489), head-prior components
+at midpoints of pairs of training heads (0.9491), a Bayesian sibling regression with a prior learned from how
+each training table is explained by the others (0.9419), and a ridge correction over all tables and phi with
+evidence-chosen strength (-0.002 at 10 shots, +0.003 at 50). The family is near its ceiling: the same model fitted by least squares on a held-out
 device's *whole* table reaches 0.970 on average, and 0.67 on edgetpu-large, whose table jumps ~6x between
 two modes that no other device's table predicts (``benchmarks/latency_modes.py``).
 """
