@@ -169,15 +169,6 @@ def head_prior(heads: np.ndarray, shrink: float = 0.0) -> tuple[np.ndarray, np.n
     return mean, cov + 1e-6 * np.eye(len(mean))
 
 
-def prior_components(mean: np.ndarray, cov: np.ndarray, heads: np.ndarray) -> list:
-    """The head prior as mixture components ``(weight, mean, cov)``: the population Gaussian, and one narrow
-    component per training device's head (see ``mixture_head``). Both spaces' models use it."""
-    comps = [(POPULATION_WEIGHT, mean, cov)]
-    for head in heads:
-        comps.append(((1 - POPULATION_WEIGHT) / len(heads), head, DEVICE_COV_SCALE * cov))
-    return comps
-
-
 def train_latency_checkpoint(seed: int = 0, steps: int = 1500, dim: int = 16, hidden: int = 128,
                              devices: Sequence[str] | None = None, progress=None) -> dict:
     """The shipped checkpoint's content: embedding weights, every training device's head, the prior.
@@ -204,8 +195,9 @@ def train_latency_checkpoint(seed: int = 0, steps: int = 1500, dim: int = 16, hi
 
 
 @dataclass
-class Pretrained:
-    """A loaded embedding plus the head prior; ``sha256`` names the checkpoint it came from."""
+class PretrainedEmbedding:
+    """A loaded latency embedding, its training devices' heads and the head prior; ``sha256`` names the
+    checkpoint it came from. Both spaces' ``Pretrained`` extend it."""
 
     embedding: object
     devices: list[str]
@@ -214,6 +206,20 @@ class Pretrained:
     prior_cov: np.ndarray
     sha256: str = ""
     file: str = ""
+
+    def prior_components(self) -> list:
+        """The head prior as mixture components ``(weight, mean, cov)``: the population Gaussian, and one
+        narrow component per training device's head (see ``mixture_head``)."""
+        comps = [(POPULATION_WEIGHT, self.prior_mean, self.prior_cov)]
+        for head in self.heads:
+            comps.append(((1 - POPULATION_WEIGHT) / len(self.heads), head, DEVICE_COV_SCALE * self.prior_cov))
+        return comps
+
+
+@dataclass
+class Pretrained(PretrainedEmbedding):
+    """The NB201 embedding, with its whole-space table of phi and the training devices' tables."""
+
     _phi_all: np.ndarray | None = field(default=None, repr=False)
     _tables_ms: np.ndarray | None = field(default=None, repr=False)
     _fill: np.ndarray | None = field(default=None, repr=False)
@@ -244,9 +250,6 @@ class Pretrained:
             head = np.hstack([self.phi(), np.ones((len(log), 1))]) @ self.heads.T
             self._fill = np.where(np.isfinite(log), log, head)
         return self._fill
-
-    def prior_components(self) -> list:
-        return prior_components(self.prior_mean, self.prior_cov, self.heads)
 
     def phi(self, archs=None) -> np.ndarray:
         """Embedding of ``archs`` (all 15,625 when None); the whole-space table is computed once."""

@@ -30,7 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ProfileError, UserError
-from .latency import embedding_ref, fit_embedding_heads
+from .latency import PretrainedEmbedding, embedding_ref, fit_embedding_heads
 
 LATENCY_CHECKPOINT = "latency_mbv3.pt"
 MODEL_KIND = "mbv3-embedding-map"
@@ -275,17 +275,10 @@ def train_latency_checkpoint(seed: int = 0, steps: int = 800, dim: int = 16, hid
 
 
 @dataclass
-class Pretrained:
-    """A loaded embedding, its training settings' heads and the head prior (``sha256``: its checkpoint)."""
+class Pretrained(PretrainedEmbedding):
+    """The mbv3 embedding (``devices``: the OFA GPU settings), with each setting's held-out error."""
 
-    embedding: object
-    devices: list[str]
-    heads: np.ndarray
-    prior_mean: np.ndarray
-    prior_cov: np.ndarray
     heldout: dict = field(default_factory=dict)
-    sha256: str = ""
-    file: str = ""
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, sha256: str = "", file: str = "") -> "Pretrained":
@@ -294,7 +287,7 @@ class Pretrained:
         emb.load_state_dict(ckpt["state_dict"])
         emb.eval()
         return cls(emb, list(ckpt["devices"]), ckpt["heads"].double().numpy(), ckpt["prior_mean"].double().numpy(),
-                   ckpt["prior_cov"].double().numpy(), dict(ckpt.get("heldout", {})), sha256, file)
+                   ckpt["prior_cov"].double().numpy(), sha256, file, heldout=dict(ckpt.get("heldout", {})))
 
     @classmethod
     def from_tables(cls, archs, ms: np.ndarray, names: Sequence[str], cost: np.ndarray | None = None,
@@ -309,10 +302,6 @@ class Pretrained:
     def phi(self, archs, cost: np.ndarray | None = None) -> np.ndarray:
         return _embed(self.embedding, list(archs), cost)
 
-    def prior_components(self) -> list:
-        from .latency import prior_components
-
-        return prior_components(self.prior_mean, self.prior_cov, self.heads)
 
 
 def load_pretrained(path=None) -> Pretrained:
