@@ -318,19 +318,19 @@ def sibling_fit(tables: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
     groups = [np.arange(dev)[:, None]]  # each group: (candidates, size) device indices
     if dev > 1:
         groups.append(np.array(list(itertools.combinations(range(dev), 2))))
-    fits, loo = [], []
+    fits, loo = [], []  # per group: (candidates, size + 1) coefficients, (candidates,) leave-one-out MSE
     for idx in groups:
         design = np.concatenate([tables[:, idx].transpose(1, 0, 2), np.ones((len(idx), n, 1))], axis=2)
         pinv = np.linalg.pinv(design)
         c = pinv @ y
         hat = np.clip(np.einsum("cnk,ckn->cn", design, pinv), 0, 1 - 1e-9)
         loo.append(np.mean(((np.einsum("cnk,ck->cn", design, c) - y) / (1 - hat)) ** 2, axis=1))
-        fits.append((idx, c))
+        fits.append(c)
     loo = np.concatenate(loo)
     weights = np.exp(-(loo - loo.min()) / (loo.min() + 1e-12))
     weights = np.split(weights / weights.sum(), np.cumsum([len(idx) for idx in groups])[:-1])
     coef, shift = np.zeros(dev), 0.0
-    for (idx, c), w in zip(fits, weights):
+    for idx, c, w in zip(groups, fits, weights):
         for k in range(idx.shape[1]):
             np.add.at(coef, idx[:, k], w * c[:, k])
         shift += float(w @ c[:, -1])
