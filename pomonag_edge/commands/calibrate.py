@@ -6,6 +6,8 @@ import click
 
 from .options import space_option
 
+POOR_FIT = 0.25  # cross-validated q90 relative error above which the timings fit no model well
+
 
 @click.command(short_help="Profile from a CSV of arch,latency_ms.")
 @space_option
@@ -33,4 +35,8 @@ def command(space, measurements, name, base, out):
     model = profile.latency_model
     click.echo(f"{path}: {model['n_calibration']} calibration timings, latency model fitted "
                f"(cross-validated {int(model['relative_error_quantile'] * 100)}% relative error "
-               f"{100 * model['relative_error']:.1f}%, used as the budget margin)")
+               f"{100 * model['relative_error']:.1f}%; budget margins per net follow from it)")
+    if model["relative_error"] > POOR_FIT:
+        click.echo(f"warning: these {model['n_calibration']} timings fit no latency model well (cross-validated "
+                   f"{int(model['relative_error_quantile'] * 100)}% relative error {100 * model['relative_error']:.0f}%"
+                   f"); profile the device op by op instead: pomonag-edge profile --host USER@DEVICE", err=True)

@@ -16,11 +16,14 @@ from .options import dataset_option, profile_option, space_option
 @profile_option
 @dataset_option
 @click.option("--max-latency", default=None, metavar="TIME", help="Latency budget, e.g. 5ms (tested with the "
-              "latency model's error margin).")
+              "latency model's error margin for each net, see --confidence).")
 @click.option("--max-params", default=None, metavar="COUNT", help="Parameter budget, e.g. 1.5M.")
 @click.option("--max-macs", default=None, metavar="COUNT", help="MAC budget, e.g. 200M.")
 @click.option("--weights", default=None, metavar="SPEC",
               help="Guidance weights, default accuracy=1,latency=0.5,params=0.1,macs=0.1.")
+@click.option("--confidence", default="90%", show_default=True, metavar="P",
+              help="Keep nets whose probability of fitting --max-latency is at least P (e.g. 90% or 0.95); each "
+                   "net's margin comes from the latency model's own error for that net.")
 @click.option("--num", default=10, show_default=True, type=click.IntRange(1), help="Nets to return.")
 @click.option("--samples", default=512, show_default=True, type=click.IntRange(1),
               help="Nets drawn (diffusion, random) or scored (nsga2).")
@@ -28,7 +31,8 @@ from .options import dataset_option, profile_option, space_option
               show_default=True, help="How candidates are proposed; the rest of the run is the same.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", default=None, metavar="DIR", help="Run folder (default: a new folder under ./runs/).")
-def command(space, profile, dataset, max_latency, max_params, max_macs, weights, num, samples, strategy, seed, out):
+def command(space, profile, dataset, max_latency, max_params, max_macs, weights, confidence, num, samples, strategy,
+            seed, out):
     """Generate nets on the accuracy / latency / params / MACs Pareto front inside the budget.
 
     Writes DIR/pareto.json, pareto.csv, manifest.json and pareto.png. Without --profile the newest
@@ -41,6 +45,7 @@ def command(space, profile, dataset, max_latency, max_params, max_macs, weights,
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..generate import generate_run
+    from ..units import parse_probability
 
     # one torch thread: the generator's tensors are small, and with two threads on this 2-core machine under
     # load a score-network step took 3x longer (0.48 vs 0.17 s for 512 MobileNetV3 samples)
@@ -58,6 +63,7 @@ def command(space, profile, dataset, max_latency, max_params, max_macs, weights,
         run = generate_run(space=space, profile=profile, dataset=dataset, max_latency=max_latency,
                            max_params=max_params, max_macs=max_macs, weights=weights, num=num, samples=samples,
                            strategy=strategy, seed=seed, out=out, progress=progress,
+                           level=parse_probability(confidence, "--confidence"),
                            command=" ".join(["pomonag-edge", *sys.argv[1:]]))
     out_console = Console()
     if not out_console.is_terminal:  # piped or logged: keep each arch string on one line, copyable
@@ -65,8 +71,10 @@ def command(space, profile, dataset, max_latency, max_params, max_macs, weights,
     if not run.result.selected:
         out_console.print(render_table(run.result.closest, run.problem, title="closest nets (none within budget)"))
         run.result.require_feasible(run.problem.budget)
+    margin = (f"P(within budget) >= {run.problem.level:.0%}, per-net margins" if run.problem.per_net
+              else f"margin {run.problem.margin:.1%}")
     title = (f"{len(run.result.selected)} Pareto-optimal nets ({run.manifest['profile']['name']}, "
-             f"{run.problem.dataset}, margin {run.problem.margin:.1%})")
+             f"{run.problem.dataset}, {margin})")
     out_console.print(render_table(run.result.selected, run.problem, title=title))
     out_console.print(f"wrote {run.out}/pareto.json, pareto.csv, manifest.json, pareto.png "
                       f"({run.result.stats['seconds']} s search)")
@@ -81,9 +89,10 @@ def render_table(rows, problem, title: str = ""):
     table.add_column("#", justify="right")
     table.add_column("arch", overflow="fold", min_width=20)
     for name, justify in (("accuracy %", "right"), ("latency ms", "right"),
-                          ("params", "right"), ("MACs", "right"), ("within budget", "center")):
+                          ("params", "right"), ("MACs", "right"), ("P(within budget)", "right")):
         table.add_column(name, justify=justify)
     for i, r in enumerate(rows, start=1):
         table.add_row(str(r.get("rank") or i), r["arch"], f"{r['accuracy']:.2f}", f"{r['latency_ms']:.3f}",
-                      format_count(r["params"]), format_count(r["macs"]), "yes" if r["feasible"] else "no")
+                      format_count(r["params"]), format_count(r["macs"]),
+                      f"{r['p_within_budget']:.0%}" + ("" if r["feasible"] else " (no)"))
     return table

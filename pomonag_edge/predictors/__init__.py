@@ -2,7 +2,7 @@
 from the space's predictor.
 
 Public API: ``fit_profile_model``, ``latency_model_for`` -> a ``latency.LatencyModel`` (``predict_ms``,
-``relative_error``, ``margin_ms``, ``log_ms_torch``), ``load_accuracy_predictor`` (``predict(archs, dataset)``
+``relative_error``, ``log_sigma``, ``quantile_ms``, ``log_ms_torch``), ``load_accuracy_predictor`` (``predict(archs, dataset)``
 in percent, ``describe(dataset)``), and ``predict_rows`` for the ``predict`` command. Submodules import torch
 lazily, so importing this package stays cheap.
 """
@@ -43,8 +43,8 @@ def load_accuracy_predictor(space: SearchSpace):
 
 
 def search_predictors(space, profile, dataset: str):
-    """The product's predictors for a search: the profile's latency model (its relative error is the margin) and
-    the space's accuracy predictor. A predictor's range caveat is stated once, in the source, not warned about
+    """The product's predictors for a search: the profile's latency model (its per-net sigma of log-ms sets
+    each net's margin; its relative error is the summary) and the space's accuracy predictor. A predictor's range caveat is stated once, in the source, not warned about
     on every scoring call."""
     import warnings
 
@@ -65,7 +65,8 @@ def search_predictors(space, profile, dataset: str):
     source = {"latency": f"latency model of profile {profile.name}", "latency_relative_error": margin,
               "accuracy": accp.describe(dataset)}
     return Predictors(accuracy=accuracy, latency_ms=lambda archs: np.asarray(lat.predict_ms(archs), dtype=np.float64),
-                      margin=margin, source=source)
+                      margin=margin, source=source,
+                      latency_log_sigma=lambda archs: np.asarray(lat.log_sigma(archs), dtype=np.float64))
 
 
 def table_predictors(space, dataset: str, device: str):
