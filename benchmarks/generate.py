@@ -26,6 +26,7 @@ Targets: 100% truly feasible, gap <= 0.3 points, HV >= 0.99 of exhaustive's.
     python benchmarks/generate.py --quick        # pixel3, 3 budgets, cifar100
     python benchmarks/generate.py                # 4 devices x 3 budgets x 3 datasets
     python benchmarks/generate.py --calibrated 10 --datasets cifar100   # profiles from 10 timings
+    python benchmarks/generate.py --calibrated 10 --global-margin       # one q90 margin for every net (before)
     python benchmarks/generate.py --space mbv3   # a space without measured tables: benchmarks/generate_predicted.py
 """
 
@@ -78,6 +79,10 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=None, help="diffusion sampling rounds (default: the strategy's)")
     ap.add_argument("--mean-guidance", action="store_true",
                     help="diffusion with grad E[J | x_t] guidance (the form before the tilted one), for comparison")
+    ap.add_argument("--level", type=float, default=0.9,
+                    help="probability of fitting the budget a kept net must reach (per-net margins)")
+    ap.add_argument("--global-margin", action="store_true",
+                    help="one margin for every net (the latency model's q90 error), as before per-net margins")
     args = ap.parse_args(argv)
 
     import torch
@@ -117,15 +122,24 @@ def main(argv=None) -> int:
                 picks = np.random.default_rng(args.seed).choice(valid, args.calibrated, replace=False)
                 items = [{"arch": str(archs[i]), "latency_ms": float(true_lat[i])} for i in picks]
                 prof = calibrate_profile(SPACE, items, f"{device}-cal{args.calibrated}", source="benchmark")
+            psig = None
             if args.oracle:
                 pacc, plat, margin, src = true_acc, true_lat, 0.0, {"oracle": True}
             else:
                 base = search_predictors(SPACE, prof, dataset)
                 pacc, plat = base.accuracy(archs), base.latency_ms(archs)
                 margin, src = base.margin, base.source
-                print(f"{dataset} / {device}: latency model margin {margin:.1%}")
+                if not args.global_margin:
+                    psig = base.latency_log_sigma(archs)
+                    rel = np.expm1(1.2815515655446004 * psig[valid])
+                    print(f"{dataset} / {device}: latency model q90 error {margin:.1%}; per-net 90% margins "
+                          f"{np.percentile(rel, 10):.1%} / {np.median(rel):.1%} / {np.percentile(rel, 90):.1%} "
+                          "(p10 / median / p90)")
+                else:
+                    print(f"{dataset} / {device}: latency model margin {margin:.1%} (global)")
             lookup = lambda arr: (lambda xs: arr[[SPACE.table_index(a) for a in xs]])  # noqa: E731
-            preds = Predictors(lookup(np.asarray(pacc)), lookup(np.asarray(plat)), margin, src)
+            preds = Predictors(lookup(np.asarray(pacc)), lookup(np.asarray(plat)), margin, src,
+                               latency_log_sigma=None if psig is None else lookup(np.asarray(psig)))
             for q in QUANTILES:
                 budget_ms = float(np.nanpercentile(true_lat[valid], q))
                 budget = Budget(max_latency_ms=budget_ms)
@@ -140,7 +154,7 @@ def main(argv=None) -> int:
                 oracle = float(true_acc[feas_idx].max())
                 hv_exh, sampled_calls = None, None
                 for method in methods:
-                    problem = SearchProblem(SPACE, dataset, budget, preds)
+                    problem = SearchProblem(SPACE, dataset, budget, preds, level=args.level)
                     if method == "acc-only":
                         acc_only = parse_weights("accuracy=1,latency=0,params=0,macs=0")
                         strat = make_strategy("diffusion", weights=acc_only, use_budget=False,

@@ -9,16 +9,23 @@ Where the shipped tables hold every net of the space, a *sibling-table* model (`
 log space with the head: a sibling device's table carries structure no low-rank embedding keeps. What is
 space-specific (the embedding network, its inputs, the tables) is the space's ``latency_recipe``.
 
+A device unlike every shipped one must not be forced into their mould: the adapted model weighs candidate
+explanations (the head, the sibling tables, their average, and the cost proxies: log-linear in MACs, params
+or both) by how well each predicts the K timings held out one at a time (``fit_candidates``,
+``candidate_weights``). Few timings or a foreign device lean on the proxies; many timings of a familiar
+kind lean on the tables. Where the candidates disagree, or a net is unlike the timed ones, its own sigma of
+log-ms widens (``blend_log_sigma``): the budget test uses a per-net quantile, not one global margin.
+
 Each kind of fitted model is a small class with ``to_state``/``from_state``:
 
-- ``HeadModel``: the embedding head (+ sibling tables), for timings without a LUT, or a reference setting
-  whose table does not cover the space (its error measured on held-out nets);
+- ``HeadModel``: the weighed candidates, for timings without a LUT, or a reference setting whose table does
+  not cover the space (its training head; its error measured on held-out nets);
 - ``TableModel``: a reference profile whose table covers the space: an exact lookup, zero error;
 - ``LutModel``: a profile with its own per-op LUT: ``scale x LUT-cost ^ power``;
 - ``ProxyModel``: a space with no pretrained embedding: log-linear in MACs and params.
 
-Every model knows its own error: cross-validated relative errors on the calibration timings give the quantile
-that ``generate`` adds to predictions as a budget margin.
+Every model knows its own error: ``log_sigma`` per net (a constant from the cross-validated q90 relative error
+where nothing better is known), and ``quantile_ms`` the latency a net stays under at a given probability.
 """
 
 from __future__ import annotations
