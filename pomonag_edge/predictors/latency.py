@@ -479,9 +479,12 @@ def candidate_weights(candidates: list[dict], y: np.ndarray) -> np.ndarray:
 
 def _blend(candidates: list[dict], weights: np.ndarray, y: np.ndarray, min_weight: float = 1e-4) -> dict:
     """The weighted model: joint coef, the kept candidates (weight, held-out RMS, leverage), the held-out
-    relative errors of the blend, and ``kappa``, the factor that scales its per-net sigma so that the
-    ``ERROR_QUANTILE`` bound covers the held-out residuals as often as the q90 of their sizes would (the
-    global margin it replaces, whose coverage on held-out nets was measured), net by net."""
+    relative errors of the blend, and ``kappa``, the factor that makes its per-net sigma match its held-out
+    residuals (never below 1) times a small-sample inflation (Student t over normal at the 90% level). Why
+    not a quantile of the K held-out errors: matched that way, the bound covered 70-90% of the nets of devices
+    unlike the shipped ones, below the level asked for."""
+    from scipy.stats import t as student_t
+
     keep = [i for i in np.argsort(-weights) if weights[i] >= min_weight]
     w = weights[keep] / weights[keep].sum()
     cands = [candidates[i] for i in keep]
@@ -490,7 +493,8 @@ def _blend(candidates: list[dict], weights: np.ndarray, y: np.ndarray, min_weigh
     blend_loo = w @ loo
     lev = np.array([c["lev"]["loo"] for c in cands])
     var = w @ (mse[:, None] * (1 + lev) + (loo - blend_loo) ** 2)
-    kappa = float(np.quantile(np.abs(blend_loo - y) / np.sqrt(var), ERROR_QUANTILE)) / Z90
+    kappa = max(1.0, float(np.sqrt(np.mean((blend_loo - y) ** 2 / var))))
+    kappa *= float(student_t.ppf(ERROR_QUANTILE, max(len(y) - 1, 1))) / Z90
     return {"coef": w @ np.array([c["coef"] for c in cands]), "kappa": kappa,
             "errors": np.abs(np.expm1(blend_loo - y)),
             "candidates": [{"name": c["name"], "weight": float(wi), "rms_log": float(np.sqrt(m)),
