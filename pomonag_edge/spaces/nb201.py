@@ -235,20 +235,24 @@ class NB201Space:
         return int(len(np.unique(_canonical_index())))
 
     # -- networks and costs
-    def _dataset(self, dataset: str | None) -> str:
+    def _dataset(self, dataset) -> str | tuple[int, int]:
+        """A shipped dataset's name, or the (input resolution, classes) of a user task: any object with
+        ``input_hw`` and ``num_classes`` (a loaded ``UserData`` or a ``DatasetProfile``)."""
+        if dataset is not None and not isinstance(dataset, str):
+            return int(dataset.input_hw), int(dataset.num_classes)
         dataset = dataset or self.default_dataset
         if dataset not in DATASET_SHAPES:
             raise UserError(f"unknown dataset {dataset!r} for nb201; choose one of {', '.join(DATASETS)}")
         return dataset
 
     def input_shape(self, arch=None, dataset: str | None = None, batch: int = 1) -> tuple[int, ...]:
-        hw = DATASET_SHAPES[self._dataset(dataset)][0]
+        hw = _shape(self._dataset(dataset))[0]
         return (batch, 3, hw, hw)
 
     def build(self, arch: NB201Arch, dataset: str | None = None, prune: bool = True):
         from .nb201_net import NB201Network
 
-        hw, classes = DATASET_SHAPES[self._dataset(dataset)]
+        hw, classes = _shape(self._dataset(dataset))
         keep = live_edges(arch) if prune else tuple(op != NONE for op in arch.ops)
         return NB201Network(arch.ops, keep, classes)
 
@@ -264,7 +268,7 @@ class NB201Space:
         k*k for a k x k average pool, 1 for global pooling, plus the classifier bias. Counts every op
         of the genotype (``prune=False``), as NASLib does."""
         dataset = self._dataset(dataset)
-        hw, classes = DATASET_SHAPES[dataset]
+        hw, classes = _shape(dataset)
         keep = live_edges(arch) if prune else tuple(op != NONE for op in arch.ops)
         c0 = STAGE_CHANNELS[0]
         flops = _costs(arch, dataset, prune)[1] + 2 * c0 * hw * hw + classes  # stem BN, classifier bias
@@ -282,7 +286,7 @@ class NB201Space:
 
     def op_signatures(self, arch: NB201Arch, dataset: str | None = None) -> list[str]:
         """LUT keys of every block the built net runs, with repeats: stem, live cell ops, reductions, head."""
-        hw, classes = DATASET_SHAPES[self._dataset(dataset)]
+        hw, classes = _shape(self._dataset(dataset))
         keys = [f"stem:c{STAGE_CHANNELS[0]}:hw{hw}"]
         live = live_edges(arch)
         for s, c in enumerate(STAGE_CHANNELS):
@@ -305,10 +309,15 @@ def _signature_probe_archs() -> list[NB201Arch]:
     return [NB201Arch((op,) * NUM_EDGES) for op in (SKIP, CONV1, CONV3, POOL)]
 
 
-def _costs(arch: NB201Arch, dataset: str, prune: bool) -> tuple[int, int]:
+def _shape(dataset) -> tuple[int, int]:
+    """(input resolution, classes) of a shipped dataset's name or of a user task's (hw, classes)."""
+    return DATASET_SHAPES[dataset] if isinstance(dataset, str) else dataset
+
+
+def _costs(arch: NB201Arch, dataset, prune: bool) -> tuple[int, int]:
     """Exact (params, MACs). MACs count multiply-accumulates of convs and the linear layer only
     (one multiply-add = 1), the convention of NASLib's and NB201's ``flops`` figure."""
-    hw, classes = DATASET_SHAPES[dataset]
+    hw, classes = _shape(dataset)
     keep = live_edges(arch) if prune else tuple(op != NONE for op in arch.ops)
     c0 = STAGE_CHANNELS[0]
     params = 3 * c0 * 9 + 2 * c0  # stem conv + BN
