@@ -97,10 +97,20 @@ def predictors_for(space, profile, dataset: str) -> Predictors:
     from .predictors import latency_model_for, load_accuracy_predictor
 
     lat = latency_model_for(space, profile)
-    accp = load_accuracy_predictor(space.name)
     margin = float(lat.relative_error)
     source = {"latency": f"latency model of profile {profile.name}", "latency_relative_error": margin,
               "accuracy": f"accuracy predictor ({space.name}, {dataset})"}
+    if not isinstance(dataset, str):  # a user task: its dataset profile's few-shot model
+        from .dataset_profile import accuracy_model_of
+
+        accm = accuracy_model_of(dataset)
+        source["accuracy"] = (f"few-shot accuracy model of dataset profile {dataset.name} "
+                              f"({len(dataset.measurements)} measured nets)")
+        source["accuracy_error_points"] = accm.error_points
+        return Predictors(accuracy=lambda archs: np.asarray(accm.predict(archs), dtype=np.float64),
+                          latency_ms=lambda archs: np.asarray(lat.predict_ms(archs), dtype=np.float64),
+                          margin=margin, source=source)
+    accp = load_accuracy_predictor(space.name)
     kw = {}
     if space.name == "mbv3":  # OFA's range caveat, stated once here rather than warned on every scoring call
         kw, source["accuracy"] = {"warn": False}, f"{accp.name}: OFA's estimate, extrapolated outside r 160..224"

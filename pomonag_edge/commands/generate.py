@@ -67,5 +67,12 @@ def command(space, profile, dataset, max_latency, max_params, max_macs, weights,
     title = (f"{len(run.result.selected)} Pareto-optimal nets ({run.manifest['profile']['name']}, "
              f"{run.problem.dataset}, margin {run.problem.margin:.1%})")
     out_console.print(render_table(run.result.selected, run.problem, title=title))
+    task = run.manifest.get("dataset_profile")
+    if task:
+        out_console.print(f"accuracy: few-shot model of {task['name']} from {task['measurements']} measured nets; "
+                          f"cross-validated, {int(100 * task['accuracy_error_quantile'])}% of its predictions fall "
+                          f"within {task['accuracy_error_points']:.2f} points (rank correlation "
+                          f"{task['accuracy_cv_spearman']:.2f}): nets closer than that are a toss-up until trained",
+                          highlight=False, soft_wrap=True)
     out_console.print(f"wrote {run.out}/pareto.json, pareto.csv, manifest.json, pareto.png "
                       f"({run.result.stats['seconds']} s search)")

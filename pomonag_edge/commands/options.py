@@ -10,8 +10,9 @@ space_option = click.option(
     "--space", type=click.Choice(sorted(SPACES)), default="nb201", show_default=True, help="Search space."
 )
 dataset_option = click.option(
-    "--dataset", default=None, metavar="NAME",
-    help="Dataset the accuracy refers to (nb201: cifar10, cifar100, imagenet16-120).",
+    "--dataset", default=None, metavar="NAME|PATH",
+    help="Dataset the accuracy refers to: a shipped one (nb201: cifar10, cifar100, imagenet16-120; mbv3: imagenet) "
+         "or a dataset profile of your task (.json from `pomonag-edge probe` or `calibrate`; nb201).",
 )
 profile_option = click.option(
     "--profile", "profile", default=None, metavar="PATH|NAME",

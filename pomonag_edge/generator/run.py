@@ -21,6 +21,7 @@ from ..units import Budget, format_count
 
 RUN_SCHEMA = "pomonag-edge/run"
 RUN_SCHEMA_VERSION = 1
+RUN_DATASET_FILE = "dataset.json"  # a user task's dataset profile, copied into the run folder
 CSV_FIELDS = ("rank", "arch", "accuracy", "latency_ms", "latency_ms_with_margin", "params", "macs", "feasible",
               "front", "index")
 
@@ -60,9 +61,10 @@ def generate_run(*, space="nb201", profile=None, dataset=None, max_latency=None,
     sp = get_space(space)
     budget = Budget.parse(max_latency, max_params, max_macs)
     w = parse_weights(weights)
-    dataset = dataset or sp.default_dataset
-    if dataset not in sp.datasets:
-        raise UserError(f"unknown dataset {dataset!r} for {sp.name}; choose one of {', '.join(sp.datasets)}")
+    from ..dataset_profile import dataset_label, resolve_dataset
+
+    dataset_spec = dataset
+    dataset = resolve_dataset(dataset, sp)  # a shipped name, or a user task's DatasetProfile
     prof = resolve_profile(profile, space=sp.name)
     if prof.space != sp.name:
         raise UserError(f"profile {prof.name} is for space {prof.space}, not {sp.name}")
@@ -71,7 +73,8 @@ def generate_run(*, space="nb201", profile=None, dataset=None, max_latency=None,
     strat = make_strategy(strategy, weights=w, **(strategy_options or {}))
     result = run_search(problem, strat, samples=samples, num=num, seed=seed, progress=progress)
     manifest = {
-        "schema": RUN_SCHEMA, "schema_version": RUN_SCHEMA_VERSION, "space": sp.name, "dataset": dataset,
+        "schema": RUN_SCHEMA, "schema_version": RUN_SCHEMA_VERSION, "space": sp.name,
+        "dataset": dataset_label(dataset), "dataset_profile": _dataset_record(dataset, dataset_spec),
         "profile": {"spec": profile, "name": prof.name, "sha256": prof.sha256, "reference": prof.reference},
         "budget": budget.to_dict(), "budget_text": describe_budget(budget),
         "margin": problem.margin, "latency_limit_ms": problem.latency_limit_ms,
@@ -84,7 +87,21 @@ def generate_run(*, space="nb201", profile=None, dataset=None, max_latency=None,
     if result.selected:
         out_dir = out_dir or new_run_dir()
         write_run(out_dir, result, manifest, problem)
+        if not isinstance(dataset, str):  # the run folder carries its task: train and export read it there
+            dataset.save(out_dir / RUN_DATASET_FILE)
     return Run(out=out_dir, problem=problem, result=result, manifest=manifest)
+
+
+def _dataset_record(dataset, spec) -> dict | None:
+    """What the manifest says about a user task (None for a shipped dataset): its profile and the accuracy
+    model's own cross-validated error, so a reader knows how sure the predicted accuracies are."""
+    if isinstance(dataset, str):
+        return None
+    cv = (dataset.accuracy_model or {}).get("cv", {})
+    return {"spec": spec, "file": RUN_DATASET_FILE, "name": dataset.name, "sha256": dataset.sha256,
+            "num_classes": dataset.num_classes, "measurements": len(dataset.measurements),
+            "accuracy_error_points": cv.get("error_points"), "accuracy_error_quantile": cv.get("error_quantile"),
+            "accuracy_cv_spearman": cv.get("spearman")}
 
 
 def write_run(out: Path, result: SearchResult, manifest: dict, problem: SearchProblem) -> None:
@@ -123,7 +140,7 @@ def plot_png(result: SearchResult, problem: SearchProblem) -> bytes:
             ax.axvline(problem.latency_limit_ms, color="gray", ls=":", lw=1,
                        label=f"budget less margin ({problem.margin:.1%})")
     ax.set_xlabel("predicted latency (ms)")
-    ax.set_ylabel(f"predicted accuracy (%, {problem.dataset})")
+    ax.set_ylabel(f"predicted accuracy (%, {problem.dataset})")  # a user task prints as its name
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()

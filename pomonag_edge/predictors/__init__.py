@@ -56,13 +56,10 @@ def load_accuracy_predictor(space_name: str = "nb201", path=None):
 def predict_rows(space: SearchSpace, archs: Sequence[Arch], dataset: str | None = None,
                  profile: str | None = None) -> list[dict]:
     """One dict per arch, in input order: ``arch, params, macs`` (+ ``latency_ms``, ``accuracy``)."""
-    from ..data import check_dataset
-    from ..errors import UserError
+    from ..dataset_profile import resolve_dataset
 
-    if dataset is not None and space.name == "nb201":
-        check_dataset(dataset)
-    elif dataset is not None and dataset not in space.datasets:
-        raise UserError(f"unknown dataset {dataset!r} for {space.name}; choose one of {', '.join(space.datasets)}")
+    if dataset is not None:
+        dataset = resolve_dataset(dataset, space)  # a shipped name, or a user task's dataset profile
     rows = [{"arch": str(a), "params": space.params(a, dataset), "macs": space.macs(a, dataset)} for a in archs]
     if profile is not None:
         from ..profile import resolve_profile
@@ -71,7 +68,12 @@ def predict_rows(space: SearchSpace, archs: Sequence[Arch], dataset: str | None 
         for row, ms in zip(rows, model.predict_ms(archs)):
             row["latency_ms"] = round(float(ms), 4)
     if dataset is not None:
-        predictor = load_accuracy_predictor(space.name)
+        if isinstance(dataset, str):
+            predictor = load_accuracy_predictor(space.name)
+        else:
+            from ..dataset_profile import accuracy_model_of
+
+            predictor = accuracy_model_of(dataset)
         for row, acc in zip(rows, predictor.predict(archs, dataset)):
             row["accuracy"] = round(float(acc), 3)
     return rows
