@@ -18,6 +18,7 @@ the measured one.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import time
 from dataclasses import asdict, dataclass
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import UserError
 from .files import atomic_write_bytes
 
 CHECKPOINT_KIND = "pomonag-edge/trained-net"
@@ -154,3 +156,101 @@ def load_trained_state(path: str | Path) -> dict:
 
     state = torch.load(str(path), map_location="cpu", weights_only=False)
     return state["model"]
+
+
+# ------------------------------------------------------------------ a run's chosen nets
+
+TRAIN_DIR = "train"
+RESULTS_FILE = "results.json"
+RESULTS_SCHEMA = "pomonag-edge/trained"
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a space needs to build a net for trained weights: input resolution and classes."""
+
+    name: str
+    input_hw: int
+    num_classes: int
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def train_run(run_dir, data_path, top: int = 1, epochs: int = 200, seed: int = 0, progress=None,
+              device: str | None = None) -> dict:
+    """Train the run's ``top`` nets (rank order, within budget) on the data at ``data_path``; checkpoints in
+    ``RUN/train/``, measured validation accuracy beside the predicted one in ``RUN/train/results.json``
+    (rewritten after each net). A rerun resumes unfinished nets and keeps finished ones."""
+    import json
+
+    from .dataset_profile import SPACE_INPUT_HW
+    from .export.runs import load_run
+    from .files import atomic_write_json
+    from .spaces import get_space
+    from .userdata import load_user_data
+
+    if top < 1:
+        raise UserError(f"--top must be at least 1, got {top}")
+    if epochs < 1:
+        raise UserError(f"--epochs must be at least 1, got {epochs}")
+    run = load_run(run_dir)
+    if run.space not in SPACE_INPUT_HW:
+        raise UserError(f"training on your data works for {', '.join(SPACE_INPUT_HW)} runs; this run is {run.space}")
+    space = get_space(run.space)
+    data = load_user_data(data_path, input_hw=SPACE_INPUT_HW[run.space], seed=seed)
+    task = run.task
+    if task is not None and task.num_classes != data.num_classes:
+        raise UserError(f"the run was generated for {task.name} ({task.num_classes} classes) but {data_path} holds "
+                        f"{data.num_classes}: pass the data the run's dataset profile was made from")
+    out = Path(run.path) / TRAIN_DIR
+    results_path = out / RESULTS_FILE
+    recipe = Recipe(epochs=epochs, seed=seed)
+    previous = {}
+    if results_path.is_file():
+        try:
+            old = json.loads(results_path.read_text(encoding="utf-8"))
+            previous = {n["arch"]: n for n in old.get("nets", [])
+                        if n.get("recipe") == asdict(recipe) and old.get("data", {}).get("fingerprint") ==
+                        data.source["fingerprint"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            previous = {}
+    candidates = [c for c in run.candidates if c.get("feasible", True)][:top]
+    if not candidates:
+        raise UserError(f"{run.path / 'pareto.json'} holds no net within budget to train")
+    results = {"schema": RESULTS_SCHEMA, "schema_version": 1, "run_dir": str(run.path), "space": run.space,
+               "task": {"name": task.name if task is not None else data.name, "input_hw": data.input_hw,
+                        "num_classes": data.num_classes},
+               "data": data.source, "recipe": asdict(recipe), "nets": [], "complete": False}
+    for position, item in enumerate(candidates, start=1):
+        arch = space.parse(item["arch"])
+        rank = int(item.get("rank") or position)
+        ckpt = out / f"{rank:02d}-{hashlib.sha256(str(arch).encode()).hexdigest()[:12]}.pt"
+        label = f"net {position}/{len(candidates)}"
+        if str(arch) in previous and Path(previous[str(arch)]["checkpoint"]).is_file():
+            results["nets"].append(previous[str(arch)])
+            continue
+        r = train_net(space, arch, data, recipe, checkpoint=ckpt, device=device,
+                      progress=None if progress is None else (lambda e, n, loss: progress(label, e, n)))
+        results["nets"].append({"rank": rank, "arch": str(arch), "accuracy_predicted": item.get("accuracy"),
+                                "accuracy_measured": r["accuracy"], "split": "validation",
+                                "n_val": int(len(data.y_val)), "recipe": asdict(recipe), "checkpoint": str(ckpt),
+                                "seconds": r["seconds"], "device": r["device"], "history": r["history"]})
+        atomic_write_json(results_path, results)
+    results["complete"] = True
+    atomic_write_json(results_path, results)
+    results["path"] = str(results_path)
+    return results
+
+
+def trained_results(run_dir) -> dict | None:
+    """``RUN/train/results.json`` when the run's nets were trained, else None."""
+    import json
+
+    path = Path(run_dir) / TRAIN_DIR / RESULTS_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is unreadable or corrupt: {e}") from None

@@ -138,6 +138,7 @@ class _Context:
     notes: list[str] = field(default_factory=list)
     clock: str = "wall"  # the profile's: a net is re-timed with the clock its prediction was fitted on
     informative: bool = False  # timings of this machine for a reference profile: not judged
+    trained: dict | None = None  # RUN/train/results.json: the run's nets trained on the user's data
     _runtimes: dict = field(default_factory=dict)
 
     def runtime(self, name: str):
@@ -219,6 +220,10 @@ def export_run(run_dir: str | Path, options: ExportOptions,
     ctx = _Context(run, space, profile, profile_path, options, run.path / "export", backend_name, measure_precision,
                    precision, threads, batch, measure, tensorrt, notes, clock=runtime.get("clock") or "wall",
                    informative=informative)
+    if options.weights is None:
+        from ..training import trained_results
+
+        ctx.trained = trained_results(run.path)
     predicted, predicted_by = _predicted_ms(space, profile, run, candidates)
     existing = _existing_files(ctx.out_dir)
     report = {
@@ -262,17 +267,30 @@ def _export_one(ctx: _Context, rank: int, item: dict, predicted_ms: float | None
     space, options = ctx.space, ctx.options
     arch = space.parse(item["arch"])
     stem = file_stem(rank, arch, space)
-    entry = {"rank": rank, "arch": str(arch), "params": space.params(arch, ctx.run.dataset),
-             "macs": space.macs(arch, ctx.run.dataset), "predicted": {"latency_ms": predicted_ms,
-                                                                      "accuracy": item.get("accuracy")},
+    dataset = ctx.run.space_dataset
+    weights, trained = (load_weights(options.weights, arch), None) if options.weights else (None, None)
+    if ctx.trained is not None:
+        trained = next((n for n in ctx.trained["nets"] if n["arch"] == str(arch)), None)
+    if trained is not None:  # the net trained on the user's data: its weights, its classes, its accuracy
+        from ..training import Task, load_trained_state
+
+        t = ctx.trained["task"]
+        dataset = Task(t["name"], int(t["input_hw"]), int(t["num_classes"]))
+        weights = load_trained_state(trained["checkpoint"])
+    entry = {"rank": rank, "arch": str(arch), "params": space.params(arch, dataset),
+             "macs": space.macs(arch, dataset), "predicted": {"latency_ms": predicted_ms,
+                                                              "accuracy": item.get("accuracy")},
+             "weights": "trained" if trained else ("--weights" if options.weights else "random (seeded)"),
              "files": {}, "checks": [], "measured": {}, "timing_s": {}, "status": None, "reasons": []}
-    input_shape = space.input_shape(arch, ctx.run.dataset, batch=ctx.batch)
+    if trained is not None:
+        entry["accuracy_measured"] = trained["accuracy_measured"]
+        entry["accuracy_measured_on"] = f"{trained['split']} split ({trained['n_val']} images)"
+    input_shape = space.input_shape(arch, dataset, batch=ctx.batch)
     batches = sorted({1, 2, ctx.batch}) if options.dynamic_batch else [ctx.batch]
-    weights = load_weights(options.weights, arch) if options.weights else None
     onnx_path = ctx.out_dir / f"{stem}.onnx"
 
     t0 = time.perf_counter()
-    model = build_model(space, arch, ctx.run.dataset, weights, seed=options.seed)
+    model = build_model(space, arch, dataset, weights, seed=options.seed)
     reuse = bool(options.measure) and stem in existing
     try:
         if not reuse:

@@ -1,6 +1,6 @@
-"""``pomonag-edge train generator``: trains the score network and writes a checkpoint (.pt + .json).
+"""``pomonag-edge pretrain generator``: trains the score network and writes a checkpoint (.pt + .json).
 
-Registered in the ``train`` group (``pomonag_edge/commands/train.py``). torch is imported inside the
+Registered in the ``pretrain`` group (``pomonag_edge/commands/pretrain.py``). torch is imported inside the
 command so ``--help`` stays fast. The shipped checkpoints are exactly the defaults with --seed 0: the options
 below for nb201; for mbv3 the unset options take ``train.SPACE_DEFAULTS['mbv3']`` (training set pareto, batch
 128: one step of the 26-token network costs ~70 ms here, so 3,000 steps train in ~4 min on one thread).

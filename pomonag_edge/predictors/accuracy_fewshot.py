@@ -135,8 +135,20 @@ class FewShotAccuracyModel:
         return float(self.state["cv"]["error_points"])
 
     def predict_index(self, index: np.ndarray) -> np.ndarray:
-        feats = task_features(self.datasets)[np.asarray(index, dtype=np.int64)]
-        return np.clip(self.y_mean + self.y_std * _predict(feats, self.theta, self.coef, self.shift), 0.0, 100.0)
+        """Percent for nets given by topology index. A disconnected net (its output ignores the input) gets
+        the lowest prediction of any connected net: a linear model fitted to a few noisy probes can otherwise
+        rank such nets first, and guidance would steer toward nets the search then drops."""
+        index = np.asarray(index, dtype=np.int64)
+        pred = np.clip(self.y_mean + self.y_std * _predict(task_features(self.datasets)[index], self.theta,
+                                                            self.coef, self.shift), 0.0, 100.0)
+        return np.where(_connected()[index], pred, self._floor())
+
+    def _floor(self) -> float:
+        if getattr(self, "_floor_value", None) is None:
+            feats = task_features(self.datasets)[_connected()]
+            self._floor_value = float(np.clip(self.y_mean + self.y_std * _predict(feats, self.theta, self.coef,
+                                                                                  self.shift).min(), 0.0, 100.0))
+        return self._floor_value
 
     def predict(self, archs: Sequence, dataset=None) -> np.ndarray:
         from ..spaces.nb201 import SPACE
