@@ -67,6 +67,10 @@ def command(space, profile, dataset, max_latency, max_params, max_macs, weights,
     title = (f"{len(run.result.selected)} Pareto-optimal nets ({run.manifest['profile']['name']}, "
              f"{run.problem.dataset}, margin {run.problem.margin:.1%})")
     out_console.print(render_table(run.result.selected, run.problem, title=title))
+    if run.problem.space.name == "mbv3":
+        from ..predictors.ofa_accuracy import estimate_note
+
+        out_console.print(estimate_note(), highlight=False, soft_wrap=True)
     task = run.manifest.get("dataset_profile")
     if task:
         out_console.print(f"accuracy: few-shot model of {task['name']} from {task['measurements']} measured nets; "

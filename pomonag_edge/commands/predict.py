@@ -26,6 +26,10 @@ def command(space, archs_file, dataset, profile, fmt):
     sp = get_space(space)
     archs = parse_lines(sp, archs_file, source=archs_file.name)
     rows = predict_rows(sp, archs, dataset=dataset, profile=profile)
+    if sp.name == "mbv3" and rows and "accuracy" in rows[0]:
+        from ..predictors.ofa_accuracy import estimate_note
+
+        click.echo(f"note: {estimate_note()}", err=True)
     if fmt == "json":
         json.dump(rows, sys.stdout, indent=2)
         sys.stdout.write("\n")

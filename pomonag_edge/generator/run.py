@@ -140,7 +140,8 @@ def plot_png(result: SearchResult, problem: SearchProblem) -> bytes:
             ax.axvline(problem.latency_limit_ms, color="gray", ls=":", lw=1,
                        label=f"budget less margin ({problem.margin:.1%})")
     ax.set_xlabel("predicted latency (ms)")
-    ax.set_ylabel(f"predicted accuracy (%, {problem.dataset})")  # a user task prints as its name
+    ax.set_ylabel("OFA's ImageNet estimate (%)" if problem.space.name == "mbv3"
+                  else f"predicted accuracy (%, {problem.dataset})")  # a user task prints as its name
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -156,7 +157,10 @@ def render_table(rows, problem, title: str = ""):
     table = Table(title=title)
     table.add_column("#", justify="right")
     table.add_column("arch", overflow="fold", min_width=20)
-    for name, justify in (("accuracy %", "right"), ("latency ms", "right"),
+    acc_label = "accuracy %"
+    if problem.space.name == "mbv3":
+        from ..predictors.ofa_accuracy import COLUMN_LABEL as acc_label
+    for name, justify in ((acc_label, "right"), ("latency ms", "right"),
                           ("params", "right"), ("MACs", "right"), ("within budget", "center")):
         table.add_column(name, justify=justify)
     for i, r in enumerate(rows, start=1):
