@@ -7,15 +7,16 @@ every other connected net (one per function). Figures, means over the 3 held-out
 - ``spearman``: rank correlation with the true accuracy on the rest;
 - ``regret``: for params budgets at the 25/50/75/100% quantiles, the true accuracy of the oracle (best net in
   budget) minus that of the net picked (the method's best in budget), mean over the 4 budgets. The pick is the
-  exhaustive strategy's (the predicted best in budget); ``benchmarks/generate.py`` measures how close diffusion
-  comes to exhaustive's pick.
+  exhaustive strategy's (the predicted best in budget); with ``--generate`` the first seed's few-shot model
+  also guides ``generate``'s diffusion (512 samples, default weights, pixel3's measured latency as the
+  latency predictor, params budget only) and its rank-1 net is scored the same way (``fewshot, generate``).
 
 Methods: ``fewshot`` (probes chosen by ``choose_probes``), ``fewshot, random probes`` (K uniform distinct
 functions), and baselines: ``best measured`` (the best of the K measured nets in budget; a budget no probe
 fits scores the median feasible net), ``nearest table`` (the other table that ranks the K measurements best),
 ``params-only`` (more parameters = better).
 
-    python benchmarks/accuracy_fewshot.py [--shots 10 20] [--seeds 5]
+    python benchmarks/accuracy_fewshot.py [--shots 10 20] [--seeds 5] [--generate]
 """
 
 from __future__ import annotations
@@ -46,6 +47,25 @@ def best_measured_regret(idx: np.ndarray, truth: np.ndarray, params: np.ndarray,
     return float(np.mean(out))
 
 
+def generate_regret(model, dataset: str, truth, params, universe, budgets) -> float:
+    """Mean over ``budgets`` of oracle - true accuracy of ``generate``'s rank-1 net, guided by ``model``."""
+    from pomonag_edge.data import nb201_latency_ms
+    from pomonag_edge.search import Predictors, SearchProblem, make_strategy, run_search
+    from pomonag_edge.spaces.nb201 import SPACE
+    from pomonag_edge.units import Budget
+
+    lat = nb201_latency_ms("pixel3")
+    preds = Predictors(accuracy=lambda archs: model.predict(archs),
+                       latency_ms=lambda archs: lat[[SPACE.index(a) for a in archs]], margin=0.0)
+    out = []
+    for b in budgets:
+        res = run_search(SearchProblem(SPACE, dataset, Budget(max_params=float(b)), preds),
+                         make_strategy("diffusion"), samples=512, num=10, seed=0)
+        ok = universe[params[universe] <= b]
+        out.append(truth[ok].max() - truth[res.selected[0]["index"]])
+    return float(np.mean(out))
+
+
 def main(argv=None):
     from pomonag_edge.data import NB201_DATASETS, nb201_accuracy
     from pomonag_edge.predictors.accuracy_fewshot import (_unique_functions, choose_probes, fit_fewshot,
@@ -55,14 +75,19 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shots", type=int, nargs="+", default=[10, 20])
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--generate", action="store_true", help="also score generate's diffusion pick (first seed)")
     args = p.parse_args(argv)
 
+    import torch
+
+    torch.set_num_threads(1)
     universe = _unique_functions()
-    params = np.array([SPACE.params(SPACE.from_index(i), "cifar10") for i in range(15625)], dtype=np.float64)
-    budgets = np.percentile(params[universe], QUANTILES)
     methods = ("fewshot", "fewshot, random probes", "best measured", "nearest table", "params-only")
+    methods += ("fewshot, generate",) if args.generate else ()
     rows: dict = {}
     for held in NB201_DATASETS:
+        params = np.array([SPACE.params(SPACE.from_index(i), held) for i in range(15625)], dtype=np.float64)
+        budgets = np.percentile(params[universe], QUANTILES)
         others = tuple(d for d in NB201_DATASETS if d != held)
         truth = nb201_accuracy(held)
         feats = task_features(others)
@@ -80,6 +105,9 @@ def main(argv=None):
                     score[idx] = truth[idx]  # measured nets count with their measurement
                     rows.setdefault((held, k, name), []).append(
                         (spearmanr(model.predict_index(rest), truth[rest])[0], regret(score, truth, params, budgets)))
+                    if args.generate and seed == 0 and name == "fewshot":
+                        rows.setdefault((held, k, "fewshot, generate"), []).append(
+                            (np.nan, generate_regret(model, held, truth, params, universe, budgets)))
                 rest = np.setdiff1d(universe, chosen)
                 rows.setdefault((held, k, "best measured"), []).append(
                     (np.nan, best_measured_regret(chosen, truth, params, universe, budgets)))

@@ -200,7 +200,7 @@ def train_run(run_dir, data_path, top: int = 1, epochs: int = 200, seed: int = 0
     space = get_space(run.space)
     data = load_user_data(data_path, input_hw=SPACE_INPUT_HW[run.space], seed=seed)
     task = run.task
-    if task is not None and task.num_classes != data.num_classes:
+    if task is not None and task.source.get("classes") and task.num_classes != data.num_classes:
         raise UserError(f"the run was generated for {task.name} ({task.num_classes} classes) but {data_path} holds "
                         f"{data.num_classes}: pass the data the run's dataset profile was made from")
     out = Path(run.path) / TRAIN_DIR

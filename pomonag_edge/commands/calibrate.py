@@ -38,7 +38,9 @@ def command(space, measurements, name, base, out):
             raise UserError("--base refines a device profile; an arch,accuracy CSV makes a dataset profile on its own")
         items, scale = read_accuracy_measurements(sp, measurements)
         dprofile = fit_dataset_profile(sp, [dict(i, source=Path(measurements).name) for i in items], name,
-                                       source={"kind": "measured elsewhere", "measurements": Path(measurements).name},
+                                       source={"kind": "measured elsewhere", "measurements": Path(measurements).name,
+                                               "num_classes": 10, "num_classes_note": "assumed (costs only); "
+                                               "`train --data` builds nets for the data's own classes"},
                                        scale=scale)
         path = dprofile.save(out or DATASETS_DIR / f"{name}.json")
         cv = dprofile.accuracy_model["cv"]
