@@ -11,7 +11,7 @@ held-out rows: Spearman, and the true accuracy of its best-predicted held-out ne
 beside each shipped table's ranking and params-only.
 
     python benchmarks/digits_groundtruth.py [--epochs 3] [--probes 10] [--held-out 12]   # trains what is missing, then scores
-    python benchmarks/digits_groundtruth.py --score-only
+    python benchmarks/digits_groundtruth.py --score-only [--dataset datasets/digits.json]
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def build(epochs: int, probes: int, held_out: int) -> None:
             print(f"{role:8s} {r['accuracy']:6.2f}% {r['seconds']:6.1f}s {arch}", flush=True)
 
 
-def score() -> None:
+def score(dataset: str | None = None) -> None:
     from pomonag_edge.data import NB201_DATASETS, nb201_accuracy
     from pomonag_edge.predictors.accuracy_fewshot import fit_fewshot
     from pomonag_edge.spaces.nb201 import SPACE
@@ -95,6 +95,10 @@ def score() -> None:
     truth = np.array([float(r["accuracy"]) for r in held])
     model = fit_fewshot([SPACE.parse(r["arch"]) for r in probe], [float(r["accuracy"]) for r in probe])
     cands = {"fewshot (from the probes)": model.predict_index(idx)}
+    if dataset:  # a dataset profile made elsewhere, e.g. by `pomonag-edge probe --data DIGITS`
+        from pomonag_edge.dataset_profile import accuracy_model_of, resolve_dataset
+
+        cands[f"profile {Path(dataset).name}"] = accuracy_model_of(resolve_dataset(dataset, SPACE)).predict_index(idx)
     for d in NB201_DATASETS:
         cands[f"{d} table"] = nb201_accuracy(d)[idx]
     cands["params-only"] = np.array([SPACE.params(SPACE.from_index(int(i))) for i in idx], dtype=np.float64)
@@ -117,10 +121,11 @@ def main(argv=None):
     p.add_argument("--probes", type=int, default=10)
     p.add_argument("--held-out", type=int, default=12)
     p.add_argument("--score-only", action="store_true")
+    p.add_argument("--dataset", default=None, metavar="PATH", help="also score this dataset profile's model")
     args = p.parse_args(argv)
     if not args.score_only:
         build(args.epochs, args.probes, args.held_out)
-    score()
+    score(args.dataset)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,10 @@ Files of a run (written by ``pomonag-edge generate``; the export stage reads the
 ``latency_ms_with_margin``, ``params``, ``macs`` (exact, for ``dataset``'s input), ``feasible`` (bool),
 ``front`` (0 = non-dominated among the feasible candidates), ``index`` (NB201 topology index).
 
-``manifest.json``: ``schema`` ("pomonag-edge/run"), ``schema_version``, ``space``, ``dataset``,
-``profile`` {``spec``, ``name``, ``sha256``, ``reference``}, ``budget`` {``max_latency_ms``, ``max_params``,
+``manifest.json``: ``schema`` ("pomonag-edge/run"), ``schema_version``, ``space``, ``dataset`` (a shipped
+name, or a user task's name), ``dataset_profile`` (null, or for a user task {``spec``, ``file``, ``name``,
+``sha256``, ``num_classes``, ``measurements``, ``accuracy_error_points``, ``accuracy_error_quantile``,
+``accuracy_cv_spearman``}; the profile itself is copied to ``dataset.json`` beside it), ``profile`` {``spec``, ``name``, ``sha256``, ``reference``}, ``budget`` {``max_latency_ms``, ``max_params``,
 ``max_macs``}, ``margin`` (relative), ``latency_limit_ms`` (budget / (1 + margin)), ``weights``,
 ``strategy``, ``num``, ``samples``, ``seed``, ``predictors`` (what scored the nets), ``stats``,
 ``generator`` (checkpoint meta, diffusion only), ``versions``, ``created``, ``command``.
