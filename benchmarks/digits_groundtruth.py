@@ -10,7 +10,7 @@ Score: the few-shot model fitted on the probe rows only (all three shipped table
 held-out rows: Spearman, and the true accuracy of its best-predicted held-out net vs the best held-out net;
 beside each shipped table's ranking and params-only.
 
-    python benchmarks/digits_groundtruth.py [--epochs 3] [--probes 10] [--held-out 12]   # trains what is missing, then scores
+    python benchmarks/digits_groundtruth.py [--epochs 5] [--probes 6] [--held-out 8]   # trains what is missing, then scores
     python benchmarks/digits_groundtruth.py --score-only [--dataset datasets/digits.json]
 """
 
@@ -117,9 +117,9 @@ def score(dataset: str | None = None) -> None:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--probes", type=int, default=10)
-    p.add_argument("--held-out", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--probes", type=int, default=6)
+    p.add_argument("--held-out", type=int, default=8)
     p.add_argument("--score-only", action="store_true")
     p.add_argument("--dataset", default=None, metavar="PATH", help="also score this dataset profile's model")
     args = p.parse_args(argv)
