@@ -52,7 +52,9 @@ def best_measured_regret(idx: np.ndarray, truth: np.ndarray, params: np.ndarray,
 def generate_regret(model, dataset: str, truth, params, universe, budgets) -> float:
     """Mean over ``budgets`` of oracle - true accuracy of ``generate``'s rank-1 net, guided by ``model``."""
     from pomonag_edge.data import nb201_latency_ms
-    from pomonag_edge.search import Predictors, SearchProblem, make_strategy, run_search
+    from pomonag_edge.problem import Predictors, SearchProblem
+    from pomonag_edge.selection import run_search
+    from pomonag_edge.strategies import make_strategy
     from pomonag_edge.spaces.nb201 import SPACE
     from pomonag_edge.units import Budget
 
@@ -136,7 +138,7 @@ def main(argv=None):
                 cells.append(_cell(v))
             print(f"{name:26s} " + " ".join(f"{c:>22s}" for c in cells) + f" {_cell(np.concatenate(allv)):>22s}")
     print("\ncells: spearman / regret (points)")
-    from pomonag_edge.predictors.ofa_accuracy import estimate_note
+    from pomonag_edge.spaces.mbv3.accuracy import estimate_note
 
     print(estimate_note())
 

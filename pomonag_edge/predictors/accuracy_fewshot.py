@@ -150,6 +150,10 @@ class FewShotAccuracyModel:
                                                                                   self.shift).min(), 0.0, 100.0))
         return self._floor_value
 
+    def describe(self, dataset=None) -> str:
+        return (f"few-shot accuracy model of dataset profile {self.name} "
+                f"({self.state['n_measurements']} measured nets, no image encoder)")
+
     def predict(self, archs: Sequence, dataset=None) -> np.ndarray:
         from ..spaces.nb201 import SPACE
 

@@ -14,8 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import UserError
-from ..spaces.mbv3 import (DEPTH_OFFSET, EXPANDS, KERNELS, NUM_SLOTS, RES_OFFSET, RESOLUTIONS, SLOT_FEATURES,
+from ...errors import ExtrapolationWarning, UserError
+from .arch import (DEPTH_OFFSET, EXPANDS, KERNELS, NUM_SLOTS, RES_OFFSET, RESOLUTIONS, SLOT_FEATURES,
                            MBV3Arch)
 
 VALID_RESOLUTIONS = (160, 224)  # inclusive range OFA trained the predictor on
@@ -61,13 +61,14 @@ class OFAAccuracyPredictor:
     only from which slots are zero, so mask a soft encoding first (``MBV3Space.slot_mask``)."""
 
     name = "ofa-acc-predictor-w1.2"
+    column_label = "OFA's ImageNet estimate %"  # how tables name its column: an estimate, not a measurement
     datasets = ("imagenet",)
 
     def __init__(self, path=None):
         import torch
         import torch.nn as nn
 
-        from ..data.mbv3 import ofa_acc_predictor_path
+        from ...data.mbv3 import ofa_acc_predictor_path
 
         self.model = nn.Sequential(nn.Linear(FEATURE_DIM, 400), nn.ReLU(), nn.Linear(400, 400), nn.ReLU(),
                                    nn.Linear(400, 400), nn.ReLU(), nn.Linear(400, 1))
@@ -85,6 +86,13 @@ class OFAAccuracyPredictor:
 
         self.module = nn.Sequential(gather, self.model, Percent()).eval().requires_grad_(False)
 
+    def describe(self, dataset: str) -> str:
+        return f"{self.name}: OFA's ImageNet estimate before fine-tuning, extrapolated outside r 160..224"
+
+    def note(self) -> str:
+        """What a user should know about these numbers (``estimate_note``), printed beside them."""
+        return estimate_note(self)
+
     def predict(self, archs: Sequence[MBV3Arch], dataset: str = "imagenet", warn: bool = True) -> np.ndarray:
         """Top-1 (%) per arch, float64 (n,). Archs outside r 160..224 are predicted but warned about."""
         import torch
@@ -101,14 +109,14 @@ class OFAAccuracyPredictor:
         ok = in_range(archs)
         if warn and not ok.all():
             warnings.warn(f"{int((~ok).sum())} arch(s) have a resolution outside 160..224, where OFA's accuracy "
-                          "predictor was not fitted; their accuracy is a rough extrapolation", stacklevel=2)
+                          "predictor was not fitted; their accuracy is a rough extrapolation", ExtrapolationWarning,
+                          stacklevel=2)
         with torch.no_grad():
             y = self.model(torch.from_numpy(ofa_features(archs))).squeeze(1).double().numpy()
         return 100.0 * y
 
 
-
-COLUMN_LABEL = "OFA's ImageNet estimate %"  # how tables name this predictor's column: an estimate, not a measurement
+COLUMN_LABEL = OFAAccuracyPredictor.column_label
 
 
 def finetuned_offset(predictor: "OFAAccuracyPredictor | None" = None) -> dict:
@@ -118,7 +126,7 @@ def finetuned_offset(predictor: "OFAAccuracyPredictor | None" = None) -> dict:
     one at a time). Predictions stay OFA's estimate; this says how far it reads from a fine-tuned net."""
     from scipy.stats import spearmanr
 
-    from ..data.mbv3 import specialized_subnets
+    from ...data.mbv3 import specialized_subnets
 
     predictor = predictor or OFAAccuracyPredictor()
     rows = [s for s in specialized_subnets() if s["w"] == WIDTH and VALID_RESOLUTIONS[0] <= s["r"] <= VALID_RESOLUTIONS[1]]

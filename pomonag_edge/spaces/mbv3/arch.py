@@ -11,7 +11,7 @@ also accepts any kernel/expand value there (HELP's table fills them at random) a
 strings that differ only in unused slots parse to the same arch. An arch value is therefore always
 canonical, and every functional difference between two archs shows in their strings.
 
-The network is OFA's MobileNetV3Large layout (``build``; see ``mbv3_net``). Costs are exact and
+The network is OFA's MobileNetV3Large layout (``build``; see ``net``). Costs are exact and
 analytic; ``op_signatures`` gives one LUT key per block, in the key format of OFA's own latency tables
 (``style="ofa"``, the shipped Note10 LUT) or of NSGANetV2's (``style="nsganetv2"``, the shipped i7 LUT).
 """
@@ -26,7 +26,7 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import ArchParseError, UserError
+from ...errors import ArchParseError, UserError
 
 KERNELS = (3, 5, 7)
 EXPANDS = (3, 4, 6)
@@ -86,24 +86,27 @@ class MBV3Arch:
     w: float = DEFAULT_WIDTH
 
     def __post_init__(self):
+        """The one place an arch is validated; ``parse`` adds only the syntax. Messages name the bad part."""
         ks, e, d = tuple(int(v) for v in self.ks), tuple(int(v) for v in self.e), tuple(int(v) for v in self.d)
-        if len(ks) != NUM_SLOTS or len(e) != NUM_SLOTS or len(d) != NUM_STAGES:
-            raise ValueError(f"MBV3 arch needs {NUM_SLOTS} ks, {NUM_SLOTS} e and {NUM_STAGES} d values, "
-                             f"got {len(ks)}, {len(e)}, {len(d)}")
-        if any(v not in DEPTHS for v in d):
-            raise ValueError(f"stage depths must be in {DEPTHS}, got {d}")
+        for name, values, want in (("ks", ks, NUM_SLOTS), ("e", e, NUM_SLOTS), ("d", d, NUM_STAGES)):
+            if len(values) != want:
+                raise ValueError(f"part {name}: expected {want} values, got {len(values)}")
+        for i, v in enumerate(d):
+            if v not in DEPTHS:
+                raise ValueError(f"part d: stage {i + 1} depth {v} is not one of {DEPTHS}")
         used = used_slots(d)
         for name, values, choices in (("ks", ks, KERNELS), ("e", e, EXPANDS)):
             for i, v in enumerate(values):
                 if used[i] and v not in choices:
-                    raise ValueError(f"{name}[{i}] = {v} is not one of {choices}")
-                if not used[i] and v not in choices and v != 0:
-                    raise ValueError(f"{name}[{i}] = {v} (unused slot) must be 0 or one of {choices}")
+                    raise ValueError(f"part {name}: slot {i} (stage {i // MAX_DEPTH + 1}, block {i % MAX_DEPTH + 1}) "
+                                     f"is {v}, expected one of {choices}")
+                if not used[i] and v != 0 and v not in choices:
+                    raise ValueError(f"part {name}: unused slot {i} is {v}, expected 0 or one of {choices}")
         if int(self.r) != self.r or int(self.r) not in RESOLUTIONS:
-            raise ValueError(f"resolution {self.r} is not in 128..224 in steps of 4")
+            raise ValueError(f"part 'r={self.r}': resolution must be 128..224 in steps of 4")
         w = float(self.w)
         if not any(math.isclose(w, c) for c in WIDTHS):
-            raise ValueError(f"width multiplier {self.w} is not one of {WIDTHS}")
+            raise ValueError(f"part 'w={self.w}': width must be one of {', '.join(_fmt_width(c) for c in WIDTHS)}")
         object.__setattr__(self, "ks", tuple(v if u else 0 for v, u in zip(ks, used)))
         object.__setattr__(self, "e", tuple(v if u else 0 for v, u in zip(e, used)))
         object.__setattr__(self, "d", d)
@@ -137,7 +140,7 @@ _FIELDS = ("ks", "e", "d", "r", "w")
 
 
 def parse(text: str) -> MBV3Arch:
-    """Parse the canonical string; every error names the offending part."""
+    """Parse the canonical string: the syntax here, the values in ``MBV3Arch``; every error names the bad part."""
     if not isinstance(text, str) or not text.strip():
         raise ArchParseError("empty MobileNetV3 architecture string")
     text = text.strip()
@@ -149,40 +152,16 @@ def parse(text: str) -> MBV3Arch:
     values = {}
     for part in parts:
         name, _, value = part.partition("=")
-        if name in ("ks", "e", "d"):
-            try:
-                values[name] = [int(v) for v in value.split("-")]
-            except ValueError:
-                raise ArchParseError(f"MobileNetV3 arch part {part!r}: values must be integers joined by '-'") from None
-            want = NUM_STAGES if name == "d" else NUM_SLOTS
-            if len(values[name]) != want:
-                raise ArchParseError(f"MobileNetV3 arch part {name}: expected {want} values, got {len(values[name])}")
-        elif name == "r":
-            if not value.isdigit() or int(value) not in RESOLUTIONS:
-                raise ArchParseError(f"MobileNetV3 arch part {part!r}: resolution must be 128..224 in steps of 4")
-            values[name] = int(value)
-        else:
-            try:
-                w = float(value)
-            except ValueError:
-                w = float("nan")
-            if not any(math.isclose(w, c) for c in WIDTHS):
-                raise ArchParseError(f"MobileNetV3 arch part {part!r}: width must be one of "
-                                     f"{', '.join(_fmt_width(c) for c in WIDTHS)}")
-            values[name] = w
-    for i, v in enumerate(values["d"]):
-        if v not in DEPTHS:
-            raise ArchParseError(f"MobileNetV3 arch part d: stage {i + 1} depth {v} is not one of {DEPTHS}")
-    used = used_slots(values["d"])
-    for name, choices in (("ks", KERNELS), ("e", EXPANDS)):
-        for i, v in enumerate(values[name]):
-            if used[i] and v not in choices:
-                raise ArchParseError(f"MobileNetV3 arch part {name}: slot {i} (stage {i // MAX_DEPTH + 1}, block "
-                                     f"{i % MAX_DEPTH + 1}) is {v}, expected one of {choices}")
-            if not used[i] and v != 0 and v not in choices:
-                raise ArchParseError(f"MobileNetV3 arch part {name}: unused slot {i} is {v}, expected 0 or one of "
-                                     f"{choices}")
-    return MBV3Arch(tuple(values["ks"]), tuple(values["e"]), tuple(values["d"]), values["r"], values["w"])
+        try:
+            values[name] = [int(v) for v in value.split("-")] if name in ("ks", "e", "d") else \
+                int(value) if name == "r" else float(value)
+        except ValueError:
+            what = "values must be integers joined by '-'" if name in ("ks", "e", "d") else "not a number"
+            raise ArchParseError(f"MobileNetV3 arch part {part!r}: {what}") from None
+    try:
+        return MBV3Arch(tuple(values["ks"]), tuple(values["e"]), tuple(values["d"]), values["r"], values["w"])
+    except ValueError as e:
+        raise ArchParseError(f"MobileNetV3 arch {e}") from None
 
 
 # ---------------------------------------------------------------- the layout every consumer shares
@@ -381,145 +360,6 @@ def lut_sum_ms(arch: MBV3Arch, lut: Mapping[str, float], style: str | None = Non
     return total
 
 
-# ---------------------------------------------------------------- the space
-
-
-class MBV3Space:
-    """The OFA MobileNetV3 space. ``SPACE`` below is the w1.2 instance (what every shipped table describes),
-    ``SPACE_W10`` the w1.0 one. The space's width is what ``sample`` and ``decode`` produce; ``build``, the
-    costs and the LUT keys follow each arch's own ``w``. Not enumerable: ``size()`` is ~5.4e20, so search
-    code must test ``size()`` against its own limit before calling ``enumerate()``, which raises."""
-
-    name = "mbv3"
-    encoding_shape = (ENCODING_DIM,)
-    datasets = DATASETS
-    default_dataset = "imagenet"
-    resolutions = RESOLUTIONS
-    kernels, expands, depths = KERNELS, EXPANDS, DEPTHS
-
-    def __init__(self, width: float = DEFAULT_WIDTH):
-        if not any(math.isclose(width, c) for c in WIDTHS):
-            raise UserError(f"MobileNetV3 width multiplier must be one of {WIDTHS}, got {width}")
-        self.width = float(width)
-
-    # -- strings and counting
-    def parse(self, text: str) -> MBV3Arch:
-        return parse(text)
-
-    def size(self) -> int:
-        """Distinct archs at this width: (9^2 + 9^3 + 9^4)^5 block choices x 25 resolutions, about 5.4e20."""
-        per_stage = sum((len(KERNELS) * len(EXPANDS)) ** d for d in DEPTHS)
-        return per_stage**NUM_STAGES * len(RESOLUTIONS)
-
-    def enumerate(self) -> Iterator[MBV3Arch]:
-        raise UserError(f"the mbv3 space holds {self.size():.2e} archs and cannot be enumerated; "
-                        "sample it or generate from it instead")
-
-    def sample(self, n: int, seed: int) -> list[MBV3Arch]:
-        """OFA's sampling: each stage depth, kernel, expand ratio and the resolution uniform and independent
-        (not uniform over archs, which would be almost all depth 4)."""
-        rng = np.random.default_rng(seed)
-        d = rng.choice(DEPTHS, size=(n, NUM_STAGES))
-        ks = rng.choice(KERNELS, size=(n, NUM_SLOTS))
-        e = rng.choice(EXPANDS, size=(n, NUM_SLOTS))
-        r = rng.choice(RESOLUTIONS, size=n)
-        return [MBV3Arch(tuple(ks[i]), tuple(e[i]), tuple(d[i]), int(r[i]), self.width) for i in range(n)]
-
-    # -- learning encodings
-    def encode(self, archs: Sequence[MBV3Arch]) -> np.ndarray:
-        """Float32 (n, 160); layout in the module constants (slots, then depths, then resolution).
-        The width multiplier is not encoded: it is fixed per space."""
-        x = np.zeros((len(archs), ENCODING_DIM), dtype=np.float32)
-        for n, a in enumerate(archs):
-            for i in range(NUM_SLOTS):
-                if a.ks[i]:
-                    base = SLOTS_OFFSET + i * SLOT_FEATURES
-                    x[n, base + KERNELS.index(a.ks[i])] = 1
-                    x[n, base + len(KERNELS) + EXPANDS.index(a.e[i])] = 1
-            for s in range(NUM_STAGES):
-                x[n, DEPTH_OFFSET + s * len(DEPTHS) + DEPTHS.index(a.d[s])] = 1
-            x[n, RES_OFFSET + RESOLUTIONS.index(a.r)] = 1
-        return x
-
-    def slot_mask(self, x: np.ndarray) -> np.ndarray:
-        """(n, 160) 0/1 mask of the features that matter for each row's decoded depths (slots beyond a
-        stage's depth are 0; depth and resolution features are always 1), for masking a denoiser's loss."""
-        x = self._check(x)
-        d = np.asarray(DEPTHS)[x[:, DEPTH_OFFSET:RES_OFFSET].reshape(-1, NUM_STAGES, len(DEPTHS)).argmax(-1)]
-        used = np.arange(MAX_DEPTH)[None, None, :] < d[:, :, None]  # (n, 5, 4)
-        mask = np.ones_like(x, dtype=np.float32)
-        mask[:, :DEPTH_OFFSET] = np.repeat(used.reshape(-1, NUM_SLOTS), SLOT_FEATURES, axis=1)
-        return mask
-
-    def _check(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1:] != self.encoding_shape:
-            raise ValueError(f"expected shape (n, {ENCODING_DIM}), got {x.shape}")
-        return x
-
-    def decode(self, x: np.ndarray, width: float | None = None) -> list[MBV3Arch]:
-        """Argmax per group of any real (n, 160) array: depths first, then the kernel and expand ratio of
-        each used slot, then the resolution. Always valid; unused slots are ignored."""
-        x = self._check(x)
-        nk, ne = len(KERNELS), len(EXPANDS)
-        slots = x[:, :DEPTH_OFFSET].reshape(-1, NUM_SLOTS, SLOT_FEATURES)
-        ks = np.asarray(KERNELS)[slots[:, :, :nk].argmax(-1)]
-        e = np.asarray(EXPANDS)[slots[:, :, nk:nk + ne].argmax(-1)]
-        d = np.asarray(DEPTHS)[x[:, DEPTH_OFFSET:RES_OFFSET].reshape(-1, NUM_STAGES, len(DEPTHS)).argmax(-1)]
-        r = np.asarray(RESOLUTIONS)[x[:, RES_OFFSET:].argmax(-1)]
-        w = self.width if width is None else width
-        return [MBV3Arch(tuple(ks[n]), tuple(e[n]), tuple(d[n]), int(r[n]), w) for n in range(len(x))]
-
-    # -- validity and equivalence
-    def is_valid(self, arch: MBV3Arch) -> bool:
-        """Every constructed arch is a valid network (the constructor refuses anything else)."""
-        return isinstance(arch, MBV3Arch)
-
-    def canonical(self, arch: MBV3Arch) -> MBV3Arch:
-        """Archs are canonical on construction (unused slots zeroed); no two distinct ones compute the same
-        function, barring coincidences of trained weights."""
-        return arch
-
-    # -- networks and costs
-    def _classes(self, dataset: str | None, num_classes: int | None) -> int:
-        if num_classes is not None:
-            return int(num_classes)
-        dataset = dataset or self.default_dataset
-        if dataset not in DATASET_CLASSES:
-            raise UserError(f"unknown dataset {dataset!r} for mbv3; choose one of {', '.join(DATASETS)}")
-        return DATASET_CLASSES[dataset]
-
-    def input_shape(self, arch: MBV3Arch, dataset: str | None = None, batch: int = 1) -> tuple[int, ...]:
-        self._classes(dataset, None)
-        return (batch, 3, arch.r, arch.r)
-
-    def build(self, arch: MBV3Arch, dataset: str | None = None, num_classes: int | None = None):
-        from .mbv3_net import MobileNetV3
-
-        return MobileNetV3(arch, self._classes(dataset, num_classes))
-
-    def params(self, arch: MBV3Arch, dataset: str | None = None, num_classes: int | None = None) -> int:
-        return costs(arch, self._classes(dataset, num_classes))[0]
-
-    def macs(self, arch: MBV3Arch, dataset: str | None = None, num_classes: int | None = None) -> int:
-        return costs(arch, self._classes(dataset, num_classes))[1]
-
-    def op_signatures(self, arch: MBV3Arch, dataset: str | None = None, style: str = "ofa",
-                      num_classes: int | None = None) -> list[str]:
-        return op_signatures(arch, self._classes(dataset, num_classes), style)
-
-    def lut_sum_ms(self, arch: MBV3Arch, lut: Mapping[str, float], dataset: str | None = None) -> float:
-        return lut_sum_ms(arch, lut, num_classes=self._classes(dataset, None))
-
-    def lut_signatures(self, dataset: str | None = None, resolutions: Sequence[int] = RESOLUTIONS,
-                       style: str = "ofa") -> list[str]:
-        """Every distinct LUT key any arch at these resolutions needs (90 blocks + 6 fixed per resolution,
-        fewer where resolutions share feature-map sizes)."""
-        classes = self._classes(dataset, None)
-        return sorted({k for r in resolutions for a in _probe_archs(r, self.width)
-                       for k in op_signatures(a, classes, style)})
-
-
 def _probe_archs(r: int, w: float) -> list[MBV3Arch]:
     """Nine depth-2 and nine depth-4 archs that together use every (kernel, expand) in every position kind
     (first block of a stage, later block) of every stage at resolution ``r``."""
@@ -527,5 +367,8 @@ def _probe_archs(r: int, w: float) -> list[MBV3Arch]:
             for k in KERNELS for e in EXPANDS for d in (2, 4)]
 
 
-SPACE = MBV3Space(DEFAULT_WIDTH)
-SPACE_W10 = MBV3Space(1.0)
+def lut_keys(num_classes: int = 1000, resolutions: Sequence[int] = RESOLUTIONS, width: float = DEFAULT_WIDTH,
+             style: str = "ofa") -> list[str]:
+    """Every distinct LUT key any arch at these resolutions needs (90 blocks + 6 fixed per resolution, fewer
+    where resolutions share feature-map sizes)."""
+    return sorted({k for r in resolutions for a in _probe_archs(r, width) for k in op_signatures(a, num_classes, style)})
