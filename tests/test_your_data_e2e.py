@@ -49,9 +49,12 @@ def test_probe_generate_train_export_on_digits(digits_folder, tmp_path, monkeypa
     _ok(["probe", "--data", digits_folder, "--probes", 5, "--epochs", 1, "--out", dprof])
     d = json.loads(dprof.read_text())
     assert len(d["measurements"]) == 5 and d["source"]["classes"] == [str(i) for i in range(10)]
-    assert (tmp_path / "dg.csv").read_text().startswith("arch,accuracy,epochs,seed")
-    again = _ok(["probe", "--data", digits_folder, "--probes", 5, "--epochs", 1, "--out", dprof])  # resumes: no retraining
-    assert json.loads(dprof.read_text())["measurements"] == d["measurements"] and "5 probes" in again.output
+    measured = (tmp_path / "dg.csv").read_text()
+    assert measured.startswith("arch,accuracy,epochs,seed")
+    again = _ok(["probe", "--data", digits_folder, "--probes", 5, "--epochs", 1, "--out", dprof])
+    # finished probes are kept, not retrained: a retrained probe would record another training time
+    assert (tmp_path / "dg.csv").read_text() == measured and "5 probes" in again.output
+    assert json.loads(dprof.read_text())["measurements"] == d["measurements"]
 
     run = tmp_path / "run"
     _ok(["generate", "--dataset", dprof, "--profile", "pixel3", "--max-params", "0.5M", "--num", 2,
