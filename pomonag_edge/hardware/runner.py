@@ -650,8 +650,14 @@ def pick_rounds(rounds, keep):
 def run(args):
     protocol = load_protocol(args.protocol)
     names = list_models(args.models)
-    if args.only:
-        wanted = set(args.only.split(","))
+    wanted = set(args.only.split(",")) if args.only else set()
+    if args.only_file:
+        with open(args.only_file) as f:
+            wanted.update(line.strip() for line in f if line.strip())
+    if wanted:
+        missing = sorted(wanted - set(names))
+        if missing:
+            raise RunnerError("not in {}: {}".format(args.models, ", ".join(missing[:5])))
         names = [n for n in names if n in wanted]
     runtime = make_runtime(args)
     out = os.path.abspath(args.out)
@@ -750,12 +756,12 @@ def run(args):
 
 
 def check(args):
-    """Is the runtime usable here? Prints one JSON line: python, runtime versions, hashes of models there."""
+    """Is the runtime usable here? Prints one JSON line: python, runtime versions, sizes of the models there."""
     info = {"python": platform.python_version(), "machine": machine_facts()}
     runtime = make_runtime(args)
     info["versions"] = runtime.version()
     if args.models and os.path.isdir(args.models):
-        info["models"] = {n: sha256_file(os.path.join(args.models, n))
+        info["models"] = {n: os.path.getsize(os.path.join(args.models, n))
                           for n in sorted(os.listdir(args.models)) if n.endswith(".onnx")}
     sys.stdout.write(json.dumps(info, sort_keys=True) + "\n")
     return info
@@ -776,6 +782,7 @@ def parser():
     ap.add_argument("--save-engines", action="store_true", help="keep the built engines under engines/")
     ap.add_argument("--layer-profile", action="store_true", help="also record trtexec's per-layer profile")
     ap.add_argument("--only", default=None, help="comma-separated file names to time (default: all)")
+    ap.add_argument("--only-file", default=None, help="a file naming the files to time, one a line")
     ap.add_argument("--max-temp-c", type=float, default=None,
                     help="wait before a round while the hottest thermal zone is above this")
     ap.add_argument("--hot-timeout-s", type=float, default=600.0, help="give up waiting to cool after this")
