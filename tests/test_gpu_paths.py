@@ -231,3 +231,23 @@ def test_torch_load_leaves_the_callers_module_alone():
     assert net.training and next(net.parameters()).dtype == torch.float64
     assert not runnable.module.training and next(runnable.module.parameters()).dtype == torch.float32
     assert runnable.run()[0].shape == (2, 3)
+
+
+# ----------------------------------------------------------------------------- Jetson
+
+
+def test_jetson_here_points_to_host_and_devices_states_what_is_supported(tmp_path):
+    from click.testing import CliRunner
+
+    from pomonag_edge.cli import cli
+
+    result = CliRunner().invoke(cli, ["profile", "--device", "jetson", "--out", str(tmp_path / "j.json")])
+    assert result.exit_code == 2 and "--host USER@BOARD" in result.output and "JetPack 4-6" in result.output
+    assert result.output.strip().count("\n") == 0
+    listing = CliRunner().invoke(cli, ["devices", "--no-detect"], terminal_width=200)
+    assert listing.exit_code == 0 and "JetPack 4 to 6" in " ".join(listing.output.split())
+    assert D.load_descriptor("jetson").runner == "trtexec" and D.load_descriptor("cpu").runner == "onnxruntime"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('backends = ["onnxruntime"]\nrunner = "tflite"\n')
+    with pytest.raises(UserError, match="runner must be one of"):
+        D.load_descriptor(str(bad))
