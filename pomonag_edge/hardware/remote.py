@@ -239,9 +239,10 @@ class DeviceTimer:
         info = self.prepare()
         return {**info.get("machine", {}), **(info.get("versions") or {})}
 
-    def time(self, graphs: dict[str, bytes], progress: ProgressFn | None = None,
-             save_engines: bool = False, engine_dir: Path | None = None) -> RunnerResult:
-        """Time every graph; returns measurements by name (graphs that failed are in ``errors``)."""
+    def time(self, graphs: dict[str, bytes], progress: ProgressFn | None = None, save_engines: bool = False,
+             engine_dir: Path | None = None, keep_engines: set[str] | None = None) -> RunnerResult:
+        """Time every graph; returns measurements by name (graphs that failed are in ``errors``). With
+        ``save_engines`` (trtexec), the engines of ``keep_engines`` (default all) come back to ``engine_dir``."""
         if not graphs:
             return RunnerResult({}, {}, {}, {})
         info = self.prepare()
@@ -276,7 +277,7 @@ class DeviceTimer:
             if save_engines and engine_dir is not None:
                 engine_dir.mkdir(parents=True, exist_ok=True)
                 for name, s in stats.items():
-                    if s.get("engine"):
+                    if s.get("engine") and (keep_engines is None or name in keep_engines):
                         local = engine_dir / f"{name}.engine"
                         self.transport.get(f"{self.workdir}/{s['engine']}", local)
                         engines[name] = local
