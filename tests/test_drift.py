@@ -102,3 +102,40 @@ def test_export_over_ssh_measures_there_with_drift(ssh_host, tmp_path):
     assert any("device runner" in note for note in report["notes"])
     assert "drift-corrected" in " ".join(result.output.split())
     assert list((tmp_path / "remote").glob("*/models/*.onnx"))  # the graphs went to the host's work folder
+
+
+@pytest.mark.slow
+def test_export_over_ssh_with_trtexec_brings_engines_back(ssh_host, tmp_path):
+    """Plumbing only, with the STAND-IN trtexec script of test_runner on the host's PATH (there is no
+    TensorRT here): the runtime is trtexec, engines come back beside the ONNX files, the report says so."""
+    from tests.test_export import make_profile, make_run
+    from tests.test_runner import DATA, STAND_IN
+    from pomonag_edge.hardware import detect_device
+
+    host, config = ssh_host
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "trtexec").write_text(STAND_IN.format(python=sys.executable))
+    (bin_dir / "trtexec").chmod(0o755)
+    profile = make_profile(tmp_path / "p.json", detect_device())
+    p = json.loads(profile.read_text())
+    p["runtime"]["backend"], p["runtime"]["precision"] = "trtexec", "fp16"
+    profile.write_text(json.dumps(p))
+    run = make_run(tmp_path, str(profile))
+    python = (f"env PATH={bin_dir}:/usr/bin:/bin STAND_IN_LOG={tmp_path / 'calls.jsonl'} "
+              f"STAND_IN_HELP={DATA / 'help_v8502.txt'} {sys.executable}")
+    result = CliRunner().invoke(cli, ["export", str(run), "--top", "2", "--quick", "--no-feedback", "--host", host,
+                                      "--ssh-config", config, "--remote-python", python,
+                                      "--remote-dir", str(tmp_path / "remote"), "--drift-nets", "1"],
+                                terminal_width=200)
+    assert result.exit_code == 0, result.output
+    report = json.loads((run / "export" / "report.json").read_text())
+    for net in report["nets"]:
+        engine = net["files"]["engine"]
+        assert engine["built_on"] == host and engine["precision"] == "fp16"
+        assert engine["path"] == net["files"]["onnx"]["path"].replace(".onnx", ".engine")
+        assert (run / "export" / engine["path"].split("/")[-1]).is_file()
+        assert net["measured"]["trtexec"]["median_ms"] > 0
+    assert not list((run / "export").glob("drift*.engine"))  # the probes' engines stay on the device
+    calls = (tmp_path / "calls.jsonl").read_text()
+    assert "--fp16" in calls and "--useCudaGraph" in calls

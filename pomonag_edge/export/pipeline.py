@@ -192,15 +192,16 @@ def export_run(run_dir: str | Path, options: ExportOptions,
 
     if backend_name not in BACKENDS:  # a reference profile's "published table": time with the default runtime
         backend_name = "onnxruntime"
-    timer = None
-    if options.host:
+    timer = None  # the device runner: on --host, or here for trtexec (it has no in-process backend)
+    if options.host or backend_name == "trtexec":
         from ..hardware.remote import DeviceTimer, parse_host
 
-        host = parse_host(options.host)
+        host = parse_host(options.host) if options.host else None
         timer = DeviceTimer(host, _protocol(profile, options.quick), runtime=_runner_runtime(backend_name),
                             precision=precision, threads=threads, clock=runtime.get("clock") or "wall",
                             options=options.ssh, key=f"export:{Path(run.path).resolve()}")
-        say(f"checking {host}")
+    if options.host:
+        say(f"checking {options.host}")
         detected = timer.facts()
     else:
         detected = detect_device()
@@ -224,9 +225,10 @@ def export_run(run_dir: str | Path, options: ExportOptions,
 
     tensorrt = "tensorrt" in options.formats or backend_name == "tensorrt"
     if timer is not None:  # engines are built by trtexec on the device while timing, and brought back
-        tensorrt = tensorrt and timer.runtime == "trtexec"
+        tensorrt = timer.runtime == "trtexec"
         if "tensorrt" in options.formats and not tensorrt:
-            notes.append(f"the profile's runtime on {options.host} is {timer.runtime}: no TensorRT engines built")
+            notes.append(f"the profile's runtime on {options.host or 'this machine'} is {timer.runtime}: no TensorRT "
+                         "engines built")
     elif tensorrt:
         why = None if (detected.get("gpu") or detected.get("jetson")) else "no NVIDIA GPU here"
         if why is None:
@@ -412,7 +414,8 @@ def _measure_all(ctx: _Context, timings: list[_Timing], probes: list[_Timing], s
         t0 = time.perf_counter()
         graphs = {t.name: t.onnx_path.read_bytes() for t in schedule}
         engines = ctx.tensorrt
-        result = ctx.timer.time(graphs, progress=lambda d, n, item: say(f"timing on {ctx.options.host}: {d}/{n}"),
+        where = ctx.options.host or "this machine"
+        result = ctx.timer.time(graphs, progress=lambda d, n, item: say(f"timing on {where}: {d}/{n}"),
                                 save_engines=engines, engine_dir=ctx.out_dir if engines else None,
                                 keep_engines={t.name for t in timings})
         seconds = (time.perf_counter() - t0) / max(1, len(schedule))
@@ -423,16 +426,19 @@ def _measure_all(ctx: _Context, timings: list[_Timing], probes: list[_Timing], s
                 continue
             t.entry["timing_s"]["measure"] = seconds
             if measured is None:
-                t.entry["reasons"].append(f"timing on {ctx.options.host} failed: {result.errors.get(t.name)}")
+                t.entry["reasons"].append(f"timing on {where} failed: {result.errors.get(t.name)}")
                 continue
             t.entry["measured"][ctx.backend_name] = measured.to_dict() | {
                 "round_medians_ms": result.stats[t.name].get("round_medians_ms")}
             if t.name in result.engines:
                 path = result.engines[t.name]
                 t.entry["files"]["engine"] = {"path": str(path), "bytes": path.stat().st_size,
-                                              "precision": ctx.engine_precision, "built_on": ctx.options.host}
-        ctx.notes.append(f"measured on {ctx.options.host} by the device runner ({ctx.timer.runtime}), "
+                                              "precision": ctx.engine_precision, "built_on": where}
+        ctx.notes.append(f"measured on {where} by the device runner ({ctx.timer.runtime}), "
                          f"{len(probes)} calibration net(s) re-timed in the same interleaved rounds")
+        if result.engines:
+            ctx.notes.append("TensorRT engines were built by trtexec on the device and brought back beside the ONNX "
+                             "files; trtexec does not return outputs, so only the ONNX files' numerics were checked")
         return
     for n, t in enumerate(schedule, start=1):
         say(f"timing {n}/{len(schedule)}: {t.name}")

@@ -43,6 +43,8 @@ BACKENDS = {
     "torch-cuda": BackendInfo("torch-cuda", "PyTorch on CUDA, CUDA events (+ CUDA graphs)", True, False),
     "torch-cpu": BackendInfo("torch-cpu", "PyTorch eager on the CPU (fallback, not a deployment number)", False,
                              False),
+    "trtexec": BackendInfo("trtexec", "NVIDIA trtexec through the device runner: engines built on the device, CUDA "
+                           "graphs, no host copies", True, True),
 }
 
 
@@ -57,6 +59,9 @@ def get_backend(name: str, precision: str = "fp32", threads: int = 1, **options)
     if not isinstance(threads, int) or threads < 1:
         raise UserError(f"threads must be a positive integer, got {threads!r}")
     clock = options.pop("clock", "wall")
+    if name == "trtexec":
+        raise UserError("backend trtexec times through the device runner, not in this process: profile and export "
+                        "use it directly (with --host USER@ADDR for another machine)")
     if name.startswith("onnxruntime"):
         return OnnxRuntimeBackend(name.partition("-")[2] or "cpu", precision, threads, clock=clock)
     if clock != "wall":
@@ -75,6 +80,10 @@ def backend_available(name: str) -> tuple[bool, str]:
     A GPU execution provider of ONNX Runtime is tried on a one-node model: ``get_available_providers``
     lists providers whose CUDA / TensorRT libraries then fail to load. A CUDA that cannot start (driver
     older than cuda-python's CUDA, no GPU) is a reason, not a traceback."""
+    if name == "trtexec":
+        from .runner import TRTEXEC_PATHS, find_trtexec
+
+        return (True, "") if find_trtexec() else (False, f"no trtexec on PATH nor at {TRTEXEC_PATHS[0]}")
     try:
         backend = get_backend(name)
         if isinstance(backend, OnnxRuntimeBackend) and backend.provider != "cpu":
