@@ -240,9 +240,10 @@ class DeviceTimer:
         return {**info.get("machine", {}), **(info.get("versions") or {})}
 
     def time(self, graphs: dict[str, bytes], progress: ProgressFn | None = None, save_engines: bool = False,
-             engine_dir: Path | None = None, keep_engines: set[str] | None = None) -> RunnerResult:
+             engine_dir: Path | None = None, keep_engines: set[str] | None = None, tag: str = "") -> RunnerResult:
         """Time every graph; returns measurements by name (graphs that failed are in ``errors``). With
-        ``save_engines`` (trtexec), the engines of ``keep_engines`` (default all) come back to ``engine_dir``."""
+        ``save_engines`` (trtexec), the engines of ``keep_engines`` (default all) come back to ``engine_dir``.
+        Finished rounds of the same graphs are reused unless ``tag`` differs (to time them again)."""
         if not graphs:
             return RunnerResult({}, {}, {}, {})
         info = self.prepare()
@@ -267,6 +268,8 @@ class DeviceTimer:
             extra = " --save-engines" if save_engines else ""
             if self.max_temp_c is not None:
                 extra += f" --max-temp-c {self.max_temp_c:g}"
+            if tag:
+                extra += f" --tag {shlex.quote(tag)}"
             raw = self._run_runner(self._cd(self._runner_argv() + " --models models --protocol protocol.json "
                                             "--out result.json --only-file batch.txt" + extra),
                                    {f: n for n, f in files.items()}, progress, tmp / "result.json")

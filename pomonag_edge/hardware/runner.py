@@ -542,7 +542,7 @@ def list_models(folder):
 def settings_key(runtime, args, protocol):
     """What a finished round must share with this run to be reused."""
     fields = {"runtime": runtime.name, "precision": args.precision, "threads": args.threads,
-              "clock": args.clock, "provider": args.provider,
+              "clock": args.clock, "provider": args.provider, "tag": args.tag,
               "protocol": {k: protocol[k] for k in sorted(PROTOCOL_DEFAULTS) if k != "name"}}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -783,6 +783,7 @@ def parser():
     ap.add_argument("--layer-profile", action="store_true", help="also record trtexec's per-layer profile")
     ap.add_argument("--only", default=None, help="comma-separated file names to time (default: all)")
     ap.add_argument("--only-file", default=None, help="a file naming the files to time, one a line")
+    ap.add_argument("--tag", default="", help="rounds logged under another tag are not reused (to time again)")
     ap.add_argument("--max-temp-c", type=float, default=None,
                     help="wait before a round while the hottest thermal zone is above this")
     ap.add_argument("--hot-timeout-s", type=float, default=600.0, help="give up waiting to cool after this")
