@@ -124,3 +124,45 @@ def test_connection_cut_mid_run_resumes_without_retiming(sshd, ssh_host, tmp_pat
     assert result.raw["resumed_rounds"] == len(kept) >= 2
     after = log.read_text().splitlines()
     assert after[:len(kept)] == kept and len(after) == 8  # finished rounds were not timed again
+
+
+@pytest.mark.slow
+def test_nb201_nets_rank_alike_over_ssh_and_here(ssh_host, tmp_path):
+    """The same 6 NB201 nets timed in this process and by the runner over SSH: the ranks agree."""
+    from scipy.stats import spearmanr
+
+    from pomonag_edge.hardware import QUICK, get_backend, onnx_bytes
+    from pomonag_edge.spaces import get_space
+
+    host, config = ssh_host
+    space = get_space("nb201")
+    archs = [a for a in space.sample(40, seed=5) if space.is_valid(a)][:6]
+    x = np.random.default_rng(0).standard_normal(space.input_shape(archs[0], "cifar10", 1)).astype(np.float32)
+    graphs = {str(i): onnx_bytes(space.build(a, "cifar10").eval(), {"input": x}) for i, a in enumerate(archs)}
+    backend = get_backend("onnxruntime")
+    here = [backend.load(g).measure(QUICK).median_ms for g in graphs.values()]
+    there = _timer(host, config, tmp_path, protocol=QUICK).time(graphs).measurements
+    there = [there[k].median_ms for k in graphs]
+    assert min(here) > 0 and max(here) / min(here) > 2  # a spread of latencies worth ranking
+    assert spearmanr(here, there)[0] >= 0.9, (here, there)
+
+
+def test_timers_time_torch_graphs_here_and_through_the_runner(tmp_path):
+    import torch
+
+    from pomonag_edge.hardware.timers import BackendTimer, Graph, RunnerTimer, make_timer
+
+    graphs = {f"lin{i}": Graph(torch.nn.Linear(16 * (i + 1), 4).eval(), {"input": np.zeros((2, 16 * (i + 1)),
+                                                                                          np.float32)})
+              for i in range(2)}
+    here = make_timer("onnxruntime", TINY)
+    assert isinstance(here, BackendTimer) and set(here.time(graphs)) == {"lin0", "lin1"}
+    runner = RunnerTimer(_timer(None, None, tmp_path), cache_dir=tmp_path / "onnx")
+    timed = runner.time(graphs)
+    assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 2
+    assert set(timed) == {"lin0", "lin1"} and all(m.runs >= TINY.min_runs for m in timed.values())
+    assert runner.versions()["onnxruntime"]
+    again = runner.time(graphs, tag="recheck")  # a new tag times them again rather than reusing the rounds
+    assert again["lin0"].median_ms != timed["lin0"].median_ms or again["lin0"].runs != timed["lin0"].runs
+    with pytest.raises(UserError, match="cannot time through the device runner"):
+        make_timer("torch-cpu", TINY, host=parse_host("me@board"))
