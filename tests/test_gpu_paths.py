@@ -31,7 +31,8 @@ class Cudart(types.SimpleNamespace):
             raise AttributeError(name)
         values = {"cudaGetDeviceCount": (self.device_count,), "cudaMalloc": (1000,), "cudaStreamCreate": ("stream",),
                   "cudaEventCreate": ("event",), "cudaEventElapsedTime": (2.0,), "cudaStreamEndCapture": ("graph",),
-                  "cudaGraphInstantiate": ("graph_exec",), "cudaGetErrorName": (b"cudaErrorStubLibrary",)}
+                  "cudaGraphInstantiate": ("graph_exec",), "cudaGetErrorName": (b"cudaErrorStubLibrary",),
+                  "cudaGetDeviceProperties": (types.SimpleNamespace(name=b"Fake GPU\x00"),)}
 
         def call(*args):
             self.calls.append(name)
@@ -42,6 +43,12 @@ class Cudart(types.SimpleNamespace):
             return (0, *values.get(name, ()))
 
         return call
+
+
+@pytest.fixture(autouse=True)
+def cache_in_tmp(tmp_path, monkeypatch):
+    """Engines and timing caches go to this test's folder, never to ~/.cache."""
+    monkeypatch.setattr(T, "CACHE_DIR", tmp_path / "trt-cache")
 
 
 def install(monkeypatch, trt=None, cudart=None):
@@ -83,6 +90,16 @@ def fake_tensorrt(version="10.3.0", fp16=True, input_shape=(1, 3, 8, 8)):
 
         def set_flag(self, flag):
             pass
+
+        def create_timing_cache(self, data):
+            trt.timing_loaded.append(bytes(data))
+            return types.SimpleNamespace(serialize=lambda: bytes(data) + b"+tactics")
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            self.cache = cache
+
+        def get_timing_cache(self):
+            return self.cache
 
     class Builder:
         def __init__(self, logger):
@@ -145,7 +162,7 @@ def fake_tensorrt(version="10.3.0", fp16=True, input_shape=(1, 3, 8, 8)):
             return Engine(trt.log)
 
     trt.Logger, trt.Builder, trt.OnnxParser, trt.Runtime = Logger, Builder, OnnxParser, Runtime
-    trt.log = []
+    trt.log, trt.timing_loaded = [], []
     return trt
 
 
@@ -178,6 +195,20 @@ def test_dynamic_batch_onnx_gets_the_fixed_shape_message_before_building(monkeyp
     with pytest.raises(UserError, match="dynamic shape.*without --dynamic-batch"):
         backend.build_engine(b"onnx")
     assert trt.built == []
+
+
+def test_engines_and_tactic_timings_are_cached(monkeypatch, tmp_path):
+    trt = fake_tensorrt()
+    install(monkeypatch, trt, Cudart())
+    backend = B.get_backend("tensorrt", precision="fp16")
+    assert backend.gpu == "Fake GPU"
+    backend.load(b"onnx-1")
+    backend.load(b"onnx-2")
+    backend.load(b"onnx-1")  # built before: from the engine cache
+    assert len(trt.built) == 2
+    assert trt.timing_loaded == [b"", b"+tactics"]  # the second build starts from the first one's timings
+    caches = sorted(p.name.split("-")[0] for p in (tmp_path / "trt-cache").iterdir())
+    assert caches == ["engine", "engine", "timing"]
 
 
 def _between_events(calls):

@@ -14,7 +14,9 @@ GPU with TensorRT (none was available), so the first run on a target is its real
 
 from __future__ import annotations
 
+import hashlib
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -25,6 +27,7 @@ from .timing import DEFAULT, Measurement, Protocol
 INSTALL_HINT = ("pip install 'pomonag-edge[tensorrt]' on a machine with an NVIDIA GPU; for a Jetson, profile it "
                 "from another machine with --host USER@BOARD (JetPack's trtexec times there)")
 BACK_TO_BACK = 10  # enqueues per sample when a CUDA graph cannot be captured
+CACHE_DIR = Path.home() / ".cache" / "pomonag-edge" / "tensorrt"  # timing cache and built engines
 _FLAGS = {"fp32": (), "fp16": ("FP16",)}
 
 
@@ -77,9 +80,11 @@ def cuda_check(cudart, result):
 class TensorRTBackend:
     name = "tensorrt"
 
-    def __init__(self, precision: str = "fp32", workspace_mb: int = 1024, cuda_graphs: bool = True):
+    def __init__(self, precision: str = "fp32", workspace_mb: int = 1024, cuda_graphs: bool = True,
+                 cache_dir: str | os.PathLike | None = None):
         self.flags = builder_flag_names(precision)
         self.precision, self.workspace_mb, self.cuda_graphs = precision, workspace_mb, cuda_graphs
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else CACHE_DIR
         self.trt = import_tensorrt()
         missing = [f for f in self.flags if not hasattr(self.trt.BuilderFlag, f)]
         if missing:  # TensorRT 11 builds strongly typed networks only: the ONNX itself would have to be fp16
@@ -95,9 +100,20 @@ class TensorRTBackend:
         if not count:
             raise MissingDependencyError("backend tensorrt needs an NVIDIA GPU and this machine has none")
         self.logger = self.trt.Logger(self.trt.Logger.WARNING)
+        try:
+            name = cuda_check(self.cudart, self.cudart.cudaGetDeviceProperties(0)).name
+            self.gpu = name.decode(errors="replace").strip("\x00") if isinstance(name, bytes) else str(name)
+        except (RuntimeError, AttributeError):
+            self.gpu = "gpu0"
 
     def version(self) -> dict:
         return {"tensorrt": str(self.trt.__version__)}
+
+    def _cache(self, kind: str, key: str) -> Path:
+        """``CACHE_DIR/<kind>-<tensorrt>-<gpu>-<key>``: engines and timing caches are only valid for the
+        TensorRT version and GPU that made them."""
+        tag = hashlib.sha256(f"{self.trt.__version__}|{self.gpu}".encode()).hexdigest()[:12]
+        return self.cache_dir / f"{kind}-{tag}-{key}"
 
     def build_engine(self, onnx: bytes) -> bytes:
         """Serialized engine for this GPU, TensorRT version and precision."""
@@ -117,10 +133,27 @@ class TensorRTBackend:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.workspace_mb << 20)
         for flag in self.flags:
             config.set_flag(getattr(trt.BuilderFlag, flag))
+        timing = self._cache("timing", "cache")  # tactic timings shared by every build: later builds are fast
+        cache = config.create_timing_cache(timing.read_bytes() if timing.is_file() else b"")
+        config.set_timing_cache(cache, False)
         engine = builder.build_serialized_network(network, config)
         if engine is None:
             raise RuntimeError("TensorRT failed to build an engine (see the TensorRT log above)")
+        from ..files import atomic_write_bytes
+
+        atomic_write_bytes(timing, bytes(config.get_timing_cache().serialize()))
         return bytes(engine)
+
+    def engine_for(self, onnx: bytes) -> bytes:
+        """The engine of an ONNX model: from the engine cache when this GPU and TensorRT built it before."""
+        path = self._cache("engine", hashlib.sha256(onnx + self.precision.encode()).hexdigest()[:24] + ".engine")
+        if path.is_file():
+            return path.read_bytes()
+        engine = self.build_engine(onnx)
+        from ..files import atomic_write_bytes
+
+        atomic_write_bytes(path, engine)
+        return engine
 
     def load(self, model, inputs: dict[str, np.ndarray] | None = None) -> "TensorRTRunnable":
         """``model``: ONNX (path, bytes, ModelProto, or a torch module to export) or a ``.engine`` path."""
@@ -128,7 +161,7 @@ class TensorRTBackend:
             with open(model, "rb") as f:
                 engine = f.read()
         else:
-            engine = self.build_engine(_read_onnx(model, inputs))
+            engine = self.engine_for(_read_onnx(model, inputs))
         return TensorRTRunnable(self, engine, inputs)
 
 
