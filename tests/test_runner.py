@@ -314,3 +314,10 @@ def test_trtexec_plumbing_with_a_stand_in_trtexec(tmp_path):
     for name, stats in result["results"].items():
         assert stats["median_ms"] == pytest.approx(sizes[name] * 1.01)
         assert (out.parent / stats["engine"]).is_file()
+
+
+def test_local_detection_records_the_same_device_state():
+    from pomonag_edge.hardware.devices import detect_device
+
+    state = detect_device()["state"]
+    assert {"temperatures_c", "clocks", "clocks_locked", "time"} <= set(state)

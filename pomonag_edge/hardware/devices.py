@@ -201,11 +201,15 @@ def jetson_facts(root: Path = Path("/")) -> dict:
 
 
 def detect_device() -> dict:
-    """Facts about this machine that change a latency; missing ones are simply absent."""
+    """Facts about this machine that change a latency; missing ones are simply absent. ``state`` is the
+    device runner's reading of temperatures, clocks and power mode, the same one a remote device gets."""
     facts = {"os": platform.platform(), "machine": platform.machine(), "python": platform.python_version()}
     facts.update(cpu_facts())
     facts.update(gpu_facts())
     facts.update(jetson_facts())
+    from .runner import device_state
+
+    facts["state"] = device_state()  # temperatures, clocks (locked?), power mode: what changes a number today
     for dist, key in (("onnxruntime", "onnxruntime"), ("onnxruntime-gpu", "onnxruntime"),
                       ("tensorrt", "tensorrt"), ("torch", "torch")):
         version = _version(dist)
