@@ -166,3 +166,24 @@ def test_timers_time_torch_graphs_here_and_through_the_runner(tmp_path):
     assert again["lin0"].median_ms != timed["lin0"].median_ms or again["lin0"].runs != timed["lin0"].runs
     with pytest.raises(UserError, match="cannot time through the device runner"):
         make_timer("torch-cpu", TINY, host=parse_host("me@board"))
+
+
+def test_export_to_a_host_without_the_runtime_is_one_line_and_exit_2(ssh_host, tmp_path):
+    from click.testing import CliRunner
+
+    from pomonag_edge.cli import cli
+
+    host, config = ssh_host
+    if not Path("/usr/bin/python3").exists():
+        pytest.skip("needs a system python3 (without onnxruntime) to stand for a bare host")
+    from tests.test_export import make_profile, make_run
+    from pomonag_edge.hardware import detect_device
+
+    common = ["--host", host, "--ssh-config", config, "--remote-dir", str(tmp_path / "remote")]
+    run = make_run(tmp_path, str(make_profile(tmp_path / "p.json", detect_device())))
+    for python, words in (("/usr/bin/python3", "onnxruntime is not installed"),
+                          ("/nonexistent/python3", "has no /nonexistent/python3")):
+        result = CliRunner().invoke(cli, ["export", str(run), "--top", "1", "--quick", *common,
+                                          "--remote-python", python], terminal_width=300)
+        assert result.exit_code == 2 and words in result.output, result.output
+        assert result.output.strip().count("\n") == 0

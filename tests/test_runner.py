@@ -163,7 +163,7 @@ def test_trtexec_version_from_its_banner():
 
 def _trtexec_with_help(name, precision="fp32"):
     t = R.Trtexec.__new__(R.Trtexec)
-    t.path, t.precision, t.layer_profile, t.save_engines = "/usr/src/tensorrt/bin/trtexec", precision, False, False
+    t.path, t.precision, t.layer_profile = "/usr/src/tensorrt/bin/trtexec", precision, False
     t.help = (DATA / name).read_text()
     t.trt_version = R.parse_trtexec_version(t.help)
     return t
@@ -297,7 +297,7 @@ def test_trtexec_plumbing_with_a_stand_in_trtexec(tmp_path):
     protocol.write_text(json.dumps(TINY))
     out = tmp_path / "w" / "result.json"
     p = _run(["--models", str(models), "--protocol", str(protocol), "--out", str(out), "--runtime", "trtexec",
-              "--precision", "fp16", "--save-engines"], env=env)
+              "--precision", "fp16"], env=env)
     assert p.returncode == 0, p.stderr
     result = json.loads(out.read_text())
     assert result["versions"]["tensorrt"] == "8.5.2" and not result["errors"]

@@ -265,7 +265,7 @@ class DeviceTimer:
             (staging / "protocol.json").write_text(json.dumps(self.protocol.to_dict()))
             (staging / "batch.txt").write_text("\n".join(sorted(set(files.values()))) + "\n")
             self.transport.put([staging / "protocol.json", staging / "batch.txt"], self.workdir)
-            extra = " --save-engines" if save_engines else ""
+            extra = ""
             if self.max_temp_c is not None:
                 extra += f" --max-temp-c {self.max_temp_c:g}"
             if tag:

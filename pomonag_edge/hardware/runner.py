@@ -19,7 +19,8 @@ and its per-run GPU compute times are read from ``--exportTimes`` JSON.
 
 Before each round the runner waits while the hottest thermal zone is above ``--max-temp-c`` (up to
 ``--hot-timeout-s``). Device state (temperatures, clocks, power mode, jetson_clocks, runtime versions)
-is recorded before and after. Every finished round is appended to ``RESULT.json.rounds.jsonl`` at
+is recorded before and after. Engines stay in ``engines/`` beside the result (reused by later rounds and
+runs; the host copies them back when it wants them). Every finished round is appended to ``RESULT.json.rounds.jsonl`` at
 once, so a run that was cut off continues where it stopped; a lock file keeps two runners from timing
 at the same time. Progress goes to stdout as ``@progress {json}`` lines.
 
@@ -417,7 +418,7 @@ class Trtexec(object):
 
     name = "trtexec"
 
-    def __init__(self, path=None, precision="fp32", layer_profile=False, save_engines=False):
+    def __init__(self, path=None, precision="fp32", layer_profile=False):
         self.path = find_trtexec(path)
         if self.path is None:
             raise RunnerError("no trtexec here ({}; JetPack puts it in {}): install TensorRT's samples, name it "
@@ -425,7 +426,7 @@ class Trtexec(object):
                                   "not at " + path if path else "not on PATH", TRTEXEC_PATHS[0]), EXIT_NO_RUNTIME)
         if precision not in ("fp32", "fp16"):
             raise RunnerError("unknown precision {!r}".format(precision))
-        self.precision, self.layer_profile, self.save_engines = precision, layer_profile, save_engines
+        self.precision, self.layer_profile = precision, layer_profile
         p = subprocess.run([self.path, "--help"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            universal_newlines=True)
         self.help = p.stdout or ""
@@ -620,7 +621,7 @@ def make_runtime(args):
         return OnnxRuntime(args.threads, args.precision, args.provider, args.clock)
     if args.clock != "wall":
         raise RunnerError("--clock cpu works with --runtime onnxruntime only")
-    return Trtexec(args.trtexec, args.precision, args.layer_profile, args.save_engines)
+    return Trtexec(args.trtexec, args.precision, args.layer_profile)
 
 
 def progress(kind, **fields):
@@ -779,7 +780,6 @@ def parser():
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="cpu: calling-thread CPU time (onnxruntime, 1 thread)")
     ap.add_argument("--trtexec", default=None, help="path of trtexec (default: PATH, then JetPack's)")
-    ap.add_argument("--save-engines", action="store_true", help="keep the built engines under engines/")
     ap.add_argument("--layer-profile", action="store_true", help="also record trtexec's per-layer profile")
     ap.add_argument("--only", default=None, help="comma-separated file names to time (default: all)")
     ap.add_argument("--only-file", default=None, help="a file naming the files to time, one a line")
