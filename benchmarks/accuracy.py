@@ -44,7 +44,7 @@ def main(argv=None):
     import torch
 
     from pomonag_edge.data import nb201_accuracy
-    from pomonag_edge.predictors import load_accuracy_predictor
+    from pomonag_edge.predictors.accuracy import load_accuracy_predictor
     from pomonag_edge.predictors.accuracy import DATASETS
     from pomonag_edge.spaces.nb201 import SPACE
 
@@ -53,7 +53,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.set_num_threads(1)
 
-    pred = load_accuracy_predictor("nb201", args.checkpoint)
+    pred = load_accuracy_predictor(SPACE, args.checkpoint)
     archs = list(SPACE.enumerate())
     held = np.setdiff1d(np.arange(len(archs)), pred.train_indices)
     held_archs = [archs[i] for i in held]

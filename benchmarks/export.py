@@ -90,7 +90,7 @@ def main(argv=None) -> int:
             archs.append(arch)
         if len(archs) == args.nets:
             break
-    pretrained = load_pretrained(args.latency_checkpoint) if args.latency_checkpoint else None
+    pretrained = load_pretrained(space, args.latency_checkpoint) if args.latency_checkpoint else None
     predicted = latency_model_for(space, profile, pretrained).predict_ms(archs)
 
     run = work / "run"

@@ -26,13 +26,12 @@ from scipy.stats import spearmanr
 
 
 def main(argv=None):
-    from pomonag_edge.predictors.latency import shipped_device_tables
     from pomonag_edge.spaces.nb201 import SPACE
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="embedded-tpu-edgetpu-large")
     args = p.parse_args(argv)
-    names, ms = shipped_device_tables()
+    _, names, ms = SPACE.latency_recipe.tables()
     if args.device not in names:
         p.error(f"unknown device {args.device!r}; shipped: {', '.join(names)}")
     d = names.index(args.device)

@@ -55,8 +55,9 @@ def coverage() -> None:
 
 
 def shipped_tables() -> None:
-    from pomonag_edge.data.mbv3 import REFERENCE_LUT_RESOLUTIONS, ofa_latency_table, reference_lut
-    from pomonag_edge.spaces.mbv3 import SPACE, lut_sum_ms
+    from pomonag_edge.data.mbv3 import REFERENCE_LUT_RESOLUTIONS, reference_lut
+    from pomonag_edge.spaces.mbv3 import SPACE, ofa_latency_table
+    from pomonag_edge.spaces.mbv3.arch import lut_sum_ms
 
     table = ofa_latency_table()
     archs = table.archs
@@ -94,7 +95,8 @@ def this_cpu(n: int, seed: int, rounds: int, runs: int) -> None:
 
     from pomonag_edge.data.mbv3 import reference_lut
     from pomonag_edge.hardware.backends import get_backend, onnx_bytes
-    from pomonag_edge.spaces.mbv3 import SPACE, lut_sum_ms
+    from pomonag_edge.spaces.mbv3 import SPACE
+    from pomonag_edge.spaces.mbv3.arch import lut_sum_ms
 
     torch.set_num_threads(1)
     backend = get_backend("onnxruntime", threads=1)
@@ -133,20 +135,22 @@ def this_cpu(n: int, seed: int, rounds: int, runs: int) -> None:
 
 def own_profile(path: str) -> None:
     from pomonag_edge.data.mbv3 import reference_lut
-    from pomonag_edge.predictors.latency_mbv3 import lut_resolutions, own_lut_cost
     from pomonag_edge.profile import load_profile
-    from pomonag_edge.spaces.mbv3 import SPACE, lut_sum_ms
+    from pomonag_edge.spaces.lut import lut_cost
+    from pomonag_edge.spaces.mbv3 import SPACE
+    from pomonag_edge.spaces.mbv3.arch import lut_sum_ms
+    from pomonag_edge.spaces.mbv3.cost import lut_resolutions
 
     p = load_profile(path)
     archs = [SPACE.parse(c["arch"]) for c in p.calibration]
     measured = np.array([c["latency_ms"] for c in p.calibration])
-    own = own_lut_cost(p).evaluate_np(archs)
+    own = lut_cost(SPACE, p).ms(archs)
     i7 = np.array([lut_sum_ms(a, reference_lut("i7-8700k")) for a in archs])
     macs = np.array([SPACE.macs(a) for a in archs], dtype=np.float64)
-    exact = np.array([a.r in lut_resolutions(p) for a in archs])
+    exact = np.array([a.r in lut_resolutions(p.lut) for a in archs])
     rt = p.runtime
     print(f"\nPart 3: profile {path} ({rt.get('backend')}, {rt.get('clock')} clock, {rt.get('protocol')} protocol, "
-          f"LUT at r {lut_resolutions(p)}): {len(archs)} calibration nets, {int(exact.sum())} at a measured resolution")
+          f"LUT at r {lut_resolutions(p.lut)}): {len(archs)} calibration nets, {int(exact.sum())} at a measured resolution")
     for name, x in (("own LUT-sum", own), ("i7 LUT-sum", i7), ("MACs", macs)):
         sp, kt = _corr(x, measured)
         print(f"  {name:12s} vs measured: Spearman {sp:.3f}, Kendall {kt:.3f}")

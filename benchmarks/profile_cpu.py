@@ -22,7 +22,8 @@ import numpy as np
 from scipy import stats
 
 from pomonag_edge.files import atomic_write_json
-from pomonag_edge.hardware import PROTOCOLS, ProfileRequest, build_profile, get_backend, lut_sum_ms
+from pomonag_edge.hardware import PROTOCOLS, ProfileRequest, build_profile, get_backend
+from pomonag_edge.spaces.lut import lut_cost
 from pomonag_edge.spaces.nb201 import SPACE
 
 
@@ -90,8 +91,8 @@ def main() -> None:
     held_s = time.perf_counter() - t
     again = time_all() if args.ceiling else None
 
-    raw = lut_sum_ms(SPACE, profile, archs)
-    calib_sum = lut_sum_ms(SPACE, profile, calib_archs)
+    raw = lut_cost(SPACE, profile).ms(archs)
+    calib_sum = lut_cost(SPACE, profile).ms(calib_archs)
     # least squares (slope, intercept), and a robust scale through the origin: the LUT-sum already holds the
     # fixed cost (skeleton net), and one noisy calibration timing cannot pull a median
     fits = {"least squares": np.polyfit(calib_sum, calib_ms, 1),

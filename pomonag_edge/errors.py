@@ -25,3 +25,7 @@ class BudgetError(UserError):
 
 class MissingDependencyError(UserError, ImportError):
     """An optional dependency (TensorRT, pymoo, ...) that this command needs is not installed."""
+
+
+class ExtrapolationWarning(UserWarning):
+    """A predictor asked about inputs outside the range it was fitted on; its answer is a rough extrapolation."""

@@ -91,46 +91,25 @@ def load_profile(path: str | os.PathLike) -> Profile:
     return Profile.from_dict(data, source=f"profile {path}")
 
 
-MBV3_REFERENCE_SOURCE = "HELP / Once-for-All MobileNetV3 table (5,000 nets)"
-
-
 def reference_profile(name: str, space: str | None = None) -> Profile:
     """A shipped reference profile: one published device setting's measured latency table.
 
-    nb201: every net measured (the model is exact on it). mbv3: OFA's GPU settings, 5,000 nets measured, so
-    the profile's model is fitted on them (``predictors.latency_mbv3``). ``2080ti_1`` and ``2080ti_32`` name a
-    setting in both spaces: ``space`` picks one; without it the nb201 setting is meant."""
-    from .data import nb201_latency_tables
+    Each space states its own (``space.reference_devices``); where the tables cover the whole space the model
+    is exact on them, elsewhere it is fitted on them. One name can exist in two spaces (``2080ti_1``): ``space``
+    picks one; without it the first space in name order that has it."""
+    from .spaces import get_space, space_names
 
-    if space in (None, "nb201"):
-        table = next((t for t in nb201_latency_tables() if t.name == name), None)
-        if table is not None:
-            return Profile(name=name, space="nb201", dataset="cifar10", reference=name,
-                           device={"name": name, "source": table.source},
-                           runtime={"backend": "published table", "batch": _batch_of(name)},
-                           created="shipped")
-    if space in (None, "mbv3") and name in mbv3_reference_names():
-        return Profile(name=name, space="mbv3", dataset="imagenet", reference=name,
-                       device={"name": name, "source": MBV3_REFERENCE_SOURCE},
-                       runtime={"backend": "published table", "batch": _batch_of(name)},
-                       created="shipped")
+    for candidate in [space] if space is not None else space_names():
+        info = get_space(candidate).reference_devices().get(name)
+        if info is not None:
+            return Profile(name=name, space=candidate, dataset=info["dataset"], reference=name,
+                           device={"name": name, "source": info["source"]},
+                           runtime={"backend": "published table", "batch": info["batch"]}, created="shipped")
     where = "" if space is None else f" for space {space}"
-    raise ProfileError(f"no reference profile named {name!r}{where}; `pomonag-edge devices` lists them")
-
-
-def mbv3_reference_names() -> tuple[str, ...]:
-    """OFA's MobileNetV3 GPU settings (``<gpu>_<batch>``), the mbv3 reference profiles."""
-    from .data.mbv3 import ofa_latency_settings
-
-    return ofa_latency_settings()
-
-
-_HELP_GPUS = ("1080ti", "2080ti", "titanx", "titanxp", "titan_xp", "v100")  # HELP names GPU settings <gpu>_<batch>
-
-
-def _batch_of(name: str) -> int:
-    head, _, tail = name.rpartition("_")
-    return int(tail) if head in _HELP_GPUS and tail.isdigit() else 1
+    elsewhere = [s for s in space_names() if s != space and name in get_space(s).reference_devices()]
+    hint = f" (it is one of space {elsewhere[0]}'s: pass --space {elsewhere[0]})" if space is not None and elsewhere \
+        else "; `pomonag-edge devices` lists them"
+    raise ProfileError(f"no reference profile named {name!r}{where}{hint}")
 
 
 def newest_profile(folder: str | os.PathLike = PROFILES_DIR) -> Path | None:

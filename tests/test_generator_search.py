@@ -6,8 +6,10 @@ import pytest
 
 from pomonag_edge.data import nb201_accuracy, nb201_latency_ms
 from pomonag_edge.errors import BudgetError, UserError
-from pomonag_edge.search import (DEFAULT_WEIGHTS, Predictors, SearchProblem, make_strategy, parse_weights,
-                                 run_search, table_predictors)
+from pomonag_edge.predictors import table_predictors
+from pomonag_edge.problem import DEFAULT_WEIGHTS, Predictors, SearchProblem, parse_weights
+from pomonag_edge.selection import run_search
+from pomonag_edge.strategies import make_strategy
 from pomonag_edge.spaces.nb201 import SPACE
 from pomonag_edge.units import Budget
 

@@ -17,6 +17,7 @@ from pomonag_edge.hardware import lut as L
 from pomonag_edge.hardware import tensorrt as T
 from pomonag_edge.hardware.timing import Measurement, Protocol, measure
 from pomonag_edge.profile import Profile, reference_profile
+from pomonag_edge.spaces.lut import lut_cost
 from pomonag_edge.spaces.nb201 import SPACE
 
 TINY = Protocol(name="tiny", warmup_ms=0, warmup_runs=1, min_runs=5, min_time_s=0.05, floor_runs=3, retries=0,
@@ -305,11 +306,11 @@ def test_detect_device_and_hardware_checks():
 def test_lut_jobs_cover_every_signature_of_the_space():
     archs = list(SPACE.enumerate())
     for dataset in ("cifar10", "imagenet16-120"):
-        jobs = L.nb201_jobs(SPACE, dataset)
+        jobs = SPACE.lut_plan(dataset, quick=False).jobs
         keys = [k for j in jobs for k in j.keys]
         assert len(keys) == len(set(keys)) and set(keys) == set(SPACE.lut_signatures(dataset))
-        needed, _ = L.signature_counts(SPACE, archs, dataset)
-        assert set(needed) <= set(keys)
+        needed = {k for a in archs for k in SPACE.op_signatures(a, dataset)}
+        assert needed <= set(keys)
         assert not any(k.startswith("skip_connect") for k in keys)
 
 
@@ -322,14 +323,14 @@ def _synthetic_profile() -> Profile:
 def test_lut_sum_is_the_sum_over_op_signatures():
     p = _synthetic_profile()
     archs = SPACE.sample(20, seed=3)
-    got = L.lut_sum_ms(SPACE, p, archs)
+    got = lut_cost(SPACE, p).ms(archs)
     want = [sum(p.lut[k]["median_ms"] for k in SPACE.op_signatures(a, "cifar10")) for a in archs]
     np.testing.assert_allclose(got, want)
     del p.lut["nor_conv_3x3:c32:hw16"]
     with pytest.raises(ProfileError, match="nor_conv_3x3:c32:hw16"):
-        L.lut_sum_ms(SPACE, p, [SPACE.parse("|none~0|+|none~0|none~1|+|nor_conv_3x3~0|none~1|none~2|")])
+        lut_cost(SPACE, p).ms([SPACE.parse("|none~0|+|none~0|none~1|+|nor_conv_3x3~0|none~1|none~2|")])
     with pytest.raises(ProfileError, match="without a per-op"):
-        L.lut_sum_ms(SPACE, reference_profile("pixel3"), archs)
+        lut_cost(SPACE, reference_profile("pixel3"))
 
 
 def test_calibration_choice_spans_the_range_and_is_seeded():
@@ -338,8 +339,8 @@ def test_calibration_choice_spans_the_range_and_is_seeded():
     assert chosen == L.select_calibration(SPACE, p, 10, seed=0)
     assert len({SPACE.canonical(a) for a in chosen}) == 10 and all(SPACE.is_valid(a) for a in chosen)
     valid = [a for a in SPACE.enumerate() if SPACE.is_valid(a)]
-    all_sums = L.lut_sum_ms(SPACE, p, valid)
-    sums = np.sort(L.lut_sum_ms(SPACE, p, chosen))
+    all_sums = lut_cost(SPACE, p).ms(valid)
+    sums = np.sort(lut_cost(SPACE, p).ms(chosen))
     width = (all_sums.max() - all_sums.min()) / 10
     assert sums[0] <= all_sums.min() + width and sums[-1] >= all_sums.max() - width
     assert np.all(np.diff(sums) > 0)
@@ -347,11 +348,12 @@ def test_calibration_choice_spans_the_range_and_is_seeded():
 
 def test_chain_and_skeleton_jobs_measure_in_context():
     backend = B.get_backend("onnxruntime")
-    jobs = {j.name: j for j in L.nb201_jobs(SPACE, "cifar10")}
-    (stats,) = L.measure_job(jobs["nor_conv_3x3:c16:hw32"], SPACE, "cifar10", backend, TINY).values()
+    jobs = {j.name: j for j in SPACE.lut_plan("cifar10", quick=False).jobs}
+    (stats,) = L.measure_job(jobs["nor_conv_3x3:c16:hw32"], backend, TINY).values()
     assert stats["median_ms"] >= 0 and stats["method"] == "chain 12-2"
     assert stats["chain12_ms"] > stats["chain2_ms"]  # ten more 3x3 convs at 32x32 cost something
-    fixed = L.measure_job(jobs["stem + reductions + head"], SPACE, "cifar10", backend, TINY)
-    assert list(fixed) == list(dict.fromkeys(SPACE.op_signatures(L.skeleton_arch(), "cifar10")))
+    fixed = L.measure_job(jobs["stem + reductions + head"], backend, TINY)
+    skeleton_arch = SPACE.parse("|none~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|")
+    assert list(fixed) == list(dict.fromkeys(SPACE.op_signatures(skeleton_arch, "cifar10")))
     skeleton = next(iter(fixed.values()))["skeleton_ms"]
     assert sum(v["median_ms"] for v in fixed.values()) == pytest.approx(skeleton)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pomonag_edge.data.mbv3 import reference_lut
-from pomonag_edge.generator.layout import categorical_groups, from_genes, gene_choices, slot_usage_matrix, to_genes
+from pomonag_edge.spaces.base import from_genes, gene_choices, to_genes
 from pomonag_edge.generator.losses import dsm_loss
 from pomonag_edge.generator.noise_aware import PosteriorFeatures
 from pomonag_edge.generator.sampled import DISTILL_SEED
@@ -20,8 +20,12 @@ from pomonag_edge.generator.score_net import GroupedScoreTransformer, build_scor
 from pomonag_edge.generator.sde import VPSDE
 from pomonag_edge.generator.train import load_checkpoint, save_checkpoint, train_score_model
 from pomonag_edge.predictors import load_accuracy_predictor
-from pomonag_edge.search import Predictors, SearchProblem, make_strategy, run_search
-from pomonag_edge.spaces.mbv3 import SPACE, lut_sum_ms
+from pomonag_edge.spaces import get_space
+from pomonag_edge.problem import Predictors, SearchProblem
+from pomonag_edge.selection import run_search
+from pomonag_edge.strategies import make_strategy
+from pomonag_edge.spaces.mbv3 import SPACE
+from pomonag_edge.spaces.mbv3.arch import lut_sum_ms
 from pomonag_edge.spaces.nb201 import SPACE as NB201
 from pomonag_edge.units import Budget
 
@@ -36,20 +40,20 @@ DISTILL_NETS = 256  # the product distills from 2,048 nets; fewer keep these tes
 def _cache(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("POMONAG_EDGE_CACHE", str(tmp_path_factory.mktemp("cache")))
-    mp.setattr("pomonag_edge.generator.sampled.DISTILL_NETS", DISTILL_NETS)
     yield
     mp.undo()
 
 
 @pytest.fixture(scope="module")
 def preds():
-    lut, acc = reference_lut("i7-8700k"), load_accuracy_predictor("mbv3")
+    lut, acc = reference_lut("i7-8700k"), load_accuracy_predictor(get_space("mbv3"))
     return Predictors(accuracy=lambda archs: acc.predict(archs, "imagenet", warn=False),
                       latency_ms=lambda archs: np.array([lut_sum_ms(a, lut) for a in archs]), margin=0.05)
 
 
 def diffusion(**kw):
     kw.setdefault("distill_steps", 200)
+    kw.setdefault("distill_nets", DISTILL_NETS)
     kw.setdefault("steps", 40)
     return make_strategy("diffusion", **kw)
 
@@ -61,7 +65,7 @@ def test_unused_slots_do_not_change_decode_features_or_loss():
     noisy = x + unused * np.random.default_rng(0).normal(size=x.shape).astype(np.float32) * 3
     assert SPACE.decode(noisy) == archs
     # the noise-aware predictors' features: equal to the clean encoding at t -> 0, blind to unused slots
-    f = PosteriorFeatures(VPSDE(), categorical_groups(SPACE), slot_usage_matrix(SPACE))
+    f = PosteriorFeatures(VPSDE(), SPACE.categorical_groups(), SPACE.slot_usage())
     t = torch.full((64,), 1e-3)
     assert torch.allclose(f(torch.as_tensor(x), t), torch.as_tensor(x), atol=1e-5)
     assert torch.allclose(f(torch.as_tensor(noisy), t), torch.as_tensor(x), atol=1e-5)
@@ -88,12 +92,11 @@ def test_genes_round_trip_both_spaces():
     assert (to_genes(NB201, enc) == enc.argmax(-1)).all() and (from_genes(NB201, enc.argmax(-1)) == enc).all()
 
 
-def test_grouped_score_net_round_trips_through_a_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setattr("pomonag_edge.generator.train.MBV3_VALID_NETS", 300)
-    model, _, meta = train_score_model(SPACE, steps=3, batch=8, d_model=16, layers=1, kind="valid")
+def test_grouped_score_net_round_trips_through_a_checkpoint(tmp_path):
+    model, _, meta = train_score_model(SPACE, steps=3, batch=8, d_model=16, layers=1, archs=SPACE.sample(300, 0))
     assert meta["model"]["kind"] == "grouped" and meta["training"]["nets"] == 300
     save_checkpoint(model, meta, tmp_path / "g")
-    again, _, _ = load_checkpoint(tmp_path / "g.pt", "mbv3")
+    again, _, _ = load_checkpoint(tmp_path / "g.pt", SPACE)
     x, t = torch.randn(5, 160), torch.rand(5)
     with torch.no_grad():
         assert torch.equal(model(x, t), again(x, t)) and model(x, t).shape == (5, 160)
@@ -104,7 +107,7 @@ def test_grouped_score_net_round_trips_through_a_checkpoint(tmp_path, monkeypatc
 def test_shipped_checkpoint_is_small_and_says_how_it_was_made():
     from pomonag_edge.generator.train import shipped_checkpoint
 
-    pt = shipped_checkpoint("mbv3")
+    pt = shipped_checkpoint(SPACE)
     assert pt.stat().st_size < 2e6
     meta = json.loads(pt.with_suffix(".json").read_text())
     assert meta["space"] == "mbv3" and meta["training"]["seed"] == 0 and meta["model"]["kind"] == "grouped"
@@ -184,24 +187,17 @@ def test_export_mbv3_at_its_resolution(tmp_path):
 
 
 @pytest.mark.slow
-def test_generate_cli_mbv3(tmp_path, monkeypatch):
-    """The product path: the v100_1 reference profile's latency model, OFA's predictor, the shipped generator."""
+def test_generate_mbv3_product_path(tmp_path):
+    """The product path: the v100_1 reference profile's latency model, OFA's predictor, the shipped generator
+    (fewer sampling and distillation steps than the CLI's defaults; the same code path)."""
     from click.testing import CliRunner
 
     from pomonag_edge.cli import cli
+    from pomonag_edge.generate import generate_run
 
-    original = make_strategy
-
-    def quick(name, weights=None, **kw):  # fewer sampling and distillation steps; the same code path
-        return original(name, weights=weights, **({"steps": 20, "distill_steps": 150} if name == "diffusion" else {}),
-                        **kw)
-
-    monkeypatch.setattr("pomonag_edge.generator.run.make_strategy", quick)
     out = tmp_path / "run"
-    args = ["generate", "--space", "mbv3", "--profile", "v100_1", "--max-latency", "10ms", "--num", "3",
-            "--samples", "32", "--out", str(out)]
-    result = CliRunner().invoke(cli, args)
-    assert result.exit_code == 0, result.output
+    generate_run(space="mbv3", profile="v100_1", max_latency="10ms", num=3, samples=32, out=out,
+                 strategy_options={"steps": 20, "distill_steps": 150, "distill_nets": DISTILL_NETS})
     rows = json.loads((out / "pareto.json").read_text())
     manifest = json.loads((out / "manifest.json").read_text())
     assert 1 <= len(rows) <= 3 and manifest["space"] == "mbv3" and manifest["dataset"] == "imagenet"

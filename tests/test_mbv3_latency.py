@@ -10,12 +10,15 @@ from click.testing import CliRunner
 from scipy.stats import spearmanr
 
 from pomonag_edge.cli import cli
-from pomonag_edge.data.mbv3 import ofa_latency_table
+from pomonag_edge.spaces.mbv3 import ofa_latency_table
 from pomonag_edge.errors import ProfileError, UserError
 from pomonag_edge.predictors import latency_model_for
-from pomonag_edge.predictors import latency_mbv3 as LM
+from pomonag_edge.predictors import latency as LM
 from pomonag_edge.profile import Profile, reference_profile
-from pomonag_edge.spaces.mbv3 import SPACE, lut_sum_ms
+from pomonag_edge.spaces.mbv3 import SPACE
+from pomonag_edge.spaces.lut import lut_cost
+from pomonag_edge.spaces.mbv3.arch import lut_sum_ms
+from pomonag_edge.spaces.mbv3.cost import feature_costs, lut_resolutions
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +28,7 @@ def table():
 
 def test_additive_costs_are_exact_and_differentiable():
     archs = SPACE.sample(40, seed=3)
-    lut, macs = LM.feature_costs()
+    lut, macs = feature_costs()
     from pomonag_edge.data.mbv3 import reference_lut
 
     want = [lut_sum_ms(a, reference_lut("i7-8700k")) for a in archs]
@@ -65,7 +68,7 @@ def test_reference_names_shared_by_both_spaces_resolve_per_space():
 
 
 def test_search_predictors_for_reference_profile():
-    from pomonag_edge.search import predictors_for
+    from pomonag_edge.predictors import search_predictors as predictors_for
 
     pred = predictors_for(SPACE, reference_profile("v100_1", "mbv3"), "imagenet")
     archs = SPACE.sample(4, seed=0)
@@ -80,18 +83,19 @@ def test_adaptation_beats_the_pretrained_prior_on_a_held_out_setting(table):
     archs = [table.archs[i] for i in rows]
     held = table.settings.index("v100_1")
     others = [j for j in range(len(table.settings)) if j != held]
-    pre = LM.Pretrained.from_tables(archs, table.latency_ms[np.ix_(rows, others)],
-                                    [table.settings[j] for j in others], steps=200)
+    pre = LM.PretrainedEmbedding.from_tables(SPACE, archs, table.latency_ms[np.ix_(rows, others)],
+                                             [table.settings[j] for j in others], steps=200)
     y = table.latency_ms[rows, held]
     idx = np.random.default_rng(0).choice(len(archs), 10, replace=False)
-    model, state = LM.fit_calibration(SPACE, [archs[i] for i in idx], y[idx], pre)
+    model = LM.fit_calibration(SPACE, [archs[i] for i in idx], y[idx], pre)
+    state = model.to_state()
     rest = np.setdiff1d(np.arange(len(archs)), idx)
     adapted = model.predict_ms([archs[i] for i in rest])
     prior = np.exp(LM._design(pre.phi([archs[i] for i in rest])) @ pre.prior_mean)
     sp_adapted, sp_prior = spearmanr(adapted, y[rest])[0], spearmanr(prior, y[rest])[0]
     assert sp_adapted > sp_prior + 0.2 and sp_adapted > 0.75
     assert np.mean(np.abs(adapted / y[rest] - 1)) < 0.15
-    assert state["kind"] == LM.MODEL_KIND and state["n_calibration"] == 10 and state["relative_error"] > 0
+    assert state["kind"] == LM.HeadModel.kind and state["n_calibration"] == 10 and state["relative_error"] > 0
 
 
 def _write_measurements(path, table, setting="v100_32", n=10, seed=0):
@@ -175,13 +179,13 @@ def test_own_lut_cost_exact_where_measured_and_interpolated_between():
 
     lut = reference_lut("note10")  # real per-layer timings in our key format (a phone's)
     full = _lut_profile(lut, (160, 176, 192, 208, 224))
-    assert LM.lut_resolutions(full) == (160, 176, 192, 208, 224)
+    assert lut_resolutions(full.lut) == (160, 176, 192, 208, 224)
     sparse = _lut_profile(lut, (160, 224))
-    assert LM.lut_resolutions(sparse) == (160, 224)
+    assert lut_resolutions(sparse.lut) == (160, 224)
     archs = [a for a in SPACE.sample(300, seed=1) if a.r in (160, 176, 192, 208, 224)]
     exact = np.array([lut_sum_ms(a, lut) for a in archs])
-    np.testing.assert_allclose(LM.own_lut_cost(full).evaluate_np(archs), exact, rtol=1e-9)
-    interp = LM.own_lut_cost(sparse).evaluate_np(archs)
+    np.testing.assert_allclose(lut_cost(SPACE, full).ms(archs), exact, rtol=1e-9)
+    interp = lut_cost(SPACE, sparse).ms(archs)
     at_ends = np.array([a.r in (160, 224) for a in archs])
     np.testing.assert_allclose(interp[at_ends], exact[at_ends], rtol=1e-9)
     assert np.median(np.abs(interp[~at_ends] / exact[~at_ends] - 1)) < 0.2
@@ -193,15 +197,15 @@ def test_lut_profile_model_is_scale_times_lut_sum():
 
     p = _lut_profile(reference_lut("note10"), (160, 224))
     archs = SPACE.sample(LM.MIN_POWER_FIT - 1, seed=2)  # too few timings to fit a power too
-    lut_ms = LM.own_lut_cost(p).evaluate_np(archs)
+    lut_ms = lut_cost(SPACE, p).ms(archs)
     p.calibration = [{"arch": str(a), "latency_ms": 1.7 * v * (1 + 0.01 * i)} for i, (a, v) in
                      enumerate(zip(archs, lut_ms))]
     state = LM.fit_profile_model(SPACE, p)
-    assert state["kind"] == LM.LUT_KIND and state["lut_resolutions"] == [160, 224] and state["lut_power"] == 1.0
+    assert state["kind"] == LM.LutModel.kind and state["lut_power"] == 1.0
     p.latency_model = state
     model = latency_model_for(SPACE, p)
     others = SPACE.sample(5, seed=9)
-    np.testing.assert_allclose(model.predict_ms(others) / LM.own_lut_cost(p).evaluate_np(others),
+    np.testing.assert_allclose(model.predict_ms(others) / lut_cost(SPACE, p).ms(others),
                                np.exp(state["lut_scale_log"]))
     assert 1.7 < np.exp(state["lut_scale_log"]) < 1.8
     x = torch.from_numpy(SPACE.encode(others))
@@ -215,15 +219,15 @@ def test_mbv3_lut_jobs_time_a_chain_and_a_lone_layer():
 
     tiny = Protocol(name="tiny", warmup_ms=0, warmup_runs=1, min_runs=3, min_time_s=0.0, floor_runs=3,
                     max_cv=10, retries=0, settle_s=0)
-    jobs = L.mbv3_jobs(SPACE, "imagenet", (128,))
+    jobs = SPACE.lut_plan("imagenet", quick=False, resolutions=(128,)).jobs
     assert len(jobs) == len(SPACE.lut_signatures("imagenet", (128,)))
-    assert {j.kind for j in jobs} == {"mbv3-chain", "mbv3-lone"}
-    assert {j.kind for j in L.mbv3_jobs(SPACE, "imagenet", (128,), chains=False)} == {"mbv3-lone"}
+    assert {j.method for j in jobs} == {"chain", "alone"}
+    assert {j.method for j in SPACE.lut_plan("imagenet", quick=True, resolutions=(128,)).jobs} == {"alone"}
     backend = get_backend("onnxruntime", threads=1)
-    chain = next(j for j in jobs if j.kind == "mbv3-chain" and "input:8x8" in j.name)
+    chain = next(j for j in jobs if j.method == "chain" and "input:8x8" in j.name)
     lone = next(j for j in jobs if j.name.startswith("Logits"))
     for job in (chain, lone):
-        (stats,) = L.measure_job(job, SPACE, "imagenet", backend, tiny).values()
+        (stats,) = L.measure_job(job, backend, tiny).values()
         assert stats["median_ms"] >= 0 and stats["runs"] >= 3
 
 
@@ -269,9 +273,9 @@ def test_lut_profile_model_fits_a_power_when_it_predicts_better():
 
     p = _lut_profile(reference_lut("note10"), (160, 224))
     archs = SPACE.sample(12, seed=4)
-    lut_ms = LM.own_lut_cost(p).evaluate_np(archs)
+    lut_ms = lut_cost(SPACE, p).ms(archs)
     noise = 1 + 0.01 * np.sin(np.arange(len(archs)))
     p.calibration = [{"arch": str(a), "latency_ms": 2.0 * v ** 0.6 * e} for a, v, e in zip(archs, lut_ms, noise)]
     state = LM.fit_profile_model(SPACE, p)
-    assert state["form"] == "scale x LUT-sum ^ power" and abs(state["lut_power"] - 0.6) < 0.05
+    assert state["form"] == "scale x LUT-cost ^ power" and abs(state["lut_power"] - 0.6) < 0.05
     assert state["relative_error"] < 0.03

@@ -8,7 +8,8 @@ from unittest import mock
 import pytest
 import torch
 
-from pomonag_edge.spaces.mbv3 import SPACE, SPACE_W10, op_signatures
+from pomonag_edge.spaces.mbv3 import SPACE, SPACE_W10
+from pomonag_edge.spaces.mbv3.arch import op_signatures
 
 pytest.importorskip("ofa")
 

@@ -65,13 +65,6 @@ def test_encode_decode():
         S.decode(np.zeros((2, 5, 5)))
 
 
-def test_adjacency_graph_form():
-    adj, feats = S.adjacency(S.parse(BEST))
-    assert adj.shape == (8, 8) and feats.shape == (8, 7)
-    assert np.all(np.triu(adj, 1) == adj)  # a DAG in topological order
-    assert adj[0, 1] == 1 and adj[1, 3] == 1 and adj[6, 7] == 1  # input->op(1<-0), op(1<-0)->op(2<-1)
-
-
 def test_validity_and_live_edges():
     none = S.parse("|none~0|+|none~0|none~1|+|none~0|none~1|none~2|")
     assert not S.is_valid(none)
@@ -100,7 +93,7 @@ def test_equivalence_classes():
     g = S.parse("|nor_conv_3x3~0|+|none~0|skip_connect~1|+|nor_conv_3x3~0|none~1|skip_connect~2|")
     assert S.canonical(g) != S.canonical(f)
     reps = {S.canonical(x) for x in ALL}
-    assert len(reps) == S.num_classes() == 4930
+    assert len(reps) == S.num_functions() == 4930
     assert all(S.canonical(r) == r for r in reps)
     assert all(S.index(S.canonical(x)) <= S.index(x) for x in ALL[:2000])
 

@@ -10,10 +10,11 @@ from scipy.stats import spearmanr
 from pomonag_edge.data import nb201_accuracy, nb201_latency_ms
 from pomonag_edge.predictors import latency_model_for, load_accuracy_predictor
 from pomonag_edge.predictors.accuracy import make_accuracy_net, noise_aware_copy, train_accuracy_checkpoint, training_indices
-from pomonag_edge.predictors.features import soft_live
-from pomonag_edge.predictors.latency import (LatencyModel, Pretrained, _soft_lut_sum_ms, _soft_table_lookup,
-                                             fit_calibration, fit_lut_scale, load_pretrained, lut_sum_ms, shipped_device_tables,
-                                             sibling_fit)
+from pomonag_edge.spaces.nb201.features import soft_live
+from pomonag_edge.predictors.latency import (HeadModel, PretrainedEmbedding, _soft_table_lookup, fit_calibration,
+                                             fit_lut_scale, load_pretrained, sibling_fit)
+from pomonag_edge.spaces.lut import lut_cost
+from pomonag_edge.spaces import get_space
 from pomonag_edge.profile import Profile, reference_profile
 from pomonag_edge.spaces.nb201 import SPACE, live_edges
 
@@ -27,8 +28,8 @@ def tiny_pretrained():
     torch.set_num_threads(1)
     names = ["1080ti_1", "2080ti_256", "gold_6240", "pixel3", "samsung_s7", "silver_4114",
              "desktop-cpu-core-i7-7820x-fp32", "mobile-gpu-snapdragon-855-adreno-640-int8"]
-    names, ms = shipped_device_tables(names)
-    return Pretrained.from_tables(ms, names, steps=200, batch=512, dim=8, hidden=32, seed=0)
+    ms = np.stack([nb201_latency_ms(n) for n in names], axis=1)
+    return PretrainedEmbedding.from_tables(SPACE, ALL, ms, names, steps=200, batch=512, dim=8, hidden=32, seed=0)
 
 
 def _shots_and_rest(table, n, seed):
@@ -48,8 +49,9 @@ def test_soft_live_is_exact_on_one_hot_and_differentiable():
 def test_adaptation_beats_pretrained_prior_on_held_out_device(tiny_pretrained):
     table = nb201_latency_ms(HELD_OUT)
     shots, rest = _shots_and_rest(table, 10, seed=0)
-    adapted, state = fit_calibration(SPACE, [ALL[i] for i in shots], table[shots], tiny_pretrained)
-    prior = LatencyModel(SPACE, tiny_pretrained, tiny_pretrained.prior_mean, 0.0)
+    adapted = fit_calibration(SPACE, [ALL[i] for i in shots], table[shots], tiny_pretrained)
+    state = adapted.to_state()
+    prior = HeadModel(tiny_pretrained, tiny_pretrained.prior_mean, 0.0, {})
     rest_archs = [ALL[i] for i in rest]
     sp_adapted = spearmanr(adapted.predict_ms(rest_archs), table[rest])[0]
     sp_prior = spearmanr(prior.predict_ms(rest_archs), table[rest])[0]
@@ -92,9 +94,9 @@ def test_soft_table_lookup_is_exact_on_one_hot_and_differentiable():
     values = np.random.default_rng(0).normal(size=len(ALL))
     some = ALL[::131]
     x = torch.from_numpy(SPACE.encode(some)).double()
-    assert np.allclose(_soft_table_lookup(values, x).numpy(), values[[SPACE.index(a) for a in some]])
+    assert np.allclose(_soft_table_lookup(SPACE, values, x).numpy(), values[[SPACE.index(a) for a in some]])
     relaxed = torch.softmax(torch.randn(3, 6, 5, dtype=torch.float64), dim=-1).requires_grad_()
-    out = _soft_table_lookup(values, relaxed)
+    out = _soft_table_lookup(SPACE, values, relaxed)
     out.sum().backward()
     assert torch.isfinite(relaxed.grad).all() and relaxed.grad.abs().sum() > 0
 
@@ -103,7 +105,8 @@ def test_profile_model_serialisation_round_trip(tiny_pretrained):
     table = nb201_latency_ms("silver_4210r")
     shots, rest = _shots_and_rest(table, 8, seed=1)
     profile = Profile(name="x", calibration=[{"arch": str(ALL[i]), "latency_ms": float(table[i])} for i in shots])
-    model, state = fit_calibration(SPACE, [ALL[i] for i in shots], table[shots], tiny_pretrained, profile)
+    model = fit_calibration(SPACE, [ALL[i] for i in shots], table[shots], tiny_pretrained, profile)
+    state = model.to_state()
     profile.latency_model = json.loads(json.dumps(state))
     loaded = Profile.from_dict(json.loads(json.dumps(profile.to_dict())))
     again = latency_model_for(SPACE, loaded, tiny_pretrained)
@@ -123,14 +126,15 @@ def test_lut_profile_is_scaled_lut_sum_and_soft_sum_matches_exact_sum(tiny_pretr
     shots, _ = _shots_and_rest(table, 10, seed=2)
     profile = Profile(name="lut", dataset="cifar10", lut=lut,
                       calibration=[{"arch": str(ALL[i]), "latency_ms": float(table[i])} for i in shots])
-    model, state = fit_calibration(SPACE, [ALL[i] for i in shots], table[shots], tiny_pretrained, profile)
-    assert state["kind"] == "nb201-lut-scale" and len(state["cv_relative_errors"]) == 10
+    model = fit_calibration(SPACE, [ALL[i] for i in shots], table[shots], tiny_pretrained, profile)
+    state = model.to_state()
+    assert state["kind"] == "lut-scale" and len(state["cv_relative_errors"]) == 10
     some = ALL[::97]
-    exact = lut_sum_ms(SPACE, profile, some)
-    assert np.allclose(model.predict_ms(some), np.exp(state["lut_scale_log"]) * exact)
+    exact = lut_cost(SPACE, profile).ms(some)
+    assert np.allclose(model.predict_ms(some), np.exp(state["lut_scale_log"]) * exact ** state["lut_power"])
     profile.latency_model = state  # the stored state loads back as the same model
     assert np.allclose(latency_model_for(SPACE, profile, tiny_pretrained).predict_ms(some), model.predict_ms(some))
-    soft = _soft_lut_sum_ms(SPACE, profile, torch.from_numpy(SPACE.encode(some)).double()).numpy()
+    soft = lut_cost(SPACE, profile).ms_torch(torch.from_numpy(SPACE.encode(some)).double()).numpy()
     assert np.allclose(exact, soft)
     with torch.no_grad():
         log_ms = model.log_ms_torch(torch.from_numpy(SPACE.encode(some)).double()).numpy()
@@ -156,7 +160,7 @@ def test_brpnas_reference_falls_back_to_model_for_unmeasured_nets():
 
 
 def test_shipped_latency_checkpoint_covers_all_devices_and_is_small():
-    pre = load_pretrained()
+    pre = load_pretrained(SPACE)
     assert len(pre.devices) == 32 and pre.heads.shape[0] == 32
     from pomonag_edge.predictors.checkpoints import checkpoint_path
 
@@ -164,7 +168,7 @@ def test_shipped_latency_checkpoint_covers_all_devices_and_is_small():
 
 
 def test_shipped_accuracy_predictor_held_out_quality_and_record():
-    pred = load_accuracy_predictor()
+    pred = load_accuracy_predictor(get_space("nb201"))
     idx = pred.train_indices
     assert len(idx) <= 0.1 * 15625 and np.array_equal(idx, training_indices(pred.meta["seed"], pred.meta["fraction"]))
     test = np.setdiff1d(np.arange(15625), idx)[::10]
@@ -177,7 +181,7 @@ def test_shipped_accuracy_predictor_held_out_quality_and_record():
 
 def test_shipped_accuracy_predictor_is_calibrated_at_the_top():
     # the generator ranks by predicted percent: the best nets must not be predicted far above any real net
-    pred = load_accuracy_predictor()
+    pred = load_accuracy_predictor(get_space("nb201"))
     assert pred.module.members > 1 and pred.module.knots > 0
     for dataset in ("cifar10", "cifar100", "imagenet16-120"):
         assert abs(pred.predict(ALL, dataset).max() - nb201_accuracy(dataset).max()) < 1.5  # percent
@@ -185,7 +189,7 @@ def test_shipped_accuracy_predictor_is_calibrated_at_the_top():
 
 def test_accuracy_module_trains_conditions_on_dataset_and_has_noise_aware_form():
     torch.set_num_threads(1)
-    ckpt = train_accuracy_checkpoint(seed=3, steps=40, hidden=16)
+    ckpt = train_accuracy_checkpoint(SPACE, seed=3, steps=40, hidden=16)
     net = make_accuracy_net(**ckpt["config"])
     net.load_state_dict(ckpt["state_dict"])
     x = torch.from_numpy(SPACE.encode(ALL[:8])).requires_grad_()

@@ -8,16 +8,15 @@ import click
 @click.command(short_help="List device descriptors and reference profiles.")
 @click.option("--detect/--no-detect", default=True, show_default=True, help="Also show what this machine is.")
 def command(detect):
-    """Descriptors say how `profile --device NAME` measures; reference profiles (`--profile NAME`)
-    carry every NB201 net's latency measured on a published device setting, or (--space mbv3) a model
-    fitted on 5,000 MobileNetV3 nets measured on one."""
+    """Descriptors say how `profile --device NAME` measures; reference profiles (`--profile NAME`) are
+    published device settings' measured latency tables, per search space."""
     from rich.console import Console
     from rich.table import Table
 
-    from ..data import nb201_latency_tables
     from ..hardware.devices import JETSON_SUPPORT, descriptor_names, detect_device, load_descriptor
     from ..errors import ProfileError
-    from ..profile import MBV3_REFERENCE_SOURCE, PROFILES_DIR, _batch_of, load_profile, mbv3_reference_names
+    from ..profile import PROFILES_DIR, load_profile
+    from ..spaces import get_space, space_names
 
     console = Console()
     table = Table(title="Device descriptors (profile --device NAME)")
@@ -57,17 +56,13 @@ def command(detect):
                         str(len(p.lut)), str(len(p.calibration)), p.created)
         console.print(own)
 
-    refs = Table(title="Reference profiles (--profile NAME): measured NB201 latency tables")
-    for col, justify in (("name", "left"), ("source", "left"), ("batch", "right"), ("nets measured", "right")):
-        refs.add_column(col, justify=justify)
-    for t in nb201_latency_tables():
-        refs.add_row(t.name, t.source, str(_batch_of(t.name)), f"{t.measured:,}")
-    console.print(refs)
-
-    mb = Table(title="Reference profiles for --space mbv3 (--profile NAME): OFA MobileNetV3 GPU tables, "
-                     "predicted by a model fitted on them")
-    for col, justify in (("name", "left"), ("source", "left"), ("batch", "right"), ("nets measured", "right")):
-        mb.add_column(col, justify=justify)
-    for name in mbv3_reference_names():
-        mb.add_row(name, MBV3_REFERENCE_SOURCE.split(" (")[0], str(_batch_of(name)), "5,000")
-    console.print(mb)
+    for name in space_names():
+        devices = get_space(name).reference_devices()
+        if not devices:
+            continue
+        refs = Table(title=f"Reference profiles for --space {name} (--profile NAME)")
+        for col, justify in (("name", "left"), ("source", "left"), ("batch", "right"), ("nets measured", "right")):
+            refs.add_column(col, justify=justify, no_wrap=col == "name")
+        for device, info in devices.items():
+            refs.add_row(device, info["source"], str(info["batch"]), f"{info['measured']:,}")
+        console.print(refs)

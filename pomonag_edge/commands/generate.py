@@ -1,12 +1,13 @@
 """``pomonag-edge generate``: Pareto-optimal nets within a budget. Parse, call ``generate_run``, render.
 
-The run folder's files and their keys are documented in ``pomonag_edge/search.py``.
+The run folder's files and their keys are documented in ``pomonag_edge/generate.py``.
 """
 
 from __future__ import annotations
 
 import click
 
+from ..strategies import STRATEGIES
 from .options import dataset_option, profile_option, space_option
 
 
@@ -23,7 +24,7 @@ from .options import dataset_option, profile_option, space_option
 @click.option("--num", default=10, show_default=True, type=click.IntRange(1), help="Nets to return.")
 @click.option("--samples", default=512, show_default=True, type=click.IntRange(1),
               help="Nets drawn (diffusion, random) or scored (nsga2).")
-@click.option("--strategy", type=click.Choice(["diffusion", "exhaustive", "nsga2", "random"]), default="diffusion",
+@click.option("--strategy", type=click.Choice(list(STRATEGIES)), default="diffusion",
               show_default=True, help="How candidates are proposed; the rest of the run is the same.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", default=None, metavar="DIR", help="Run folder (default: a new folder under ./runs/).")
@@ -39,7 +40,7 @@ def command(space, profile, dataset, max_latency, max_params, max_macs, weights,
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..generator.run import generate_run, render_table
+    from ..generate import generate_run
 
     # one torch thread: the generator's tensors are small, and with two threads on this 2-core machine under
     # load a score-network step took 3x longer (0.48 vs 0.17 s for 512 MobileNetV3 samples)
@@ -69,3 +70,20 @@ def command(space, profile, dataset, max_latency, max_params, max_macs, weights,
     out_console.print(render_table(run.result.selected, run.problem, title=title))
     out_console.print(f"wrote {run.out}/pareto.json, pareto.csv, manifest.json, pareto.png "
                       f"({run.result.stats['seconds']} s search)")
+
+
+def render_table(rows, problem, title: str = ""):
+    from rich.table import Table
+
+    from ..units import format_count
+
+    table = Table(title=title)
+    table.add_column("#", justify="right")
+    table.add_column("arch", overflow="fold", min_width=20)
+    for name, justify in (("accuracy %", "right"), ("latency ms", "right"),
+                          ("params", "right"), ("MACs", "right"), ("within budget", "center")):
+        table.add_column(name, justify=justify)
+    for i, r in enumerate(rows, start=1):
+        table.add_row(str(r.get("rank") or i), r["arch"], f"{r['accuracy']:.2f}", f"{r['latency_ms']:.3f}",
+                      format_count(r["params"]), format_count(r["macs"]), "yes" if r["feasible"] else "no")
+    return table

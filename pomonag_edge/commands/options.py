@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import click
 
-from ..spaces import SPACES
-
 space_option = click.option(
-    "--space", type=click.Choice(sorted(SPACES)), default="nb201", show_default=True, help="Search space."
+    "--space", default="nb201", show_default=True, metavar="NAME",
+    help="Search space: nb201, mbv3, or one another package registers (entry-point group pomonag_edge.spaces).",
 )
 dataset_option = click.option(
     "--dataset", default=None, metavar="NAME",

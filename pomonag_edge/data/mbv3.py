@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -29,34 +28,12 @@ REFERENCE_LUT_RESOLUTIONS = {"i7-8700k": tuple(range(96, 257, 4)), "note10": (16
 REFERENCE_LUT_WIDTHS = {"i7-8700k": (1.0, 1.2), "note10": (1.2,)}
 
 
-def parse_lut_yaml(text: str, source: str = "LUT") -> dict[str, dict[str, float]]:
-    """The shipped LUT files' YAML subset: ``key:`` at column 0, then ``  field: number`` lines.
-
-    A restricted reader (no PyYAML dependency) that refuses anything outside that subset.
-    """
-    table: dict[str, dict[str, float]] = {}
-    key = None
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        if not line[0].isspace():
-            if not line.endswith(":"):
-                raise ValueError(f"{source}, line {number}: expected 'key:', got {line!r}")
-            key = line[:-1]
-            if key in table:
-                raise ValueError(f"{source}, line {number}: duplicate key {key!r}")
-            table[key] = {}
-        else:
-            field, sep, value = line.strip().partition(": ")
-            if key is None or not sep:
-                raise ValueError(f"{source}, line {number}: expected '  field: number' under a key, got {line!r}")
-            table[key][field] = float(value)
-    return table
-
-
 @lru_cache(maxsize=None)
 def _lut_file(path: str) -> dict[str, dict[str, float]]:
-    return parse_lut_yaml(data_path("ofa_mbv3", *path.split("/")).read_text("utf-8"), path)
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(data_path("ofa_mbv3", *path.split("/")).read_text("utf-8"), Loader=loader)
 
 
 @lru_cache(maxsize=None)
@@ -75,15 +52,6 @@ def reference_lut(name: str) -> dict[str, float]:
     return {key: float(np.mean(v)) for key, v in values.items()}
 
 
-@dataclass(frozen=True)
-class OFALatencyTable:
-    """HELP's MobileNetV3 table: ``latency_ms[i, j]`` is subnet ``archs[i]`` on setting ``settings[j]``."""
-
-    archs: tuple  # of spaces.mbv3.MBV3Arch, all w1.2
-    settings: tuple[str, ...]
-    latency_ms: np.ndarray
-
-
 def ofa_latency_settings() -> tuple[str, ...]:
     """The table's 9 GPU setting names, without building its 5,000 archs."""
     header, _ = _read_csv("ofa_mbv3", "latency_ms.csv.gz")
@@ -91,16 +59,14 @@ def ofa_latency_settings() -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=None)
-def ofa_latency_table() -> OFALatencyTable:
-    """5,000 w1.2 subnets with end-to-end latency on 9 GPU settings (``<gpu>_<batch>``)."""
-    from ..spaces.mbv3 import MBV3Arch
-
+def ofa_latency_rows() -> tuple[tuple[str, ...], list[tuple[str, str, str, int]], np.ndarray]:
+    """HELP's 5,000 w1.2 subnets as (setting names, [(ks, e, d, r) columns], ms (nets x 9 GPU settings));
+    ``spaces.mbv3.ofa_latency_table`` makes archs of them."""
     header, rows = _read_csv("ofa_mbv3", "latency_ms.csv.gz")
     col = {name: j for j, name in enumerate(header)}
-    settings = tuple(header[5:])
-    archs = tuple(MBV3Arch.from_ofa(r[col["ks"]], r[col["e"]], r[col["d"]], int(r[col["r"]]), 1.2) for r in rows)
+    cols = [(r[col["ks"]], r[col["e"]], r[col["d"]], int(r[col["r"]])) for r in rows]
     lat = np.array([[float(v) if v else np.nan for v in r[5:]] for r in rows], dtype=np.float64)
-    return OFALatencyTable(archs, settings, lat)
+    return tuple(header[5:]), cols, lat
 
 
 @lru_cache(maxsize=None)
@@ -120,5 +86,5 @@ def specialized_subnets() -> tuple[dict, ...]:
 
 
 def ofa_acc_predictor_path():
-    """OFA's ImageNet top-1 predictor for w1.2 subnets (a state_dict; see predictors.ofa_accuracy)."""
+    """OFA's ImageNet top-1 predictor for w1.2 subnets (a state_dict; see spaces.mbv3.accuracy)."""
     return data_path("ofa_mbv3", "acc_predictor_w1.2.pth")

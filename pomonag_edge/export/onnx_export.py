@@ -117,11 +117,9 @@ def onnx_summary(path: str | Path) -> dict:
 
 
 def file_stem(rank: int, arch, space) -> str:
-    """``01_nb201_3942``: rank first so files sort like the table, index or hash so names stay short."""
-    try:
-        key = str(space.index(arch))
-    except (AttributeError, KeyError):
-        key = hashlib.sha1(str(arch).encode()).hexdigest()[:10]
+    """``01_nb201_3942``: rank first so files sort like the table, table index or hash so names stay short."""
+    index = space.table_index(arch)
+    key = str(index) if index is not None else hashlib.sha1(str(arch).encode()).hexdigest()[:10]
     return f"{rank:02d}_{space.name}_{key}"
 
 

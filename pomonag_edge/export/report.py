@@ -26,8 +26,6 @@ build failed).
 
 from __future__ import annotations
 
-import platform
-from importlib import metadata
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -40,18 +38,11 @@ NET_STATUSES = ("passed", "checked", "over_budget", "failed")
 
 def versions(tensorrt: bool = False) -> dict:
     """Versions of everything that changes an exported file or a measured number."""
-    out = {"python": platform.python_version()}
-    for key, dists in (("pomonag-edge", ["pomonag-edge"]), ("torch", ["torch"]), ("onnx", ["onnx"]),
-                       ("onnxruntime", ["onnxruntime", "onnxruntime-gpu"])):
-        out[key] = None
-        for dist in dists:
-            try:
-                out[key] = metadata.version(dist)
-                break
-            except metadata.PackageNotFoundError:
-                continue
-    if tensorrt and find_spec("tensorrt") is not None:
-        import tensorrt as trt  # only reached on a machine that builds engines
+    from ..versions import versions as installed
+
+    out = installed("tensorrt") if tensorrt else installed()
+    if tensorrt and out.get("tensorrt") is None and find_spec("tensorrt") is not None:
+        import tensorrt as trt  # a system TensorRT (JetPack) that pip does not list
 
         out["tensorrt"] = trt.__version__
     return out

@@ -3,21 +3,20 @@
     runnable = get_backend("onnxruntime", precision="fp32", threads=1).load("net.onnx")  # path, bytes, module
     outputs = runnable.run({"input": x})          # list of numpy arrays
     stats = runnable.measure(DEFAULT)             # Measurement: median_ms, p90_ms, p99_ms, mean_ms, cv, runs
-    lut_sum_ms(space, profile, archs)             # per-arch sum of the profile's per-op medians
 
 Importing this package imports neither torch nor onnxruntime nor tensorrt; each backend does when made.
 """
 
 from .backends import BACKENDS, PRECISIONS, Runnable, get_backend, onnx_bytes
 from .devices import Descriptor, descriptor_names, detect_device, load_descriptor
-from .lut import lut_sum_ms, select_calibration
+from .lut import measure_job, select_calibration
 from .profiler import ProfileRequest, ProfileResult, build_profile
 from .timing import DEFAULT, PROTOCOLS, QUICK, Measurement, Protocol, measure, settle
 
 __all__ = [
     "BACKENDS", "PRECISIONS", "Runnable", "get_backend", "onnx_bytes",
     "Descriptor", "descriptor_names", "detect_device", "load_descriptor",
-    "lut_sum_ms", "select_calibration",
+    "measure_job", "select_calibration",
     "ProfileRequest", "ProfileResult", "build_profile",
     "DEFAULT", "PROTOCOLS", "QUICK", "Measurement", "Protocol", "measure", "settle",
 ]

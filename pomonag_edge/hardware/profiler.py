@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Callable
 
@@ -16,9 +15,10 @@ import numpy as np
 
 from ..errors import UserError
 from ..profile import PROFILES_DIR, Profile, load_profile
+from ..spaces import get_space
 from .backends import BACKENDS, get_backend
 from .devices import check_hardware, choose_backend, detect_device, load_descriptor
-from .lut import MBV3_RESOLUTIONS, measure_job, mbv3_jobs, nb201_jobs, select_calibration
+from .lut import measure_job, select_calibration
 from .timing import PROTOCOLS, Protocol, settle
 
 # progress(stage, done, total, item): called once per stage before measuring and after every item
@@ -26,7 +26,7 @@ ProgressFn = Callable[[str, int, int, str], None]
 
 # settings that must match for a partial profile to be continued
 _RESUME_RUNTIME = ("backend", "precision", "batch", "threads", "clock", "protocol", "calibration_count",
-                   "calibration_seed", "lut_resolutions")
+                   "calibration_seed", "lut_method", "lut_resolutions")
 _RESUME_DEVICE = ("name", "cpu", "gpu", "jetson_model", "power_mode")
 
 
@@ -46,7 +46,7 @@ class ProfileRequest:
     seed: int = 0
     fresh: bool = False
     protocol: Protocol | None = None  # overrides ``quick``: for tests and benchmarks
-    resolutions: tuple[int, ...] | None = None  # mbv3 LUT resolutions; None: MBV3_RESOLUTIONS by ``quick``
+    resolutions: tuple[int, ...] | None = None  # LUT resolutions of a space with several; None: its default
 
 
 @dataclass
@@ -65,12 +65,6 @@ def profile_path(req: ProfileRequest) -> Path:
     return Path(req.out) if req.out is not None else PROFILES_DIR / f"{Path(req.device).stem}.json"
 
 
-def _space(name: str):
-    from ..spaces import get_space
-
-    return get_space(name)
-
-
 def _mismatch(old: Profile, new: Profile) -> str | None:
     if (old.space, old.dataset) != (new.space, new.dataset):
         return f"space/dataset {old.space}/{old.dataset} (now {new.space}/{new.dataset})"
@@ -87,8 +81,6 @@ def fit_latency_model(space, profile: Profile) -> str | None:
     """Fit the latency model (``predictors``, by space) into the profile; returns why not, if it was not.
 
     A user-fixable refusal (say, a missing checkpoint) leaves the measured profile intact and is reported."""
-    if find_spec("pomonag_edge.predictors.latency") is None:
-        return "this version has no latency model"
     from ..predictors import fit_profile_model
 
     try:
@@ -100,24 +92,15 @@ def fit_latency_model(space, profile: Profile) -> str | None:
 
 def _settle(space, dataset: str, batch: int, backend, protocol, seed: int) -> None:
     """Bring the machine to a steady state with the heaviest net before the first measurement."""
-    if space.name == "mbv3":
-        from ..spaces.mbv3 import MAX_DEPTH, NUM_SLOTS, NUM_STAGES, MBV3Arch
-
-        arch = MBV3Arch((7,) * NUM_SLOTS, (6,) * NUM_SLOTS, (MAX_DEPTH,) * NUM_STAGES, 224, space.width)
-    else:
-        from ..spaces.nb201 import CONV3, NB201Arch
-
-        arch = NB201Arch((CONV3,) * 6)
+    arch = space.settle_arch(dataset)
     x = np.random.default_rng(seed).standard_normal(space.input_shape(arch, dataset, batch)).astype(np.float32)
     settle(backend.load(space.build(arch, dataset).eval(), {"input": x}).run_once_ms, protocol)
 
 
 def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_model: bool = True) -> ProfileResult:
     started = time.perf_counter()
-    space = _space(req.space)
-    dataset = req.dataset or space.default_dataset
-    if dataset not in space.datasets:
-        raise UserError(f"unknown dataset {dataset!r} for {space.name}; choose one of {', '.join(space.datasets)}")
+    space = get_space(req.space)
+    dataset = space.check_dataset(req.dataset)
     descriptor = load_descriptor(req.device)
     facts = detect_device()
     check_hardware(descriptor, facts)
@@ -137,15 +120,9 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
     runtime = {"backend": backend_name, "precision": precision, "batch": batch, "threads": threads,
                "clock": req.clock,
                "protocol": protocol.name, "protocol_settings": protocol.to_dict(), **backend.version(),
-               "calibration_count": req.calibration, "calibration_seed": req.seed, "lut_method": "in-context chains"}
-    if space.name == "mbv3":
-        resolutions = tuple(req.resolutions or MBV3_RESOLUTIONS["quick" if req.quick else "default"])
-        bad = [r for r in resolutions if r not in space.resolutions]
-        if bad:
-            raise UserError(f"cannot profile mbv3 at resolution {bad[0]}: the space has 128..224 in steps of 4")
-        runtime["lut_resolutions"] = list(resolutions)
-        runtime["lut_method"] = ("every layer alone" if req.quick else "residual blocks as chains, other layers "
-                                 "alone") + "; resolutions not profiled are interpolated"
+               "calibration_count": req.calibration, "calibration_seed": req.seed}
+    plan = space.lut_plan(dataset, req.quick, req.resolutions)
+    runtime.update(plan.facts)
     fresh = Profile(name=descriptor.name, space=space.name, dataset=dataset,
                     device={"name": descriptor.name, "descriptor": descriptor.to_dict(), **facts}, runtime=runtime)
     path = profile_path(req)
@@ -165,17 +142,14 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
 
     measured = 0
     # 1. per-op table
-    if space.name == "mbv3":
-        jobs = mbv3_jobs(space, dataset, runtime["lut_resolutions"], chains=not req.quick)
-    else:
-        jobs = nb201_jobs(space, dataset)
+    jobs = plan.jobs
     todo = [j for j in jobs if not all(k in profile.lut for k in j.keys)]
     plan_size = req.calibration - len(profile.calibration)
     if todo or plan_size > 0:
         _settle(space, dataset, batch, backend, protocol, req.seed)
     report("lut", len(jobs) - len(todo), len(jobs), "")
     for job in todo:
-        profile.lut.update(measure_job(job, space, dataset, backend, protocol, batch=batch, seed=req.seed))
+        profile.lut.update(measure_job(job, backend, protocol, batch=batch, seed=req.seed))
         profile.save(path)
         measured += 1
         report("lut", sum(all(k in profile.lut for k in j.keys) for j in jobs), len(jobs), job.name)

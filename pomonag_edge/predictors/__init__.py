@@ -1,9 +1,10 @@
-"""Predictors of the objectives: exact costs (params, MACs), latency from a profile, accuracy per dataset.
+"""Predictors of the objectives: exact costs (params, MACs) from the space, latency from a profile, accuracy
+from the space's predictor.
 
-Public API (other parts call these): ``fit_profile_model``, ``latency_model_for`` -> ``LatencyModel``
-(``predict_ms``, ``relative_error``, ``margin_ms``, ``log_ms_torch``), ``load_accuracy_predictor`` ->
-``AccuracyPredictor`` (``predict``, ``module``), and ``predict_rows`` for the ``predict`` command.
-Submodules import torch lazily, so importing this package stays cheap.
+Public API: ``fit_profile_model``, ``latency_model_for`` -> a ``latency.LatencyModel`` (``predict_ms``,
+``relative_error``, ``margin_ms``, ``log_ms_torch``), ``load_accuracy_predictor`` (``predict(archs, dataset)``
+in percent, ``describe(dataset)``), and ``predict_rows`` for the ``predict`` command. Submodules import torch
+lazily, so importing this package stays cheap.
 """
 
 from __future__ import annotations
@@ -13,17 +14,8 @@ from typing import Sequence
 from ..spaces import Arch, SearchSpace
 
 
-def _latency_module(space):
-    """The latency model's module for a space: nb201 ``latency``, mbv3 ``latency_mbv3`` (same functions)."""
-    if space.name == "mbv3":
-        from . import latency_mbv3 as module
-    else:
-        from . import latency as module
-    return module
-
-
 def _same_space_reference(space, profile):
-    """A reference name means that setting in the space asked for (``2080ti_1`` names one in both spaces)."""
+    """A reference name means that setting in the space asked for (``2080ti_1`` names one in two spaces)."""
     if profile.reference and profile.space != space.name:
         from ..profile import reference_profile
 
@@ -33,36 +25,64 @@ def _same_space_reference(space, profile):
 
 def fit_profile_model(space, profile, pretrained=None) -> dict:
     """JSON state of the latency model fitted to ``profile`` (store it in ``profile.latency_model``)."""
-    return _latency_module(space).fit_profile_model(space, profile, pretrained)
+    from .latency import fit_profile_model as fit
+
+    return fit(space, profile, pretrained)
 
 
 def latency_model_for(space, profile, pretrained=None):
-    """The ``LatencyModel`` of ``profile``: its stored fit, or refitted from its calibration timings."""
-    return _latency_module(space).latency_model_for(space, _same_space_reference(space, profile), pretrained)
+    """The latency model of ``profile``: its stored fit, or refitted from its calibration timings."""
+    from .latency import latency_model_for as model_for
+
+    return model_for(space, _same_space_reference(space, profile), pretrained)
 
 
-def load_accuracy_predictor(space_name: str = "nb201", path=None):
-    """The shipped accuracy predictor: ``.predict(archs, dataset)`` in percent, ``.module`` its torch net.
-    mbv3: OFA's released ImageNet predictor (``ofa_accuracy``), OFA's estimate, fitted on r 160..224."""
-    if space_name == "mbv3":
-        from .ofa_accuracy import OFAAccuracyPredictor
+def load_accuracy_predictor(space: SearchSpace):
+    """The space's accuracy predictor (``space.accuracy_predictor``)."""
+    return space.accuracy_predictor()
 
-        return OFAAccuracyPredictor(path)
-    from .accuracy import load_accuracy_predictor as load
 
-    return load(space_name, path)
+def search_predictors(space, profile, dataset: str):
+    """The product's predictors for a search: the profile's latency model (its relative error is the margin) and
+    the space's accuracy predictor. A predictor's range caveat is stated once, in the source, not warned about
+    on every scoring call."""
+    import warnings
+
+    import numpy as np
+
+    from ..errors import ExtrapolationWarning
+    from ..problem import Predictors
+
+    lat = latency_model_for(space, profile)
+    accp = space.accuracy_predictor()
+    margin = float(lat.relative_error)
+
+    def accuracy(archs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExtrapolationWarning)
+            return np.asarray(accp.predict(archs, dataset), dtype=np.float64)
+
+    source = {"latency": f"latency model of profile {profile.name}", "latency_relative_error": margin,
+              "accuracy": accp.describe(dataset)}
+    return Predictors(accuracy=accuracy, latency_ms=lambda archs: np.asarray(lat.predict_ms(archs), dtype=np.float64),
+                      margin=margin, source=source)
+
+
+def table_predictors(space, dataset: str, device: str):
+    """A space's shipped measured tables as predictors (exact): the benchmarks' oracle and the tests'."""
+    from ..problem import Predictors
+
+    acc, lat = space.accuracy_table(dataset), space.reference_latency_ms(device)
+    return Predictors(accuracy=lambda archs: acc[[space.table_index(a) for a in archs]],
+                      latency_ms=lambda archs: lat[[space.table_index(a) for a in archs]],
+                      margin=0.0, source={"accuracy": f"{space.name} table ({dataset})", "latency": f"table {device}"})
 
 
 def predict_rows(space: SearchSpace, archs: Sequence[Arch], dataset: str | None = None,
                  profile: str | None = None) -> list[dict]:
     """One dict per arch, in input order: ``arch, params, macs`` (+ ``latency_ms``, ``accuracy``)."""
-    from ..data import check_dataset
-    from ..errors import UserError
-
-    if dataset is not None and space.name == "nb201":
-        check_dataset(dataset)
-    elif dataset is not None and dataset not in space.datasets:
-        raise UserError(f"unknown dataset {dataset!r} for {space.name}; choose one of {', '.join(space.datasets)}")
+    if dataset is not None:
+        space.check_dataset(dataset)
     rows = [{"arch": str(a), "params": space.params(a, dataset), "macs": space.macs(a, dataset)} for a in archs]
     if profile is not None:
         from ..profile import resolve_profile
@@ -71,7 +91,6 @@ def predict_rows(space: SearchSpace, archs: Sequence[Arch], dataset: str | None 
         for row, ms in zip(rows, model.predict_ms(archs)):
             row["latency_ms"] = round(float(ms), 4)
     if dataset is not None:
-        predictor = load_accuracy_predictor(space.name)
-        for row, acc in zip(rows, predictor.predict(archs, dataset)):
+        for row, acc in zip(rows, space.accuracy_predictor().predict(archs, dataset)):
             row["accuracy"] = round(float(acc), 3)
     return rows

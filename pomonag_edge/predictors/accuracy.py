@@ -37,7 +37,7 @@ def path_features(x):
     smooth on a noised one."""
     import torch
 
-    from .features import soft_live
+    from ..spaces.nb201.features import soft_live
 
     live = soft_live(x)
     live_ops = x[..., 1:] * live[..., None]  # skip, conv1, conv3, pool
@@ -57,7 +57,7 @@ def _module_classes():
     import torch
     import torch.nn as nn
 
-    from .features import NUM_FEATURES, nb201_features
+    from ..spaces.nb201.features import NUM_FEATURES, nb201_features
 
     class AccuracyNet(nn.Module):
         """(n, 6, 5) encoding + dataset index [+ diffusion time t in [0, 1]] -> accuracy in percent.
@@ -169,16 +169,12 @@ def normal_scores(acc: np.ndarray, knots: int, span: float = 3.0):
     return z, np.repeat(kz[:, None], acc.shape[1], axis=1), ka
 
 
-def train_accuracy_checkpoint(seed: int = 0, steps: int = 2000, hidden: int = 128, fraction: float = TRAIN_FRACTION,
+def train_accuracy_checkpoint(space, seed: int = 0, steps: int = 2000, hidden: int = 128, fraction: float = TRAIN_FRACTION,
                               lr: float = 2e-3, weight_decay: float = 1e-4, rank_weight: float = 1.0,
                               pairs: int = 4096, members: int = 5, path_features: bool = True,
                               top_weight: float = 0.5, knots: int = 49, progress=None) -> dict:
-    """Fit ``AccuracyNet`` on the seeded subset of all three datasets (full batch, AdamW, cosine schedule).
-
-    Against the previous single MLP on z-scored targets (seed 0, held-out 90%, cifar10/cifar100/imagenet16-120):
-    Spearman 0.979/0.977/0.977 -> 0.982/0.980/0.982, top-50 overlap 28/35/17 -> 27/32/21, and the true gap of
-    the predicted-best net within true-latency budgets (4 devices x 3 quantiles x 3 datasets) 0.62 -> 0.26
-    points; with seed 1: 0.64 -> 0.50. The old net predicted 99.5% for CIFAR-10 nets that score 94%.
+    """Fit ``AccuracyNet`` on the seeded subset of ``space``'s table, all three datasets (full batch, AdamW,
+    cosine schedule).
 
     Loss, per ensemble member: MSE on the target (normal scores with ``knots``, else z-scores) plus ``rank_weight`` x a pairwise logistic
     ranking loss on random pairs: the generator needs the order of the best nets more than their exact
@@ -187,12 +183,11 @@ def train_accuracy_checkpoint(seed: int = 0, steps: int = 2000, hidden: int = 12
     import torch
 
     from ..data import nb201_accuracy
-    from ..spaces.nb201 import SPACE
 
     torch.manual_seed(seed)
     idx = training_indices(seed, fraction)
-    archs = list(SPACE.enumerate())
-    x = torch.from_numpy(SPACE.encode([archs[i] for i in idx]))
+    archs = list(space.enumerate())
+    x = torch.from_numpy(space.encode([archs[i] for i in idx]))
     acc = np.stack([nb201_accuracy(d)[idx] for d in DATASETS], axis=1)
     mean, std = acc.mean(axis=0), acc.std(axis=0)
     net = make_accuracy_net(hidden=hidden, members=members, path_features=path_features, knots=knots)
@@ -256,12 +251,13 @@ class AccuracyPredictor:
         net.eval()
         return cls(net, space, ckpt["train_indices"].numpy(), sha256, ckpt.get("meta"))
 
+    def describe(self, dataset: str) -> str:
+        return f"accuracy predictor ({self.space.name}, {dataset})"
+
     def predict(self, archs: Sequence, dataset: str) -> np.ndarray:
         import torch
 
-        from ..data import check_dataset
-
-        check_dataset(dataset)
+        self.space.check_dataset(dataset)
         archs = list(archs)
         if not archs:
             return np.zeros(0)
@@ -274,15 +270,11 @@ class AccuracyPredictor:
 _LOADED: dict[str, AccuracyPredictor] = {}
 
 
-def load_accuracy_predictor(space_name: str = "nb201", path=None) -> AccuracyPredictor:
-    """The shipped accuracy predictor (or the checkpoint at ``path``), loaded once per process."""
-    from ..errors import UserError
-    from ..spaces import get_space
+def load_accuracy_predictor(space, path=None) -> AccuracyPredictor:
+    """The shipped NB201 accuracy predictor (or the checkpoint at ``path``), loaded once per process."""
     from .checkpoints import checkpoint_path, load_checkpoint
 
-    if space_name != "nb201":
-        raise UserError(f"the accuracy predictor supports the nb201 space only (got {space_name!r})")
     ckpt, sha = load_checkpoint(path or checkpoint_path(ACCURACY_CHECKPOINT))
     if sha not in _LOADED:
-        _LOADED[sha] = AccuracyPredictor.from_checkpoint(ckpt, get_space(space_name), sha)
+        _LOADED[sha] = AccuracyPredictor.from_checkpoint(ckpt, space, sha)
     return _LOADED[sha]

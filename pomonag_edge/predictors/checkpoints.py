@@ -53,11 +53,11 @@ def load_checkpoint(path) -> tuple[dict, str]:
 _BUILT: dict = {}
 
 
-def load_built(path, build):
-    """``build(ckpt, sha, path)`` of the checkpoint at ``path``, made once per process per content hash
-    (pretrained embeddings are built once, however many profiles use them)."""
+def load_built(path, build, key=None):
+    """``build(ckpt, sha, path)`` of the checkpoint at ``path``, made once per process per content hash and
+    ``key`` (default: ``build`` itself), so pretrained embeddings are built once however many profiles use them."""
     ckpt, sha = load_checkpoint(path)
-    key = (build, sha)
+    key = (build if key is None else key, sha)
     if key not in _BUILT:
         _BUILT[key] = build(ckpt, sha, str(path))
     return _BUILT[key]

@@ -1,24 +1,53 @@
-"""Search spaces by name; each module is imported only when asked for."""
+"""Search spaces by name: the shipped ones, and any another package registers under the ``pomonag_edge.spaces``
+entry-point group (``name = "package.module:SPACE"``, as pymoo problems or timm models are added). Each is
+imported only when asked for.
+"""
 
 from __future__ import annotations
 
-from importlib import import_module
+from functools import lru_cache
+from importlib import import_module, metadata
 
 from ..errors import UserError
-from .base import Arch, SearchSpace, parse_lines
+from .base import Arch, GeneratorRecipe, LatencyRecipe, SearchSpace, SpaceBase, parse_lines
 
-SPACES = {"nb201": "pomonag_edge.spaces.nb201", "mbv3": "pomonag_edge.spaces.mbv3"}
+BUILTIN = {"nb201": "pomonag_edge.spaces.nb201:SPACE", "mbv3": "pomonag_edge.spaces.mbv3:SPACE"}
+ENTRY_POINT_GROUP = "pomonag_edge.spaces"
 
-__all__ = ["Arch", "SearchSpace", "SPACES", "get_space", "parse_lines"]
+__all__ = ["Arch", "SearchSpace", "SpaceBase", "LatencyRecipe", "GeneratorRecipe", "get_space", "space_names",
+           "parse_lines"]
+
+
+def _registered() -> dict[str, object]:
+    """name -> entry point (or "module:attr" string for the shipped spaces)."""
+    found: dict[str, object] = dict(BUILTIN)
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep)
+    return found
+
+
+def space_names() -> list[str]:
+    """The shipped spaces first (nb201, mbv3), then those of other packages in name order."""
+    return list(BUILTIN) + sorted(n for n in _registered() if n not in BUILTIN)
+
+
+@lru_cache(maxsize=None)
+def _load(name: str, target) -> SearchSpace:
+    try:
+        if isinstance(target, str):
+            module, _, attr = target.partition(":")
+            space = getattr(import_module(module), attr)
+        else:
+            space = target.load()
+    except ModuleNotFoundError as e:
+        raise UserError(f"search space {name!r} could not be loaded ({e}); is its package installed?") from None
+    if getattr(space, "name", None) != name:
+        raise UserError(f"search space entry point {name!r} names a space called {getattr(space, 'name', None)!r}")
+    return space
 
 
 def get_space(name: str) -> SearchSpace:
-    if name not in SPACES:
-        raise UserError(f"unknown search space {name!r}; choose one of {', '.join(SPACES)}")
-    try:
-        module = import_module(SPACES[name])
-    except ModuleNotFoundError as e:
-        if e.name == SPACES[name]:
-            raise UserError(f"search space {name!r} is not available in this version") from None
-        raise
-    return module.SPACE
+    registered = _registered()
+    if name not in registered:
+        raise UserError(f"unknown search space {name!r}; choose one of {', '.join(sorted(registered))}")
+    return _load(name, registered[name])

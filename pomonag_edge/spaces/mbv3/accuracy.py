@@ -14,8 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import UserError
-from ..spaces.mbv3 import (DEPTH_OFFSET, EXPANDS, KERNELS, NUM_SLOTS, RES_OFFSET, RESOLUTIONS, SLOT_FEATURES,
+from ...errors import ExtrapolationWarning, UserError
+from .arch import (DEPTH_OFFSET, EXPANDS, KERNELS, NUM_SLOTS, RES_OFFSET, RESOLUTIONS, SLOT_FEATURES,
                            MBV3Arch)
 
 VALID_RESOLUTIONS = (160, 224)  # inclusive range OFA trained the predictor on
@@ -67,7 +67,7 @@ class OFAAccuracyPredictor:
         import torch
         import torch.nn as nn
 
-        from ..data.mbv3 import ofa_acc_predictor_path
+        from ...data.mbv3 import ofa_acc_predictor_path
 
         self.model = nn.Sequential(nn.Linear(FEATURE_DIM, 400), nn.ReLU(), nn.Linear(400, 400), nn.ReLU(),
                                    nn.Linear(400, 400), nn.ReLU(), nn.Linear(400, 1))
@@ -85,6 +85,9 @@ class OFAAccuracyPredictor:
 
         self.module = nn.Sequential(gather, self.model, Percent()).eval().requires_grad_(False)
 
+    def describe(self, dataset: str) -> str:
+        return f"{self.name}: OFA's ImageNet estimate before fine-tuning, extrapolated outside r 160..224"
+
     def predict(self, archs: Sequence[MBV3Arch], dataset: str = "imagenet", warn: bool = True) -> np.ndarray:
         """Top-1 (%) per arch, float64 (n,). Archs outside r 160..224 are predicted but warned about."""
         import torch
@@ -101,7 +104,8 @@ class OFAAccuracyPredictor:
         ok = in_range(archs)
         if warn and not ok.all():
             warnings.warn(f"{int((~ok).sum())} arch(s) have a resolution outside 160..224, where OFA's accuracy "
-                          "predictor was not fitted; their accuracy is a rough extrapolation", stacklevel=2)
+                          "predictor was not fitted; their accuracy is a rough extrapolation", ExtrapolationWarning,
+                          stacklevel=2)
         with torch.no_grad():
             y = self.model(torch.from_numpy(ofa_features(archs))).squeeze(1).double().numpy()
         return 100.0 * y

@@ -1,4 +1,4 @@
-"""NAS-Bench-201: a cell of 4 nodes and 6 edges, 5 ops per edge, stacked 3 x 5 in a fixed skeleton.
+"""NAS-Bench-201's cell, its strings and exact costs (numpy only): a cell of 4 nodes and 6 edges, 5 ops per edge, stacked 3 x 5 in a fixed skeleton.
 
 Canonical string: ``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|``: node 1, 2, 3 in turn, each listing the op on
 the edge from every earlier node. Edge order everywhere (encoding, tuples): (1<-0), (2<-0), (2<-1),
@@ -18,7 +18,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..errors import ArchParseError, UserError
+from ...errors import ArchParseError, UserError
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))  # (to, from)
@@ -86,7 +86,7 @@ def parse(text: str) -> NB201Arch:
 @lru_cache(maxsize=1)
 def _all_ops() -> np.ndarray:
     """(15625, 6) op ids in topology-index order, read from the shipped table."""
-    from ..data import nb201_arch_strings
+    from ...data import nb201_arch_strings
 
     return np.array([parse(s).ops for s in nb201_arch_strings()], dtype=np.int8)
 
@@ -150,156 +150,6 @@ def _canonical_index() -> np.ndarray:
     return out
 
 
-class NB201Space:
-    """The NB201 search space. ``SPACE`` below is its one instance."""
-
-    name = "nb201"
-    encoding_shape = (NUM_EDGES, NUM_OPS)
-    datasets = DATASETS
-    default_dataset = "cifar10"
-    ops = OPS
-    edges = EDGES
-
-    # -- strings and order
-    def parse(self, text: str) -> NB201Arch:
-        return parse(text)
-
-    def size(self) -> int:
-        return NUM_OPS**NUM_EDGES
-
-    def index(self, arch: NB201Arch) -> int:
-        """The NAS-Bench-201 topology index, the key of every shipped NB201 table."""
-        return _index_of()[arch.ops]
-
-    def from_index(self, index: int) -> NB201Arch:
-        return NB201Arch(tuple(int(o) for o in _all_ops()[index]))
-
-    def enumerate(self) -> Iterator[NB201Arch]:
-        """All 15,625 archs in topology-index order."""
-        for row in _all_ops():
-            yield NB201Arch(tuple(int(o) for o in row))
-
-    def sample(self, n: int, seed: int) -> list[NB201Arch]:
-        """Uniform over the space; distinct while ``n`` does not exceed its size."""
-        rng = np.random.default_rng(seed)
-        idx = rng.choice(self.size(), size=n, replace=n > self.size())
-        return [self.from_index(int(i)) for i in idx]
-
-    # -- learning encodings
-    def encode(self, archs: Sequence[NB201Arch]) -> np.ndarray:
-        """One-hot, float32, shape (n, 6 edges, 5 ops)."""
-        ops = np.array([a.ops for a in archs], dtype=np.int64).reshape(-1, NUM_EDGES)
-        return np.eye(NUM_OPS, dtype=np.float32)[ops]
-
-    def decode(self, x: np.ndarray) -> list[NB201Arch]:
-        """Argmax per edge of any (n, 6, 5) array, e.g. a denoised sample."""
-        x = np.asarray(x)
-        if x.ndim != 3 or x.shape[1:] != self.encoding_shape:
-            raise ValueError(f"expected shape (n, {NUM_EDGES}, {NUM_OPS}), got {x.shape}")
-        return [NB201Arch(tuple(int(o) for o in row)) for row in x.argmax(-1)]
-
-    def adjacency(self, arch: NB201Arch) -> tuple[np.ndarray, np.ndarray]:
-        """Graph form with ops on nodes (as DiffusionNAG): 8 nodes = input, 6 edge-ops, output.
-
-        Returns (adjacency (8, 8) upper-triangular 0/1, op one-hot (8, 7) with 'input'/'output' types).
-        """
-        n = NUM_EDGES + 2
-        adj = np.zeros((n, n), dtype=np.float32)
-        feats = np.zeros((n, NUM_OPS + 2), dtype=np.float32)
-        feats[0, NUM_OPS] = 1  # input
-        feats[n - 1, NUM_OPS + 1] = 1  # output
-        for k, (to, frm) in enumerate(EDGES):
-            feats[k + 1, arch.ops[k]] = 1
-            for k2, (to2, frm2) in enumerate(EDGES):
-                if frm2 == to:  # op k feeds node `to`, which op k2 reads
-                    adj[k + 1, k2 + 1] = 1
-            if frm == 0:
-                adj[0, k + 1] = 1
-            if to == 3:
-                adj[k + 1, n - 1] = 1
-        return adj, feats
-
-    # -- validity and equivalence
-    def is_valid(self, arch: NB201Arch) -> bool:
-        return is_valid(arch)
-
-    def live_edges(self, arch: NB201Arch) -> tuple[bool, ...]:
-        return live_edges(arch)
-
-    def canonical(self, arch: NB201Arch) -> NB201Arch:
-        """The smallest-index arch computing the same function (all disconnected nets share one)."""
-        return self.from_index(int(_canonical_index()[self.index(arch)]))
-
-    def num_classes(self) -> int:
-        """How many functionally distinct nets the space holds (disconnected nets count as one)."""
-        return int(len(np.unique(_canonical_index())))
-
-    # -- networks and costs
-    def _dataset(self, dataset: str | None) -> str:
-        dataset = dataset or self.default_dataset
-        if dataset not in DATASET_SHAPES:
-            raise UserError(f"unknown dataset {dataset!r} for nb201; choose one of {', '.join(DATASETS)}")
-        return dataset
-
-    def input_shape(self, arch=None, dataset: str | None = None, batch: int = 1) -> tuple[int, ...]:
-        hw = DATASET_SHAPES[self._dataset(dataset)][0]
-        return (batch, 3, hw, hw)
-
-    def build(self, arch: NB201Arch, dataset: str | None = None, prune: bool = True):
-        from .nb201_net import NB201Network
-
-        hw, classes = DATASET_SHAPES[self._dataset(dataset)]
-        keep = live_edges(arch) if prune else tuple(op != NONE for op in arch.ops)
-        return NB201Network(arch.ops, keep, classes)
-
-    def params(self, arch: NB201Arch, dataset: str | None = None, prune: bool = True) -> int:
-        return _costs(arch, self._dataset(dataset), prune)[0]
-
-    def macs(self, arch: NB201Arch, dataset: str | None = None, prune: bool = True) -> int:
-        return _costs(arch, self._dataset(dataset), prune)[1]
-
-    def flops(self, arch: NB201Arch, dataset: str | None = None, prune: bool = False) -> int:
-        """FLOPs in the convention of NASLib's / NB201's published figures (checked against them):
-        MACs, plus per output element 3 for each ReLU-Conv-BN (ReLU 1, BN 2), 2 for a lone BN,
-        k*k for a k x k average pool, 1 for global pooling, plus the classifier bias. Counts every op
-        of the genotype (``prune=False``), as NASLib does."""
-        dataset = self._dataset(dataset)
-        hw, classes = DATASET_SHAPES[dataset]
-        keep = live_edges(arch) if prune else tuple(op != NONE for op in arch.ops)
-        c0 = STAGE_CHANNELS[0]
-        flops = _costs(arch, dataset, prune)[1] + 2 * c0 * hw * hw + classes  # stem BN, classifier bias
-        for s, c in enumerate(STAGE_CHANNELS):
-            h = hw >> s
-            if s:  # reduction: two ReLU-Conv-BN at the new size, a 2x2 pool on the old channels
-                flops += 2 * 3 * c * h * h + 4 * STAGE_CHANNELS[s - 1] * h * h
-            for k, op in enumerate(arch.ops):
-                if keep[k] and op in (CONV1, CONV3):
-                    flops += CELLS_PER_STAGE * 3 * c * h * h
-                elif keep[k] and op == POOL:
-                    flops += CELLS_PER_STAGE * 9 * c * h * h
-        c, h = STAGE_CHANNELS[-1], hw >> (len(STAGE_CHANNELS) - 1)
-        return flops + 3 * c * h * h + c * h * h  # last BN-ReLU, global average pool
-
-    def op_signatures(self, arch: NB201Arch, dataset: str | None = None) -> list[str]:
-        """LUT keys of every block the built net runs, with repeats: stem, live cell ops, reductions, head."""
-        hw, classes = DATASET_SHAPES[self._dataset(dataset)]
-        keys = [f"stem:c{STAGE_CHANNELS[0]}:hw{hw}"]
-        live = live_edges(arch)
-        for s, c in enumerate(STAGE_CHANNELS):
-            h = hw >> s
-            if s:
-                keys.append(f"reduce:c{STAGE_CHANNELS[s - 1]}-{c}:hw{h * 2}")
-            for k, op in enumerate(arch.ops):
-                if live[k] and op != SKIP:
-                    keys.extend([f"{OPS[op]}:c{c}:hw{h}"] * CELLS_PER_STAGE)
-        keys.append(f"head:c{STAGE_CHANNELS[-1]}:hw{hw >> 2}:k{classes}")
-        return keys
-
-    def lut_signatures(self, dataset: str | None = None) -> list[str]:
-        """Every distinct LUT key any arch of the space needs, for one dataset."""
-        return sorted({k for a in _signature_probe_archs() for k in self.op_signatures(a, dataset)})
-
-
 def _signature_probe_archs() -> list[NB201Arch]:
     """A few archs that together use every op on every stage plus the fixed blocks."""
     return [NB201Arch((op,) * NUM_EDGES) for op in (SKIP, CONV1, CONV3, POOL)]
@@ -334,4 +184,3 @@ def _costs(arch: NB201Arch, dataset: str, prune: bool) -> tuple[int, int]:
     return params, macs
 
 
-SPACE = NB201Space()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-NONE = 0  # index of the 'none' op in nb201.OPS
+NONE = 0  # index of the "none" op in cell.OPS
 NUM_FEATURES = 30 + 24 + 1
 
 

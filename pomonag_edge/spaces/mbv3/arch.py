@@ -11,7 +11,7 @@ also accepts any kernel/expand value there (HELP's table fills them at random) a
 strings that differ only in unused slots parse to the same arch. An arch value is therefore always
 canonical, and every functional difference between two archs shows in their strings.
 
-The network is OFA's MobileNetV3Large layout (``build``; see ``mbv3_net``). Costs are exact and
+The network is OFA's MobileNetV3Large layout (``build``; see ``net``). Costs are exact and
 analytic; ``op_signatures`` gives one LUT key per block, in the key format of OFA's own latency tables
 (``style="ofa"``, the shipped Note10 LUT) or of NSGANetV2's (``style="nsganetv2"``, the shipped i7 LUT).
 """
@@ -26,7 +26,7 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import ArchParseError, UserError
+from ...errors import ArchParseError, UserError
 
 KERNELS = (3, 5, 7)
 EXPANDS = (3, 4, 6)
@@ -381,145 +381,6 @@ def lut_sum_ms(arch: MBV3Arch, lut: Mapping[str, float], style: str | None = Non
     return total
 
 
-# ---------------------------------------------------------------- the space
-
-
-class MBV3Space:
-    """The OFA MobileNetV3 space. ``SPACE`` below is the w1.2 instance (what every shipped table describes),
-    ``SPACE_W10`` the w1.0 one. The space's width is what ``sample`` and ``decode`` produce; ``build``, the
-    costs and the LUT keys follow each arch's own ``w``. Not enumerable: ``size()`` is ~5.4e20, so search
-    code must test ``size()`` against its own limit before calling ``enumerate()``, which raises."""
-
-    name = "mbv3"
-    encoding_shape = (ENCODING_DIM,)
-    datasets = DATASETS
-    default_dataset = "imagenet"
-    resolutions = RESOLUTIONS
-    kernels, expands, depths = KERNELS, EXPANDS, DEPTHS
-
-    def __init__(self, width: float = DEFAULT_WIDTH):
-        if not any(math.isclose(width, c) for c in WIDTHS):
-            raise UserError(f"MobileNetV3 width multiplier must be one of {WIDTHS}, got {width}")
-        self.width = float(width)
-
-    # -- strings and counting
-    def parse(self, text: str) -> MBV3Arch:
-        return parse(text)
-
-    def size(self) -> int:
-        """Distinct archs at this width: (9^2 + 9^3 + 9^4)^5 block choices x 25 resolutions, about 5.4e20."""
-        per_stage = sum((len(KERNELS) * len(EXPANDS)) ** d for d in DEPTHS)
-        return per_stage**NUM_STAGES * len(RESOLUTIONS)
-
-    def enumerate(self) -> Iterator[MBV3Arch]:
-        raise UserError(f"the mbv3 space holds {self.size():.2e} archs and cannot be enumerated; "
-                        "sample it or generate from it instead")
-
-    def sample(self, n: int, seed: int) -> list[MBV3Arch]:
-        """OFA's sampling: each stage depth, kernel, expand ratio and the resolution uniform and independent
-        (not uniform over archs, which would be almost all depth 4)."""
-        rng = np.random.default_rng(seed)
-        d = rng.choice(DEPTHS, size=(n, NUM_STAGES))
-        ks = rng.choice(KERNELS, size=(n, NUM_SLOTS))
-        e = rng.choice(EXPANDS, size=(n, NUM_SLOTS))
-        r = rng.choice(RESOLUTIONS, size=n)
-        return [MBV3Arch(tuple(ks[i]), tuple(e[i]), tuple(d[i]), int(r[i]), self.width) for i in range(n)]
-
-    # -- learning encodings
-    def encode(self, archs: Sequence[MBV3Arch]) -> np.ndarray:
-        """Float32 (n, 160); layout in the module constants (slots, then depths, then resolution).
-        The width multiplier is not encoded: it is fixed per space."""
-        x = np.zeros((len(archs), ENCODING_DIM), dtype=np.float32)
-        for n, a in enumerate(archs):
-            for i in range(NUM_SLOTS):
-                if a.ks[i]:
-                    base = SLOTS_OFFSET + i * SLOT_FEATURES
-                    x[n, base + KERNELS.index(a.ks[i])] = 1
-                    x[n, base + len(KERNELS) + EXPANDS.index(a.e[i])] = 1
-            for s in range(NUM_STAGES):
-                x[n, DEPTH_OFFSET + s * len(DEPTHS) + DEPTHS.index(a.d[s])] = 1
-            x[n, RES_OFFSET + RESOLUTIONS.index(a.r)] = 1
-        return x
-
-    def slot_mask(self, x: np.ndarray) -> np.ndarray:
-        """(n, 160) 0/1 mask of the features that matter for each row's decoded depths (slots beyond a
-        stage's depth are 0; depth and resolution features are always 1), for masking a denoiser's loss."""
-        x = self._check(x)
-        d = np.asarray(DEPTHS)[x[:, DEPTH_OFFSET:RES_OFFSET].reshape(-1, NUM_STAGES, len(DEPTHS)).argmax(-1)]
-        used = np.arange(MAX_DEPTH)[None, None, :] < d[:, :, None]  # (n, 5, 4)
-        mask = np.ones_like(x, dtype=np.float32)
-        mask[:, :DEPTH_OFFSET] = np.repeat(used.reshape(-1, NUM_SLOTS), SLOT_FEATURES, axis=1)
-        return mask
-
-    def _check(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1:] != self.encoding_shape:
-            raise ValueError(f"expected shape (n, {ENCODING_DIM}), got {x.shape}")
-        return x
-
-    def decode(self, x: np.ndarray, width: float | None = None) -> list[MBV3Arch]:
-        """Argmax per group of any real (n, 160) array: depths first, then the kernel and expand ratio of
-        each used slot, then the resolution. Always valid; unused slots are ignored."""
-        x = self._check(x)
-        nk, ne = len(KERNELS), len(EXPANDS)
-        slots = x[:, :DEPTH_OFFSET].reshape(-1, NUM_SLOTS, SLOT_FEATURES)
-        ks = np.asarray(KERNELS)[slots[:, :, :nk].argmax(-1)]
-        e = np.asarray(EXPANDS)[slots[:, :, nk:nk + ne].argmax(-1)]
-        d = np.asarray(DEPTHS)[x[:, DEPTH_OFFSET:RES_OFFSET].reshape(-1, NUM_STAGES, len(DEPTHS)).argmax(-1)]
-        r = np.asarray(RESOLUTIONS)[x[:, RES_OFFSET:].argmax(-1)]
-        w = self.width if width is None else width
-        return [MBV3Arch(tuple(ks[n]), tuple(e[n]), tuple(d[n]), int(r[n]), w) for n in range(len(x))]
-
-    # -- validity and equivalence
-    def is_valid(self, arch: MBV3Arch) -> bool:
-        """Every constructed arch is a valid network (the constructor refuses anything else)."""
-        return isinstance(arch, MBV3Arch)
-
-    def canonical(self, arch: MBV3Arch) -> MBV3Arch:
-        """Archs are canonical on construction (unused slots zeroed); no two distinct ones compute the same
-        function, barring coincidences of trained weights."""
-        return arch
-
-    # -- networks and costs
-    def _classes(self, dataset: str | None, num_classes: int | None) -> int:
-        if num_classes is not None:
-            return int(num_classes)
-        dataset = dataset or self.default_dataset
-        if dataset not in DATASET_CLASSES:
-            raise UserError(f"unknown dataset {dataset!r} for mbv3; choose one of {', '.join(DATASETS)}")
-        return DATASET_CLASSES[dataset]
-
-    def input_shape(self, arch: MBV3Arch, dataset: str | None = None, batch: int = 1) -> tuple[int, ...]:
-        self._classes(dataset, None)
-        return (batch, 3, arch.r, arch.r)
-
-    def build(self, arch: MBV3Arch, dataset: str | None = None, num_classes: int | None = None):
-        from .mbv3_net import MobileNetV3
-
-        return MobileNetV3(arch, self._classes(dataset, num_classes))
-
-    def params(self, arch: MBV3Arch, dataset: str | None = None, num_classes: int | None = None) -> int:
-        return costs(arch, self._classes(dataset, num_classes))[0]
-
-    def macs(self, arch: MBV3Arch, dataset: str | None = None, num_classes: int | None = None) -> int:
-        return costs(arch, self._classes(dataset, num_classes))[1]
-
-    def op_signatures(self, arch: MBV3Arch, dataset: str | None = None, style: str = "ofa",
-                      num_classes: int | None = None) -> list[str]:
-        return op_signatures(arch, self._classes(dataset, num_classes), style)
-
-    def lut_sum_ms(self, arch: MBV3Arch, lut: Mapping[str, float], dataset: str | None = None) -> float:
-        return lut_sum_ms(arch, lut, num_classes=self._classes(dataset, None))
-
-    def lut_signatures(self, dataset: str | None = None, resolutions: Sequence[int] = RESOLUTIONS,
-                       style: str = "ofa") -> list[str]:
-        """Every distinct LUT key any arch at these resolutions needs (90 blocks + 6 fixed per resolution,
-        fewer where resolutions share feature-map sizes)."""
-        classes = self._classes(dataset, None)
-        return sorted({k for r in resolutions for a in _probe_archs(r, self.width)
-                       for k in op_signatures(a, classes, style)})
-
-
 def _probe_archs(r: int, w: float) -> list[MBV3Arch]:
     """Nine depth-2 and nine depth-4 archs that together use every (kernel, expand) in every position kind
     (first block of a stage, later block) of every stage at resolution ``r``."""
@@ -527,5 +388,8 @@ def _probe_archs(r: int, w: float) -> list[MBV3Arch]:
             for k in KERNELS for e in EXPANDS for d in (2, 4)]
 
 
-SPACE = MBV3Space(DEFAULT_WIDTH)
-SPACE_W10 = MBV3Space(1.0)
+def lut_keys(num_classes: int = 1000, resolutions: Sequence[int] = RESOLUTIONS, width: float = DEFAULT_WIDTH,
+             style: str = "ofa") -> list[str]:
+    """Every distinct LUT key any arch at these resolutions needs (90 blocks + 6 fixed per resolution, fewer
+    where resolutions share feature-map sizes)."""
+    return sorted({k for r in resolutions for a in _probe_archs(r, width) for k in op_signatures(a, num_classes, style)})

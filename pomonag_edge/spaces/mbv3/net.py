@@ -13,7 +13,7 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
-from .mbv3 import Block, MBV3Arch, layout, parse_signature
+from .arch import Block, MBV3Arch, layout, parse_signature
 
 
 def _act(name: str) -> nn.Module:
@@ -146,3 +146,35 @@ def signature_module(key: str, batch: int = 1) -> tuple[nn.Module, tuple[int, ..
     else:  # Logits
         module = nn.Sequential(OrderedDict([("flatten", nn.Flatten(1)), ("linear", nn.Linear(c_in, c_out))]))
     return module, (batch, c_in, hw, hw)
+
+
+class LatencyEmbedding(nn.Module):
+    """(n, 160) encoding [+ its (n, 2) log cost features] -> (n, dim + 2): an MLP of [encoding, standardized cost
+    features] (i7 reference LUT-sum, MACs; ``cost``), then those two features appended as they are, so a linear
+    head can use them directly. The features are computed from x (differentiably) when not given."""
+
+    def __init__(self, dim: int, hidden: int, cost_mean, cost_std):
+        super().__init__()
+        from .arch import ENCODING_DIM
+
+        n_cost = 2
+        self.dim, self.hidden = dim + n_cost, hidden
+        self.register_buffer("cost_mean", torch.as_tensor(cost_mean, dtype=torch.float32))
+        self.register_buffer("cost_std", torch.as_tensor(cost_std, dtype=torch.float32))
+        if hidden:
+            self.net = nn.Sequential(nn.Linear(ENCODING_DIM + n_cost, hidden), nn.SiLU(), nn.Linear(hidden, hidden),
+                                     nn.SiLU(), nn.Linear(hidden, dim))
+        else:  # a linear low-rank embedding
+            self.net = nn.Linear(ENCODING_DIM + n_cost, dim)
+
+    def cost_features(self, x):
+        from .cost import feature_costs
+
+        lut, macs = feature_costs()
+        raw = torch.stack([lut.evaluate_torch(x.double()), macs.evaluate_torch(x.double())], 1)
+        return raw.clamp_min(1e-6).log().to(x.dtype)
+
+    def forward(self, x, cost=None):
+        cost = self.cost_features(x) if cost is None else cost
+        z = (cost.to(x.dtype) - self.cost_mean) / self.cost_std
+        return torch.cat([self.net(torch.cat([x, z], 1)), z], 1)

@@ -1,4 +1,5 @@
-"""The NB201 network as a real ``torch.nn.Module`` (layout of the NAS-Bench-201 reference code).
+"""The NB201 network as a real ``torch.nn.Module`` (layout of the NAS-Bench-201 reference code), the pieces of
+it a LUT times, and the latency embedding over the cell encoding.
 
 Stem 3x3 conv + BN; three stages of 5 cells at C = 16, 32, 64 with a residual reduction block between
 stages; BN-ReLU; global average pooling; linear classifier. ``nor_conv`` is ReLU-Conv-BN.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .nb201 import CELLS_PER_STAGE, CONV1, CONV3, EDGES, POOL, SKIP, STAGE_CHANNELS
+from .cell import CELLS_PER_STAGE, CONV1, CONV3, EDGES, OPS, POOL, SKIP, STAGE_CHANNELS
 
 
 class ReLUConvBN(nn.Sequential):
@@ -83,3 +84,56 @@ class NB201Network(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.lastact(self.cells(self.stem(x)))
         return self.classifier(torch.flatten(self.pool(x), 1))
+
+
+# ----------------------------------------------------------------------------- what the LUT times
+
+
+def chain_module(op: str, c: int, copies: int) -> nn.Module:
+    """``copies`` of one cell op at ``c`` channels, back to back (they keep the feature map's shape)."""
+    return nn.Sequential(*[make_op(OPS.index(op), c) for _ in range(copies)])
+
+
+class Head(nn.Module):
+    """The head as one module: last BN-ReLU, global pool, classifier."""
+
+    def __init__(self, net: NB201Network):
+        super().__init__()
+        self.lastact, self.pool, self.classifier = net.lastact, net.pool, net.classifier
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.pool(self.lastact(x)), 1))
+
+
+def fixed_blocks(net: NB201Network, keys: list[str], shape: tuple[int, ...]) -> list[tuple[str, nn.Module, tuple]]:
+    """[(key, module, input shape)] of the blocks every net has once: stem, two reductions, head (in ``keys``'
+    order, that of ``op_signatures`` of an arch without cell ops)."""
+    batch, hw = shape[0], shape[-1]
+    blocks = [(keys[0], net.stem, shape)]
+    for s in (1, 2):
+        index = s * (CELLS_PER_STAGE + 1) - 1  # cells 0..4, reduction 5, cells 6..10, reduction 11, ...
+        c_in, h = STAGE_CHANNELS[s - 1], hw >> (s - 1)
+        blocks.append((keys[s], net.cells[index], (batch, c_in, h, h)))
+    blocks.append((keys[3], Head(net), (batch, STAGE_CHANNELS[-1], hw >> 2, hw >> 2)))
+    return blocks
+
+
+# ----------------------------------------------------------------------------- latency embedding
+
+
+class LatencyEmbedding(nn.Module):
+    """(n, 6, 5) encoding -> (n, dim): an MLP over the cell's structure features; differentiable, so guidance
+    can use it."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        from .features import NUM_FEATURES
+
+        self.dim, self.hidden = dim, hidden
+        self.net = nn.Sequential(nn.Linear(NUM_FEATURES, hidden), nn.SiLU(), nn.Linear(hidden, hidden),
+                                 nn.SiLU(), nn.Linear(hidden, dim))
+
+    def forward(self, x):
+        from .features import nb201_features
+
+        return self.net(nb201_features(x))

@@ -1,7 +1,19 @@
-"""One ``generate`` request end to end: resolve inputs, run the search, write the run folder.
+"""The ``generate`` stage end to end: resolve the profile, budget and predictors; search; write the run folder.
 
-Kept apart from the CLI so tests, benchmarks and the export stage call the same function. The files and
-their keys are documented in ``pomonag_edge/search.py``.
+Kept apart from the CLI so tests, benchmarks and the export stage call the same function. Files of a run
+(the export stage reads them; keys are stable):
+
+``pareto.json``: a JSON list in rank order; each item has ``rank`` (1-based), ``arch`` (canonical string),
+``accuracy`` (predicted %, for ``dataset``), ``latency_ms`` (predicted, without margin),
+``latency_ms_with_margin``, ``params``, ``macs`` (exact, for ``dataset``'s input), ``feasible`` (bool),
+``front`` (0 = non-dominated among the feasible candidates), ``index`` (row of the space's shipped tables,
+where it has them).
+
+``manifest.json``: ``schema`` ("pomonag-edge/run"), ``schema_version``, ``space``, ``dataset``,
+``profile`` {``spec``, ``name``, ``sha256``, ``reference``}, ``budget`` {``max_latency_ms``, ``max_params``,
+``max_macs``}, ``margin`` (relative), ``latency_limit_ms`` (budget / (1 + margin)), ``weights``,
+``strategy``, ``num``, ``samples``, ``seed``, ``predictors`` (what scored the nets), ``stats``,
+``generator`` (checkpoint meta, diffusion only), ``versions``, ``created``, ``command``.
 """
 
 from __future__ import annotations
@@ -12,12 +24,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import __version__
-from ..errors import UserError
-from ..files import atomic_write_bytes, atomic_write_json, atomic_write_text
-from ..search import (OBJECTIVES, SearchProblem, SearchResult, describe_budget, make_strategy, parse_weights,
-                      predictors_for, run_search)
-from ..units import Budget, format_count
+from .errors import UserError
+from .files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .problem import SearchProblem, describe_budget, parse_weights
+from .selection import SearchResult, run_search
+from .strategies import make_strategy
+from .units import Budget
+from .versions import versions
 
 RUN_SCHEMA = "pomonag-edge/run"
 RUN_SCHEMA_VERSION = 1
@@ -54,19 +67,18 @@ def generate_run(*, space="nb201", profile=None, dataset=None, max_latency=None,
 
     ``predictors`` overrides the profile's predictors (tests and benchmarks pass measured tables).
     """
-    from ..profile import resolve_profile
-    from ..spaces import get_space
+    from .predictors import search_predictors
+    from .profile import resolve_profile
+    from .spaces import get_space
 
     sp = get_space(space)
     budget = Budget.parse(max_latency, max_params, max_macs)
     w = parse_weights(weights)
-    dataset = dataset or sp.default_dataset
-    if dataset not in sp.datasets:
-        raise UserError(f"unknown dataset {dataset!r} for {sp.name}; choose one of {', '.join(sp.datasets)}")
+    dataset = sp.check_dataset(dataset)
     prof = resolve_profile(profile, space=sp.name)
     if prof.space != sp.name:
-        raise UserError(f"profile {prof.name} is for space {prof.space}, not {sp.name}")
-    preds = predictors if predictors is not None else predictors_for(sp, prof, dataset)
+        raise UserError(f"profile {prof.name} is for space {prof.space}, not {sp.name}: pass --space {prof.space}")
+    preds = predictors if predictors is not None else search_predictors(sp, prof, dataset)
     problem = SearchProblem(sp, dataset, budget, preds)
     strat = make_strategy(strategy, weights=w, **(strategy_options or {}))
     result = run_search(problem, strat, samples=samples, num=num, seed=seed, progress=progress)
@@ -77,7 +89,7 @@ def generate_run(*, space="nb201", profile=None, dataset=None, max_latency=None,
         "margin": problem.margin, "latency_limit_ms": problem.latency_limit_ms,
         "weights": w, "strategy": strategy, "num": num, "samples": samples, "seed": seed,
         "predictors": preds.source, "stats": result.stats,
-        "generator": getattr(strat, "info", None) or None, "versions": _versions(),
+        "generator": getattr(strat, "info", None) or None, "versions": versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": command,
     }
     out_dir = Path(out) if out is not None else None
@@ -133,34 +145,4 @@ def plot_png(result: SearchResult, problem: SearchProblem) -> bytes:
     return buf.getvalue()
 
 
-def render_table(rows, problem, title: str = ""):
-    from rich.table import Table
-
-    table = Table(title=title)
-    table.add_column("#", justify="right")
-    table.add_column("arch", overflow="fold", min_width=20)
-    for name, justify in (("accuracy %", "right"), ("latency ms", "right"),
-                          ("params", "right"), ("MACs", "right"), ("within budget", "center")):
-        table.add_column(name, justify=justify)
-    for i, r in enumerate(rows, start=1):
-        table.add_row(str(r.get("rank") or i), r["arch"], f"{r['accuracy']:.2f}", f"{r['latency_ms']:.3f}",
-                      format_count(r["params"]), format_count(r["macs"]), "yes" if r["feasible"] else "no")
-    return table
-
-
-def _versions() -> dict:
-    import platform
-
-    import numpy as np
-
-    v = {"pomonag_edge": __version__, "numpy": np.__version__, "python": platform.python_version()}
-    try:
-        import torch
-
-        v["torch"] = torch.__version__
-    except ImportError:
-        pass
-    return v
-
-
-__all__ = ["Run", "generate_run", "write_run", "new_run_dir", "OBJECTIVES"]
+__all__ = ["Run", "generate_run", "write_run", "new_run_dir"]
