@@ -10,6 +10,7 @@ over SSH. A graph is a ``torch.nn.Module`` with fixed inputs; the runner path ex
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,6 +20,7 @@ from ..errors import UserError
 from .timing import Measurement, Protocol, settle
 
 ProgressFn = Callable[[int, int, str], None]  # (done, total, item)
+_EXPORT = threading.Lock()  # torch.onnx.export is not thread-safe: several hosts' timers export in turn
 
 
 @dataclass(frozen=True)
@@ -91,12 +93,14 @@ class RunnerTimer:
         from .backends import onnx_bytes
 
         if self.cache_dir is None:
-            return onnx_bytes(graph.module, graph.inputs)
+            with _EXPORT:
+                return onnx_bytes(graph.module, graph.inputs)
         shapes = ",".join(f"{k}:{tuple(v.shape)}" for k, v in graph.inputs.items())
         path = Path(self.cache_dir) / (hashlib.sha256(f"{name}|{shapes}".encode()).hexdigest()[:24] + ".onnx")
         if path.is_file():
             return path.read_bytes()
-        data = onnx_bytes(graph.module, graph.inputs)
+        with _EXPORT:
+            data = onnx_bytes(graph.module, graph.inputs)
         atomic_write_bytes(path, data)
         return data
 
