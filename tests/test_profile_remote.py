@@ -132,7 +132,7 @@ def test_nb201_profile_over_ssh_ranks_nets_like_this_process(ssh_host, tmp_path)
 
     host, config = ssh_host
     out = tmp_path / "remote.json"
-    result = _cli("profile", "--device", "cpu", "--space", "nb201", "--quick", "--calibration", "8", "--host", host,
+    result = _cli("profile", "--device", "cpu", "--space", "nb201", "--quick", "--calibration", "6", "--host", host,
                   *_ssh(config, tmp_path), "--out", out)
     assert result.exit_code == 0, result.output
     profile = json.loads(out.read_text())
