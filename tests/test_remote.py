@@ -78,6 +78,7 @@ def test_unreachable_host_is_one_line(tmp_path, ssh_host):
         _timer(f"nobody@127.0.0.1:{port}", ssh_host[1], tmp_path).facts()
 
 
+@pytest.mark.slow
 def test_host_without_python_or_runtime_is_one_line(ssh_host, tmp_path):
     host, config = ssh_host
     with pytest.raises(RemoteError, match="has no /nonexistent/python3"):
