@@ -1,4 +1,5 @@
-"""``pomonag-edge calibrate``: a profile from whole-net latencies measured elsewhere (CSV of arch,latency_ms)."""
+"""``pomonag-edge calibrate``: a profile from nets measured elsewhere: a device profile from a CSV of
+arch,latency_ms, a dataset profile from a CSV of arch,accuracy."""
 
 from __future__ import annotations
 
@@ -9,25 +10,46 @@ from .options import space_option
 POOR_FIT = 0.25  # cross-validated q90 relative error above which the timings fit no model well
 
 
-@click.command(short_help="Profile from a CSV of arch,latency_ms.")
+@click.command(short_help="Profile from a CSV of arch,latency_ms or arch,accuracy.")
 @space_option
 @click.option("--measurements", type=click.Path(dir_okay=False), required=True,
-              help="CSV with header arch,latency_ms (median ms per net, batch 1 unless your profile says otherwise), "
-                   "at least 5 rows.")
-@click.option("--name", required=True, help="Name of the device setting, e.g. 'pi5-ort-fp32'.")
+              help="CSV with header arch,latency_ms (median ms per net, batch 1 unless your profile says otherwise) "
+                   "for a device profile, or arch,accuracy (percent or fraction; optional epochs,seed) for a dataset "
+                   "profile; at least 5 rows.")
+@click.option("--name", required=True, help="Name of the device setting ('pi5-ort-fp32') or of the task ('defects').")
 @click.option("--base", default=None, metavar="PATH",
-              help="Refine this profile (keeps its LUT and device facts, adds the timings).")
+              help="Refine this device profile (keeps its LUT and device facts, adds the timings).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Where to write the profile [default: profiles/NAME.json].")
+              help="Where to write the profile [default: profiles/NAME.json; datasets/NAME.json for accuracy].")
 def command(space, measurements, name, base, out):
-    """Fit the latency model to timings measured on another machine and write a profile."""
+    """Fit the latency model to timings measured on another machine and write a device profile, or the
+    accuracy model to accuracies measured on your task and write a dataset profile (for --dataset PATH)."""
     from pathlib import Path
 
-    from ..predictors.calibration import calibrate_profile, read_measurements
+    from ..predictors.calibration import calibrate_profile, measurements_kind, read_measurements
     from ..profile import PROFILES_DIR, load_profile
     from ..spaces import get_space
 
     sp = get_space(space)
+    if measurements_kind(measurements) == "accuracy":
+        from ..dataset_profile import DATASETS_DIR, fit_dataset_profile
+        from ..errors import UserError
+        from ..predictors.calibration import read_accuracy_measurements
+
+        if base:
+            raise UserError("--base refines a device profile; an arch,accuracy CSV makes a dataset profile on its own")
+        items, scale = read_accuracy_measurements(sp, measurements)
+        dprofile = fit_dataset_profile(sp, [dict(i, source=Path(measurements).name) for i in items], name,
+                                       source={"kind": "measured elsewhere", "measurements": Path(measurements).name,
+                                               "num_classes": 10, "num_classes_note": "assumed (costs only); "
+                                               "`train --data` builds nets for the data's own classes"},
+                                       scale=scale)
+        path = dprofile.save(out or DATASETS_DIR / f"{name}.json")
+        cv = dprofile.accuracy_model["cv"]
+        click.echo(f"{path}: {len(items)} measured nets ({scale}), accuracy model fitted (cross-validated: "
+                   f"{int(cv['error_quantile'] * 100)}% of errors within {cv['error_points']:.2f} points, "
+                   f"Spearman {cv['spearman']:.2f})")
+        return
     items = read_measurements(sp, measurements)
     profile = calibrate_profile(sp, items, name, base=load_profile(base) if base else None,
                                 source=Path(measurements).name)

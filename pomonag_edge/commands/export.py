@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .options import profile_option
+from ..hardware.backends import PRECISIONS
+from .options import make_ssh_options, profile_option, ssh_options
 
 
 @click.command(short_help="Export the best nets and re-measure them.")
@@ -13,7 +14,7 @@ from .options import profile_option
 @click.option("--format", "fmt", default="onnx", show_default=True, metavar="onnx|tensorrt|onnx,tensorrt",
               help="What to build. TensorRT engines are built from the ONNX files, on an NVIDIA GPU.")
 @profile_option
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default=None,
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="Precision of the measured runtime and of TensorRT engines (default: the profile's).")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")
 @click.option("--dynamic-batch", is_flag=True, help="Export with a dynamic batch axis (checked at batch 1 and 2).")
@@ -28,14 +29,25 @@ from .options import profile_option
               help="Add measured latencies to the profile's calibration set and refit its latency model.")
 @click.option("--quick", is_flag=True, help="Quick timing protocol (fewer runs): for tests, not for decisions.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights and inputs.")
+@click.option("--drift-nets", type=click.IntRange(min=0), default=3, show_default=True,
+              help="The profile's own calibration nets timed again, interleaved with the exported ones, to tell a "
+                   "device running slower today from a wrong latency model (0: none).")
+@click.option("--host", default=None, metavar="USER@ADDR[:PORT]",
+              help="Measure on this device over SSH through the device runner (it needs python3 and trtexec or "
+                   "onnxruntime there); TensorRT engines are built there and brought back beside the ONNX files.")
+@ssh_options
 @click.pass_context
 def command(ctx, run_dir, top, fmt, profile, precision, opset, dynamic_batch, weights, allow_over_budget, measure,
-            feedback, quick, seed):
+            feedback, quick, seed, drift_nets, host, ssh_config, remote_python, remote_dir):
     """Export the top nets of RUN_DIR (default: the newest under ./runs) to RUN_DIR/export/.
 
     Each net's ONNX Runtime outputs are checked against PyTorch within a stated relative tolerance, then
     timed with the profile's runtime and protocol and tested against the run's latency budget. Writes
     RUN_DIR/export/report.json. Exit status 1 if any net fails its check or measures over budget.
+
+    A few of the profile's calibration nets are timed again beside them: the report gives each net's
+    measured / predicted ratio raw and corrected for how much slower or faster the device runs now than
+    when profiled. The budget test uses the raw measurement; the ±10% agreement is shown both ways.
     """
     from rich.console import Console
 
@@ -43,7 +55,8 @@ def command(ctx, run_dir, top, fmt, profile, precision, opset, dynamic_batch, we
 
     options = ExportOptions(top=top, formats=parse_formats(fmt), profile=profile, precision=precision, opset=opset,
                             dynamic_batch=dynamic_batch, weights=weights, allow_over_budget=allow_over_budget,
-                            measure=measure, feedback=feedback, quick=quick, seed=seed)
+                            measure=measure, feedback=feedback, quick=quick, seed=seed, drift_nets=drift_nets,
+                            host=host, ssh=make_ssh_options(ssh_config, remote_python, remote_dir))
     console = Console(stderr=False)
     with console.status("exporting") as status:
         report = export_run(resolve_run_dir(run_dir), options, progress=lambda msg: status.update(msg))

@@ -47,8 +47,7 @@ def command(space, profile, dataset, max_latency, max_params, max_macs, weights,
     from ..generate import generate_run
     from ..units import parse_probability
 
-    # one torch thread: the generator's tensors are small, and with two threads on this 2-core machine under
-    # load a score-network step took 3x longer (0.48 vs 0.17 s for 512 MobileNetV3 samples)
+    # one torch thread: the generator's tensors are small, and extra threads only wait on each other
     torch.set_num_threads(1)
     console = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -76,6 +75,16 @@ def command(space, profile, dataset, max_latency, max_params, max_macs, weights,
     title = (f"{len(run.result.selected)} Pareto-optimal nets ({run.manifest['profile']['name']}, "
              f"{run.problem.dataset}, {margin})")
     out_console.print(render_table(run.result.selected, run.problem, title=title))
+    note = run.problem.predictors.source.get("accuracy_note")
+    if note:
+        out_console.print(note, highlight=False, soft_wrap=True)
+    task = run.manifest.get("dataset_profile")
+    if task:
+        out_console.print(f"accuracy: few-shot model of {task['name']} from {task['measurements']} measured nets; "
+                          f"cross-validated, {int(100 * task['accuracy_error_quantile'])}% of its predictions fall "
+                          f"within {task['accuracy_error_points']:.2f} points (rank correlation "
+                          f"{task['accuracy_cv_spearman']:.2f}): nets closer than that are a toss-up until trained",
+                          highlight=False, soft_wrap=True)
     out_console.print(f"wrote {run.out}/pareto.json, pareto.csv, manifest.json, pareto.png "
                       f"({run.result.stats['seconds']} s search)")
 
@@ -88,7 +97,8 @@ def render_table(rows, problem, title: str = ""):
     table = Table(title=title)
     table.add_column("#", justify="right")
     table.add_column("arch", overflow="fold", min_width=20)
-    for name, justify in (("accuracy %", "right"), ("latency ms", "right"),
+    acc_label = problem.predictors.source.get("accuracy_label", "accuracy %")
+    for name, justify in ((acc_label, "right"), ("latency ms", "right"),
                           ("params", "right"), ("MACs", "right"), ("P(within budget)", "right")):
         table.add_column(name, justify=justify)
     for i, r in enumerate(rows, start=1):

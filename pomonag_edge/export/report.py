@@ -8,10 +8,18 @@ profile_runtime, same_machine, mismatch, tensorrt}, nets [...], notes [...], fee
 skipped_noisy, why, ...} or null, summary {passed, checked, over_budget, failed, nets, ok, noisy,
 within_10pct, compared}``. ``complete`` is false while nets are still being exported.
 
-Each net: ``rank, arch, params, macs, predicted {latency_ms, accuracy}, files {onnx {path, bytes, sha256,
+Each net: ``rank, arch, params, macs, predicted {latency_ms, accuracy}, weights ("trained", "--weights" or
+"random (seeded)"), accuracy_measured? and accuracy_measured_on? (nets ``train`` trained on the user's data: top-1
+% on the validation split), files {onnx {path, bytes, sha256,
 nodes, opset, input_shape, reused}, engine? {path, bytes, precision}}, checks [NumericCheck.to_dict(), one
 per runtime], measured {backend: Measurement.to_dict()}, noisy?, latency_error_pct?, within_10pct?,
-budget_ms, status, reasons, timing_s {export, check, engine?, measure?}``. ``noisy``: the timing's
+measured_over_predicted? {raw, drift_corrected}, latency_error_pct_corrected?, within_10pct_corrected?,
+budget_ms, status, reasons, timing_s {export, check, engine?, measure?}``. ``drift`` (top level, or null):
+``{factor, nets [{arch, then_ms, now_ms}], runtime, method}``: the profile's own calibration nets timed
+again, interleaved with the exported nets; factor = median(now / then). Pass / fail against the budget
+uses the raw measurement; the corrected ratio divides the raw one by the factor, telling a device that runs
+slower today apart from a latency model that is wrong. ``summary`` adds ``within_10pct_corrected`` and
+``drift_factor``. ``noisy``: the timing's
 coefficient of variation stayed above the protocol's limit. ``status``: passed (measured within budget),
 checked (numerics only: not measured, or measured on this machine for a reference profile, whose device
 is never here; ``settings.measured_for_information`` is then true), over_budget, failed (a check or a
@@ -54,6 +62,10 @@ def write_report(path: str | Path, report: dict) -> Path:
     return atomic_write_json(path, report)
 
 
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def render(report: dict, console) -> None:
     """The rich table: one row per net, then notes and the summary line."""
     from rich import box
@@ -68,7 +80,8 @@ def render(report: dict, console) -> None:
     names = [Path(n["files"]["onnx"]["path"]).stem if "onnx" in n["files"] else "-" for n in report["nets"]]
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("file (.onnx)", overflow="fold")
-    for col in ("rel err", "pred ms", "median", "p90", "err %", "status"):
+    accuracy = any("accuracy_measured" in n for n in report["nets"])
+    for col in ("rel err", "pred ms", "median", "p90", "err %") + (("acc pred", "acc meas") if accuracy else ()) + ("status",):
         table.add_column(col, justify="left" if col == "status" else "right", no_wrap=True)
     style = {"passed": "green", "checked": "cyan", "over_budget": "yellow", "failed": "bold red"}
     for n, name in zip(report["nets"], names):
@@ -80,6 +93,7 @@ def render(report: dict, console) -> None:
                       f"{pred:.3f}" if pred else "-", f"{m['median_ms']:.3f}" if m else "-",
                       f"{m['p90_ms']:.3f}" if m else "-",
                       f"{n['latency_error_pct']:+.1f}" if n.get("latency_error_pct") is not None else "-",
+                      *((_pct(n["predicted"].get("accuracy")), _pct(n.get("accuracy_measured"))) if accuracy else ()),
                       f"[{style[n['status']]}]{n['status']}[/]")
     console.print(table)
     for n in report["nets"]:
@@ -101,8 +115,16 @@ def render(report: dict, console) -> None:
                       "(coefficient of variation above its limit): another load on this machine? Re-time on a quiet "
                       "machine with "
                       f"`pomonag-edge export {report['run_dir']} --measure`", highlight=False, soft_wrap=True)
+    drift = report.get("drift")
+    if drift and drift.get("factor"):
+        console.print(f"drift: {len(drift['nets'])} of the profile's calibration nets re-timed now run at "
+                      f"x{drift['factor']:.2f} their profiling time; drift-corrected ratio = measured / predicted / "
+                      f"{drift['factor']:.2f} (the budget test uses the raw measurement)", highlight=False,
+                      soft_wrap=True)
     line = (f"{s['passed']} passed, {s['checked']} checked only, {s['over_budget']} over budget, {s['failed']} failed"
-            + (f"; {s['within_10pct']}/{s['compared']} measured within ±10% of predicted" if s["compared"] else ""))
+            + (f"; {s['within_10pct']}/{s['compared']} measured within ±10% of predicted (raw)" if s["compared"] else "")
+            + (f", {s['within_10pct_corrected']}/{s['compared']} drift-corrected"
+               if s.get("within_10pct_corrected") is not None else ""))
     console.print(line + f"  ->  {report.get('path', '')}", highlight=False, soft_wrap=True)
 
 

@@ -24,6 +24,12 @@ class Run:
     profile_spec: str | None = None
     profile_sha256: str | None = None
     manifest: dict = field(default_factory=dict)
+    task: object = None  # a user task's DatasetProfile (the run folder's dataset.json), else None
+
+    @property
+    def space_dataset(self):
+        """What the space builds and costs nets for: the user task, or the shipped dataset's name."""
+        return self.task if self.task is not None else self.dataset
 
 
 def resolve_run_dir(spec: str | os.PathLike | None, folder: str | os.PathLike = RUNS_DIR) -> Path:
@@ -66,9 +72,14 @@ def load_run(path: str | os.PathLike) -> Run:
     elif isinstance(profile, str):
         spec, sha = profile, manifest.get("profile_sha256")
     budget = manifest.get("budget") or {}
+    task = None
+    if (path / "dataset.json").is_file():
+        from ..dataset_profile import load_dataset_profile
+
+        task = load_dataset_profile(path / "dataset.json")
     return Run(path=path, space=str(space), dataset=manifest.get("dataset"), candidates=pareto,
                budget={k: budget.get(k) for k in ("max_latency_ms", "max_params", "max_macs")},
-               profile_spec=spec, profile_sha256=sha, manifest=manifest)
+               profile_spec=spec, profile_sha256=sha, manifest=manifest, task=task)
 
 
 def profile_spec_for(run: Run, folder: str | os.PathLike | None = None) -> str:

@@ -12,18 +12,16 @@ torch, onnxruntime and tensorrt are imported only when a backend is made.
 
 from __future__ import annotations
 
-import io
-import os
+import copy
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 import numpy as np
 
 from ..errors import MissingDependencyError, UserError
-from .timing import CLOCKS, DEFAULT, Measurement, Protocol, measure, wall_clock
+from .runnable import OPSET, Runnable, _is_module, _read_onnx, random_inputs
+from .timing import CLOCKS, wall_clock
 
 PRECISIONS = ("fp32", "fp16")
-OPSET = 17
 
 
 @dataclass(frozen=True)
@@ -42,6 +40,8 @@ BACKENDS = {
     "torch-cuda": BackendInfo("torch-cuda", "PyTorch on CUDA, CUDA events (+ CUDA graphs)", True, False),
     "torch-cpu": BackendInfo("torch-cpu", "PyTorch eager on the CPU (fallback, not a deployment number)", False,
                              False),
+    "trtexec": BackendInfo("trtexec", "NVIDIA trtexec through the device runner: engines built on the device, CUDA "
+                           "graphs, no host copies", True, True),
 }
 
 
@@ -56,6 +56,9 @@ def get_backend(name: str, precision: str = "fp32", threads: int = 1, **options)
     if not isinstance(threads, int) or threads < 1:
         raise UserError(f"threads must be a positive integer, got {threads!r}")
     clock = options.pop("clock", "wall")
+    if name == "trtexec":
+        raise UserError("backend trtexec times through the device runner, not in this process: profile and export "
+                        "use it directly (with --host USER@ADDR for another machine)")
     if name.startswith("onnxruntime"):
         return OnnxRuntimeBackend(name.partition("-")[2] or "cpu", precision, threads, clock=clock)
     if clock != "wall":
@@ -69,82 +72,24 @@ def get_backend(name: str, precision: str = "fp32", threads: int = 1, **options)
 
 
 def backend_available(name: str) -> tuple[bool, str]:
-    """(usable here, reason if not), without building anything heavy."""
+    """(usable here, reason if not), without building anything heavy.
+
+    A GPU execution provider of ONNX Runtime is tried on a one-node model: ``get_available_providers``
+    lists providers whose CUDA / TensorRT libraries then fail to load. A CUDA that cannot start (driver
+    older than cuda-python's CUDA, no GPU) is a reason, not a traceback."""
+    if name == "trtexec":
+        from .runner import TRTEXEC_PATHS, find_trtexec
+
+        return (True, "") if find_trtexec() else (False, f"no trtexec on PATH nor at {TRTEXEC_PATHS[0]}")
     try:
-        get_backend(name)
+        backend = get_backend(name)
+        if isinstance(backend, OnnxRuntimeBackend) and backend.provider != "cpu":
+            backend.probe()
     except UserError as e:
         return False, str(e)
+    except (RuntimeError, OSError) as e:
+        return False, f"{type(e).__name__}: {e}"
     return True, ""
-
-
-# ----------------------------------------------------------------------------- model sources
-
-
-def onnx_bytes(module, inputs: dict[str, np.ndarray]) -> bytes:
-    """Export a ``torch.nn.Module`` (in eval mode) to ONNX with the legacy exporter at opset 17.
-
-    ``inputs`` fixes the input names and shapes (static shapes, as TensorRT and the LUT need)."""
-    import torch
-
-    args = tuple(torch.from_numpy(np.ascontiguousarray(v)) for v in inputs.values())
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
-        torch.onnx.export(module.eval(), args, buf, dynamo=False, opset_version=OPSET,
-                          input_names=list(inputs), output_names=["output"])
-    return buf.getvalue()
-
-
-def _is_module(model) -> bool:
-    return hasattr(model, "forward") and hasattr(model, "parameters")
-
-
-def _read_onnx(model, inputs) -> bytes:
-    """ONNX bytes from a path, bytes, an ``onnx.ModelProto`` or a module (exported with ``inputs``)."""
-    if isinstance(model, (bytes, bytearray)):
-        return bytes(model)
-    if isinstance(model, (str, os.PathLike)):
-        path = Path(model)
-        if not path.is_file():
-            raise UserError(f"ONNX model {path} does not exist")
-        return path.read_bytes()
-    if _is_module(model):
-        if inputs is None:
-            raise ValueError("exporting a torch module needs example inputs")
-        return onnx_bytes(model, inputs)
-    if hasattr(model, "SerializeToString"):
-        return model.SerializeToString()
-    raise TypeError(f"cannot load a model of type {type(model).__name__}")
-
-
-def random_inputs(specs: list[tuple[str, tuple[int, ...], np.dtype]], seed: int = 0) -> dict[str, np.ndarray]:
-    """Fixed inputs for timing: standard normal floats, zeros for integer inputs."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name, shape, dtype in specs:
-        dtype = np.dtype(dtype)
-        out[name] = (rng.standard_normal(shape).astype(dtype) if dtype.kind == "f" else np.zeros(shape, dtype))
-    return out
-
-
-# ----------------------------------------------------------------------------- the runnable
-
-
-class Runnable:
-    """A loaded model with fixed inputs. Subclasses set ``inputs`` and implement ``run`` and ``run_once_ms``."""
-
-    backend: str
-    inputs: dict[str, np.ndarray]
-
-    def run(self, inputs: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
-        raise NotImplementedError
-
-    def run_once_ms(self) -> float:
-        """One forward pass on the fixed inputs; returns its duration in milliseconds."""
-        raise NotImplementedError
-
-    def measure(self, protocol: Protocol = DEFAULT) -> Measurement:
-        return measure(self.run_once_ms, protocol)
 
 
 # ----------------------------------------------------------------------------- ONNX Runtime
@@ -191,6 +136,24 @@ class OnnxRuntimeBackend:
             return [cuda, "CPUExecutionProvider"]
         trt = ("TensorrtExecutionProvider", {"device_id": 0, "trt_fp16_enable": self.precision == "fp16"})
         return [trt, cuda, "CPUExecutionProvider"]
+
+    def probe(self) -> None:
+        """Start the provider on a one-node model; ``MissingDependencyError`` when it cannot."""
+        from onnx import TensorProto, helper
+
+        graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "Specified provider ... is not in available provider names"
+                self.load(model.SerializeToString())
+        except UserError:
+            raise
+        except Exception as e:  # onnxruntime raises its own Fail / RuntimeException types
+            raise MissingDependencyError(f"onnxruntime could not start {_ORT_PROVIDERS[self.provider]} here "
+                                         f"({type(e).__name__}: {str(e)[:200]})") from None
 
     def load(self, model, inputs: dict[str, np.ndarray] | None = None) -> "OnnxRuntimeRunnable":
         ort = self.ort
@@ -267,12 +230,15 @@ class TorchBackend:
 
 
 class TorchRunnable(Runnable):
+    """A private copy of the module on the backend's device and dtype: the caller's module is never moved
+    or switched to eval mode, and a captured CUDA graph keeps pointers into the copy only."""
+
     def __init__(self, backend: TorchBackend, module, inputs: dict[str, np.ndarray]):
         torch = backend.torch
         self.backend, self._torch, self._device = backend.name, torch, backend.device
         self._dtype = torch.float16 if backend.precision == "fp16" else torch.float32
         self.inputs = dict(inputs)
-        self.module = module.eval().to(device=self._device, dtype=self._dtype)
+        self.module = copy.deepcopy(module).eval().to(device=self._device, dtype=self._dtype)
         self._static = [self._tensor(v) for v in self.inputs.values()]
         self._graph = None
         if backend.cuda_graphs:
