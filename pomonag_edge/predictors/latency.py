@@ -169,6 +169,7 @@ class PretrainedEmbedding:
     _fill: np.ndarray | None = field(default=None, repr=False)
     _proxies_all: np.ndarray | None = field(default=None, repr=False)
     _features_all: np.ndarray | None = field(default=None, repr=False)
+    _proxy_memo: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_checkpoint(cls, space, ckpt: dict, sha256: str = "", file: str = "") -> "PretrainedEmbedding":
@@ -218,8 +219,10 @@ class PretrainedEmbedding:
         """(n, 2) log MACs and log params of ``archs``: the cost-proxy candidates' inputs (whole-space table once
         where the tables cover the space)."""
         archs = list(archs)
-        if not self.covers_space:
-            return proxy_features(self.space, archs)
+        if not self.covers_space:  # memoised per arch: exact MACs of a large space cost ~1 ms a net
+            todo = [a for a in dict.fromkeys(archs) if a not in self._proxy_memo]
+            self._proxy_memo.update(zip(todo, proxy_features(self.space, todo)))
+            return np.array([self._proxy_memo[a] for a in archs], dtype=np.float64).reshape(-1, 2)
         if self._proxies_all is None:
             self._proxies_all = proxy_features(self.space, list(self.space.enumerate()))
         return self._proxies_all[[self.space.table_index(a) for a in archs]]
