@@ -471,11 +471,14 @@ def candidate_weights(candidates: list[dict], y: np.ndarray) -> np.ndarray:
     """Pseudo-Bayesian model averaging on held-out predictions: weight ~ prior x (held-out MSE)^(-K/2).
 
     Each candidate's K held-out residuals are scored as Gaussian with its own held-out variance, so the weight
-    sharpens with K: with 5 timings a 2x larger error costs a factor 5.7, with 20 a factor 1000. The prior is
-    uniform over candidates, not over devices: 31 shipped devices are one explanation among several, and
-    cannot outvote the device's own timings."""
+    sharpens with K: with 5 timings a 2x larger error costs a factor 5.7, with 20 a factor 1000. The prior
+    gives each family of explanations one unit, split over its candidates (the shipped devices' head and
+    tables; the cost proxies), not one unit per device: 31 shipped devices are one explanation, and cannot
+    outvote the device's own timings."""
     mse = np.array([max(float(np.mean((c["loo"] - y) ** 2)), 1e-8) for c in candidates])
-    logw = -0.5 * len(y) * np.log(mse)
+    family = [c["name"] in PROXIES for c in candidates]
+    prior = np.array([1.0 / family.count(f) for f in family])  # each family (shipped devices, proxies) one unit
+    logw = np.log(prior) - 0.5 * len(y) * np.log(mse)
     w = np.exp(logw - logw.max())
     return w / w.sum()
 
