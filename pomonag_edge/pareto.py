@@ -1,8 +1,8 @@
 """Pareto tools over objective matrices F of shape (n, m), every column MINIMISED (negate what you maximise).
 
-Non-dominated sorting (Deb et al.'s fast sort), crowding distance (NSGA-II), exact hypervolume (slicing
-over distinct values, 2-D sweep at the base; exact and fast for the few hundred points NB201 fronts hold),
-and front filtering. Pure numpy: used by the search, NSGA-II and the benchmark alike.
+Non-dominated sorting (Deb et al.'s fast sort), exact hypervolume (slicing over distinct values, 2-D sweep
+at the base; exact and fast for the few hundred points a front holds), and front filtering. Pure numpy:
+used by the selection of a run's answer and by the benchmarks.
 """
 
 from __future__ import annotations
@@ -15,11 +15,6 @@ def _check(F) -> np.ndarray:
     if F.ndim != 2:
         raise ValueError(f"expected an objective matrix of shape (n, m), got shape {F.shape}")
     return F
-
-
-def dominates(a: np.ndarray, b: np.ndarray) -> bool:
-    """a dominates b: no worse in every objective, strictly better in one."""
-    return bool(np.all(a <= b) and np.any(a < b))
 
 
 def domination_matrix(F) -> np.ndarray:
@@ -47,34 +42,10 @@ def non_dominated_sort(F) -> list[np.ndarray]:
     return fronts
 
 
-def front_ranks(F) -> np.ndarray:
-    """Front index of every row (0 = non-dominated)."""
-    ranks = np.empty(len(F), dtype=np.int64)
-    for r, idx in enumerate(non_dominated_sort(F)):
-        ranks[idx] = r
-    return ranks
-
-
 def pareto_mask(F) -> np.ndarray:
     """True for the non-dominated rows."""
     F = _check(F)
     return ~domination_matrix(F).any(axis=0) if len(F) else np.zeros(0, dtype=bool)
-
-
-def crowding_distance(F) -> np.ndarray:
-    """NSGA-II crowding distance within one front; boundary points get +inf."""
-    F = _check(F)
-    n, m = F.shape
-    dist = np.zeros(n)
-    if n <= 2:
-        return np.full(n, np.inf)
-    for j in range(m):
-        order = np.argsort(F[:, j], kind="stable")
-        span = F[order[-1], j] - F[order[0], j]
-        dist[order[0]] = dist[order[-1]] = np.inf
-        if span > 0:
-            dist[order[1:-1]] += (F[order[2:], j] - F[order[:-2], j]) / span
-    return dist
 
 
 def hypervolume(F, ref) -> float:

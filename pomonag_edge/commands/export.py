@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..hardware.backends import PRECISIONS
 from .options import make_ssh_options, profile_option, ssh_options
 
 
@@ -13,7 +14,7 @@ from .options import make_ssh_options, profile_option, ssh_options
 @click.option("--format", "fmt", default="onnx", show_default=True, metavar="onnx|tensorrt|onnx,tensorrt",
               help="What to build. TensorRT engines are built from the ONNX files, on an NVIDIA GPU.")
 @profile_option
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default=None,
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="Precision of the measured runtime and of TensorRT engines (default: the profile's).")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")
 @click.option("--dynamic-batch", is_flag=True, help="Export with a dynamic batch axis (checked at batch 1 and 2).")

@@ -42,8 +42,7 @@ def command(space, profile, dataset, max_latency, max_params, max_macs, weights,
 
     from ..generate import generate_run
 
-    # one torch thread: the generator's tensors are small, and with two threads on this 2-core machine under
-    # load a score-network step took 3x longer (0.48 vs 0.17 s for 512 MobileNetV3 samples)
+    # one torch thread: the generator's tensors are small, and extra threads only wait on each other
     torch.set_num_threads(1)
     console = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),

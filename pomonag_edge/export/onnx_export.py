@@ -1,7 +1,7 @@
 """PyTorch module -> checked ONNX file.
 
-The TorchScript exporter (``dynamo=False``) is used on purpose: it takes 1-2 s per NB201 net at opset
-17 here, the dynamo exporter 12-18 s and an extra dependency (DESIGN.md).
+The TorchScript exporter (``dynamo=False``) is used on purpose: it is several times faster than the dynamo
+exporter and needs no extra dependency (DESIGN.md).
 
 No graph simplifier is run: it would not earn its place. With constant folding in eval mode the
 exporter already folds every BatchNorm that follows a conv; an exported NB201 net holds only Conv,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import UserError
+from ..hardware.backends import PRECISIONS
 from ..profile import Profile, resolve_profile
 from ..spaces import get_space
 from .onnx_export import (DEFAULT_OPSET, INPUT_NAME, build_model, check_opset, export_onnx, file_stem, load_weights,
@@ -23,7 +24,6 @@ from .runs import Run, load_run, profile_spec_for
 from .validate import check_outputs, onnxruntime_runner, tolerance_for
 
 FORMATS = ("onnx", "tensorrt")
-PRECISIONS = ("fp32", "fp16")
 NN_METER_BAND = 0.10  # "within +-10% of predicted" (nn-Meter's accuracy criterion)
 
 

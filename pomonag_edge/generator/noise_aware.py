@@ -1,15 +1,12 @@
 """Noise-aware predictors: read a noised encoding x_t and t, predict the objectives of the clean net it
-will become, so guidance has a gradient at every step of sampling. Both kinds start from the clean
-predictors' scores of every net of the space (NB201: 15,625, seconds):
+will become, so guidance has a gradient at every step of sampling.
 
-- ``PosteriorMeanPredictor`` (the default): E[y | x_t] in closed form. On NB201 it is exact, needs no
-  training and costs ~25-90 ms per step for 512 samples here. With it guided sampling found the
-  predictors' best net within budget; a distilled MLP (1,500 steps, 15-40 s here) reached only 0.90
-  Spearman for accuracy at t -> 0 (MAE 2.6 points) and left 0.5-0.6 points on the table (numbers in
-  the issue-5 report).
-- ``NoiseAwarePredictor``: a small network distilled from those scores at random t (DiffusionNAG's
-  form), cached per input hash; the way to go for a space too large to enumerate. There (MobileNetV3)
-  it is distilled from a sample of nets and reads ``PosteriorFeatures`` of x_t rather than x_t itself.
+- ``PosteriorMeanPredictor``: E[y | x_t] in closed form from the clean predictors' scores of every net of
+  a finite product space. Exact, no training; on NB201 it guides better than any distilled network, which can
+  at best approximate this function (see benchmarks/README.md).
+- ``NoiseAwarePredictor``: a small network distilled from clean scores at random t (DiffusionNAG's form),
+  cached per input hash; the way for a space too large to enumerate, where it is distilled from a sample of
+  nets and reads ``PosteriorFeatures`` of x_t rather than x_t itself.
 
 Outputs are standardised per objective (mean 0, std 1 over the space); ``mean``/``std`` undo that.
 """
@@ -109,7 +106,7 @@ def distill(sde, x0: np.ndarray, targets: np.ndarray, names: tuple[str, ...], *,
     """Fit a NoiseAwarePredictor to ``targets`` (n, k) of clean encodings ``x0`` (n, *shape) under noise;
     ``features`` (e.g. ``PosteriorFeatures``) transforms x_t before the network reads it. Runs on one
     torch thread: its tensors are too small to gain from more, and on a loaded machine extra threads
-    only wait on each other (1,500 steps took 9 min with 2 threads at load 8 here)."""
+    only wait on each other on a loaded machine."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

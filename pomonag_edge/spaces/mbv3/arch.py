@@ -22,9 +22,7 @@ import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterator, Mapping, Sequence
-
-import numpy as np
+from typing import Mapping, Sequence
 
 from ...errors import ArchParseError, UserError
 
@@ -86,24 +84,27 @@ class MBV3Arch:
     w: float = DEFAULT_WIDTH
 
     def __post_init__(self):
+        """The one place an arch is validated; ``parse`` adds only the syntax. Messages name the bad part."""
         ks, e, d = tuple(int(v) for v in self.ks), tuple(int(v) for v in self.e), tuple(int(v) for v in self.d)
-        if len(ks) != NUM_SLOTS or len(e) != NUM_SLOTS or len(d) != NUM_STAGES:
-            raise ValueError(f"MBV3 arch needs {NUM_SLOTS} ks, {NUM_SLOTS} e and {NUM_STAGES} d values, "
-                             f"got {len(ks)}, {len(e)}, {len(d)}")
-        if any(v not in DEPTHS for v in d):
-            raise ValueError(f"stage depths must be in {DEPTHS}, got {d}")
+        for name, values, want in (("ks", ks, NUM_SLOTS), ("e", e, NUM_SLOTS), ("d", d, NUM_STAGES)):
+            if len(values) != want:
+                raise ValueError(f"part {name}: expected {want} values, got {len(values)}")
+        for i, v in enumerate(d):
+            if v not in DEPTHS:
+                raise ValueError(f"part d: stage {i + 1} depth {v} is not one of {DEPTHS}")
         used = used_slots(d)
         for name, values, choices in (("ks", ks, KERNELS), ("e", e, EXPANDS)):
             for i, v in enumerate(values):
                 if used[i] and v not in choices:
-                    raise ValueError(f"{name}[{i}] = {v} is not one of {choices}")
-                if not used[i] and v not in choices and v != 0:
-                    raise ValueError(f"{name}[{i}] = {v} (unused slot) must be 0 or one of {choices}")
+                    raise ValueError(f"part {name}: slot {i} (stage {i // MAX_DEPTH + 1}, block {i % MAX_DEPTH + 1}) "
+                                     f"is {v}, expected one of {choices}")
+                if not used[i] and v != 0 and v not in choices:
+                    raise ValueError(f"part {name}: unused slot {i} is {v}, expected 0 or one of {choices}")
         if int(self.r) != self.r or int(self.r) not in RESOLUTIONS:
-            raise ValueError(f"resolution {self.r} is not in 128..224 in steps of 4")
+            raise ValueError(f"part 'r={self.r}': resolution must be 128..224 in steps of 4")
         w = float(self.w)
         if not any(math.isclose(w, c) for c in WIDTHS):
-            raise ValueError(f"width multiplier {self.w} is not one of {WIDTHS}")
+            raise ValueError(f"part 'w={self.w}': width must be one of {', '.join(_fmt_width(c) for c in WIDTHS)}")
         object.__setattr__(self, "ks", tuple(v if u else 0 for v, u in zip(ks, used)))
         object.__setattr__(self, "e", tuple(v if u else 0 for v, u in zip(e, used)))
         object.__setattr__(self, "d", d)
@@ -137,7 +138,7 @@ _FIELDS = ("ks", "e", "d", "r", "w")
 
 
 def parse(text: str) -> MBV3Arch:
-    """Parse the canonical string; every error names the offending part."""
+    """Parse the canonical string: the syntax here, the values in ``MBV3Arch``; every error names the bad part."""
     if not isinstance(text, str) or not text.strip():
         raise ArchParseError("empty MobileNetV3 architecture string")
     text = text.strip()
@@ -149,40 +150,16 @@ def parse(text: str) -> MBV3Arch:
     values = {}
     for part in parts:
         name, _, value = part.partition("=")
-        if name in ("ks", "e", "d"):
-            try:
-                values[name] = [int(v) for v in value.split("-")]
-            except ValueError:
-                raise ArchParseError(f"MobileNetV3 arch part {part!r}: values must be integers joined by '-'") from None
-            want = NUM_STAGES if name == "d" else NUM_SLOTS
-            if len(values[name]) != want:
-                raise ArchParseError(f"MobileNetV3 arch part {name}: expected {want} values, got {len(values[name])}")
-        elif name == "r":
-            if not value.isdigit() or int(value) not in RESOLUTIONS:
-                raise ArchParseError(f"MobileNetV3 arch part {part!r}: resolution must be 128..224 in steps of 4")
-            values[name] = int(value)
-        else:
-            try:
-                w = float(value)
-            except ValueError:
-                w = float("nan")
-            if not any(math.isclose(w, c) for c in WIDTHS):
-                raise ArchParseError(f"MobileNetV3 arch part {part!r}: width must be one of "
-                                     f"{', '.join(_fmt_width(c) for c in WIDTHS)}")
-            values[name] = w
-    for i, v in enumerate(values["d"]):
-        if v not in DEPTHS:
-            raise ArchParseError(f"MobileNetV3 arch part d: stage {i + 1} depth {v} is not one of {DEPTHS}")
-    used = used_slots(values["d"])
-    for name, choices in (("ks", KERNELS), ("e", EXPANDS)):
-        for i, v in enumerate(values[name]):
-            if used[i] and v not in choices:
-                raise ArchParseError(f"MobileNetV3 arch part {name}: slot {i} (stage {i // MAX_DEPTH + 1}, block "
-                                     f"{i % MAX_DEPTH + 1}) is {v}, expected one of {choices}")
-            if not used[i] and v != 0 and v not in choices:
-                raise ArchParseError(f"MobileNetV3 arch part {name}: unused slot {i} is {v}, expected 0 or one of "
-                                     f"{choices}")
-    return MBV3Arch(tuple(values["ks"]), tuple(values["e"]), tuple(values["d"]), values["r"], values["w"])
+        try:
+            values[name] = [int(v) for v in value.split("-")] if name in ("ks", "e", "d") else \
+                int(value) if name == "r" else float(value)
+        except ValueError:
+            what = "values must be integers joined by '-'" if name in ("ks", "e", "d") else "not a number"
+            raise ArchParseError(f"MobileNetV3 arch part {part!r}: {what}") from None
+    try:
+        return MBV3Arch(tuple(values["ks"]), tuple(values["e"]), tuple(values["d"]), values["r"], values["w"])
+    except ValueError as e:
+        raise ArchParseError(f"MobileNetV3 arch {e}") from None
 
 
 # ---------------------------------------------------------------- the layout every consumer shares
