@@ -61,14 +61,14 @@ def write_rows(rows: list[dict]) -> None:
 def build(epochs: int, probes: int, held_out: int) -> None:
     import torch
 
-    from pomonag_edge.predictors.accuracy_fewshot import _unique_functions, choose_probes
+    from pomonag_edge.predictors.accuracy_fewshot import choose_probes, unique_functions
     from pomonag_edge.spaces.nb201 import SPACE
     from pomonag_edge.training import Recipe, train_net
 
     torch.set_num_threads(int(os.environ.get("TORCH_THREADS", "1")))
     data = digits_data()
-    chosen = choose_probes(probes, seed=0)
-    pool = np.setdiff1d(_unique_functions(), [SPACE.index(a) for a in chosen])
+    chosen = choose_probes(SPACE, probes, seed=0)
+    pool = np.setdiff1d(unique_functions(SPACE), [SPACE.index(a) for a in chosen])
     held = [SPACE.from_index(int(i)) for i in np.random.default_rng(1).choice(pool, held_out, replace=False)]
     rows = [r for r in read_rows() if int(r["epochs"]) == epochs]
     done = {r["arch"] for r in rows}
@@ -97,7 +97,7 @@ def score(dataset: str | None = None) -> None:
     archs = [SPACE.parse(r["arch"]) for r in rows]
     idx = np.array([SPACE.index(a) for a in archs])
     truth = np.array([float(r["accuracy"]) for r in rows])
-    loo = np.array([fit_fewshot([a for j, a in enumerate(archs) if j != i], np.delete(truth, i)).predict([archs[i]])[0]
+    loo = np.array([fit_fewshot(SPACE, [a for j, a in enumerate(archs) if j != i], np.delete(truth, i)).predict([archs[i]])[0]
                     for i in range(len(rows))])
     cands = {"fewshot (leave one out)": loo}
     for d in NB201_DATASETS:
