@@ -28,11 +28,16 @@ from .options import dataset_option, profile_option, space_option
               show_default=True, help="How candidates are proposed; the rest of the run is the same.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", default=None, metavar="DIR", help="Run folder (default: a new folder under ./runs/).")
-def command(space, profile, dataset, max_latency, max_params, max_macs, weights, num, samples, strategy, seed, out):
+@click.option("--force", is_flag=True, help="Replace the run already in --out DIR (as a whole).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="json: the run folder and its nets on stdout, for scripts.")
+def command(space, profile, dataset, max_latency, max_params, max_macs, weights, num, samples, strategy, seed, out,
+            force, fmt):
     """Generate nets on the accuracy / latency / params / MACs Pareto front inside the budget.
 
     Writes DIR/pareto.json, pareto.csv, manifest.json and pareto.png. Without --profile the newest
-    profile in ./profiles is used. A budget no candidate meets lists the closest nets and exits with 2.
+    finished profile of the space in ./profiles is used (and named on the first line). A budget no
+    candidate meets lists the closest nets and exits with 2.
     """
     import sys
 
@@ -56,8 +61,16 @@ def command(space, profile, dataset, max_latency, max_params, max_macs, weights,
 
         run = generate_run(space=space, profile=profile, dataset=dataset, max_latency=max_latency,
                            max_params=max_params, max_macs=max_macs, weights=weights, num=num, samples=samples,
-                           strategy=strategy, seed=seed, out=out, progress=progress,
+                           strategy=strategy, seed=seed, out=out, progress=progress, force=force,
                            command=" ".join(["pomonag-edge", *sys.argv[1:]]))
+    if fmt == "json":
+        run.result.require_feasible(run.problem.budget)
+        import json
+
+        json.dump({"run_dir": str(run.out), "profile": run.manifest["profile"], "dataset": run.problem.dataset,
+                   "margin": run.problem.margin, "nets": run.result.selected}, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+        return
     out_console = Console()
     if not out_console.is_terminal:  # piped or logged: keep each arch string on one line, copyable
         out_console = Console(width=max(out_console.width, 200))
@@ -68,20 +81,23 @@ def command(space, profile, dataset, max_latency, max_params, max_macs, weights,
              f"{run.problem.dataset}, margin {run.problem.margin:.1%})")
     out_console.print(render_table(run.result.selected, run.problem, title=title))
     out_console.print(f"wrote {run.out}/pareto.json, pareto.csv, manifest.json, pareto.png "
-                      f"({run.result.stats['seconds']} s search)")
+                      f"({run.result.stats['seconds']} s search; full arch strings in pareto.csv)",
+                      highlight=False, soft_wrap=True)
 
 
 def render_table(rows, problem, title: str = ""):
+    """One row per net. Only the arch column shrinks on a narrow terminal (abbreviated with an ellipsis; the run's
+    files hold the full strings); the numbers and the budget verdict are never cut."""
     from rich.table import Table
 
     from ..units import format_count
 
     table = Table(title=title)
-    table.add_column("#", justify="right")
-    table.add_column("arch", overflow="fold", min_width=20)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("arch", overflow="ellipsis", no_wrap=True, min_width=10)
     for name, justify in (("accuracy %", "right"), ("latency ms", "right"),
                           ("params", "right"), ("MACs", "right"), ("within budget", "center")):
-        table.add_column(name, justify=justify)
+        table.add_column(name, justify=justify, no_wrap=True)
     for i, r in enumerate(rows, start=1):
         table.add_row(str(r.get("rank") or i), r["arch"], f"{r['accuracy']:.2f}", f"{r['latency_ms']:.3f}",
                       format_count(r["params"]), format_count(r["macs"]), "yes" if r["feasible"] else "no")

@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import UserError
+from ..files import check_writable
 from ..profile import PROFILES_DIR, Profile, load_profile
 from ..spaces import get_space
 from .backends import BACKENDS, get_backend
@@ -123,9 +124,9 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
                "calibration_count": req.calibration, "calibration_seed": req.seed}
     plan = space.lut_plan(dataset, req.quick, req.resolutions)
     runtime.update(plan.facts)
-    fresh = Profile(name=descriptor.name, space=space.name, dataset=dataset,
+    fresh = Profile(name=descriptor.name, space=space.name, dataset=dataset, partial=True,
                     device={"name": descriptor.name, "descriptor": descriptor.to_dict(), **facts}, runtime=runtime)
-    path = profile_path(req)
+    path = check_writable(profile_path(req), "profile")  # before any measuring
     profile, resumed = fresh, False
     if path.exists() and not req.fresh:
         old = load_profile(path)  # a corrupt / foreign / newer file ends here with one line
@@ -185,5 +186,6 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
     # 3. latency model
     note = fit_latency_model(space, profile) if fit_model else "not asked for"
     profile.created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    profile.partial = False
     profile.save(path)
     return ProfileResult(profile, path, resumed, skipped, measured, time.perf_counter() - started, note)
