@@ -227,9 +227,11 @@ def staging_dir(final: str | os.PathLike, what: str = "folder") -> Path:
     final = Path(final)
     make_dir(final.parent, f"folder of {what}")
     try:
-        return Path(tempfile.mkdtemp(prefix=f".{final.name}.new-", dir=final.parent))
+        staged = Path(tempfile.mkdtemp(prefix=f".{final.name}.new-", dir=final.parent))
+        os.chmod(staged, 0o777 & ~_umask())  # mkdtemp's 0700 would outlive the rename
     except OSError as e:
         raise os_error(e, "create", what, final) from None
+    return staged
 
 
 def replace_dir(staged: str | os.PathLike, final: str | os.PathLike, what: str = "folder") -> Path:

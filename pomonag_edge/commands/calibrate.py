@@ -17,20 +17,31 @@ from .options import space_option
               help="Refine this profile (keeps its LUT and device facts, adds the timings).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Where to write the profile [default: profiles/NAME.json].")
-def command(space, measurements, name, base, out):
-    """Fit the latency model to timings measured on another machine and write a profile."""
+@click.option("--force", is_flag=True, help="Replace the profile already at the output path.")
+def command(space, measurements, name, base, out, force):
+    """Fit the latency model to timings measured on another machine and write a profile.
+
+    Repeated rows of one net (or of functionally identical archs) are merged into their median: each
+    distinct net counts once."""
     from pathlib import Path
 
+    from ..files import check_name
     from ..predictors.calibration import calibrate_profile, read_measurements
-    from ..profile import PROFILES_DIR, load_profile
+    from ..profile import PROFILES_DIR, check_profile_out, check_space, load_profile
     from ..spaces import get_space
 
     sp = get_space(space)
+    path = check_profile_out(out or PROFILES_DIR / f"{check_name(name)}.json", force)
     items = read_measurements(sp, measurements)
-    profile = calibrate_profile(sp, items, name, base=load_profile(base) if base else None,
-                                source=Path(measurements).name)
-    path = profile.save(out or PROFILES_DIR / f"{name}.json")
+    base_profile = check_space(load_profile(base), sp.name, base) if base else None
+    profile = calibrate_profile(sp, items, name, base=base_profile, source=Path(measurements).name)
+    path = profile.save(path)
     model = profile.latency_model
-    click.echo(f"{path}: {model['n_calibration']} calibration timings, latency model fitted "
+    rows = sum(i.get("repeats", 1) for i in items)
+    if rows > len(items):
+        click.echo(f"{rows} rows, {len(items)} distinct nets: repeated or functionally identical archs merged into "
+                   "their median", err=True)
+    click.echo(f"{path}: {model['n_calibration']} calibration timings ({len(items)} distinct nets from "
+               f"{Path(measurements).name}), latency model fitted "
                f"(cross-validated {int(model['relative_error_quantile'] * 100)}% relative error "
                f"{100 * model['relative_error']:.1f}%, used as the budget margin)")

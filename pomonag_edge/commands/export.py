@@ -29,14 +29,17 @@ from .options import profile_option
               help="Add measured latencies to the profile's calibration set and refit its latency model.")
 @click.option("--quick", is_flag=True, help="Quick timing protocol (fewer runs): for tests, not for decisions.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights and inputs.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (per net: rank, arch, status, files, "
+              "median ms) on stdout instead of the table, for scripts.")
 @click.pass_context
 def command(ctx, run_dir, top, fmt, profile, precision, opset, dynamic_batch, weights, allow_over_budget, measure,
-            feedback, quick, seed):
-    """Export the top nets of RUN_DIR (default: the newest under ./runs) to RUN_DIR/export/.
+            feedback, quick, seed, as_json):
+    """Export the top nets of RUN_DIR (default: the run generated last under ./runs) to RUN_DIR/export/.
 
     Each net's ONNX Runtime outputs are checked against PyTorch within a stated relative tolerance, then
     timed with the profile's runtime and protocol and tested against the run's latency budget. Writes
     RUN_DIR/export/report.json. Exit status 1 if any net fails its check or measures over budget.
+    Each export replaces RUN_DIR/export/ whole; measured latencies go into a new revision of the profile.
     """
     from rich.console import Console
 
@@ -45,9 +48,18 @@ def command(ctx, run_dir, top, fmt, profile, precision, opset, dynamic_batch, we
     options = ExportOptions(top=top, formats=parse_formats(fmt), profile=profile, precision=precision, opset=opset,
                             dynamic_batch=dynamic_batch, weights=weights, allow_over_budget=allow_over_budget,
                             measure=measure, feedback=feedback, quick=quick, seed=seed)
-    console = Console(stderr=False)
+    console = Console(stderr=as_json)
     with console.status("exporting") as status:
         report = export_run(resolve_run_dir(run_dir), options, progress=lambda msg: status.update(msg))
-    render(report, console)
+    if as_json:
+        import json
+        import sys
+
+        from ..export.report import summary_json
+
+        json.dump(summary_json(report), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        render(report, console)
     if not report["summary"]["ok"]:
         ctx.exit(1)
