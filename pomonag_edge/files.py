@@ -123,11 +123,14 @@ def check_writable(path: str | os.PathLike, what: str, folder: bool = False) -> 
 
     Creates nothing that stays: a probe file is made and removed in the nearest existing folder."""
     path = Path(path)
-    if folder and path.exists() and not path.is_dir():
-        raise UserError(f"cannot write {what} {path}: it is a file, not a folder; choose another path")
-    if not folder and path.is_dir():
-        raise UserError(f"cannot write {what} {path}: it is a folder; name a file")
-    anchor = _nearest_existing(path if folder else path.parent)
+    try:
+        if folder and path.exists() and not path.is_dir():
+            raise UserError(f"cannot write {what} {path}: it is a file, not a folder; choose another path")
+        if not folder and path.is_dir():
+            raise UserError(f"cannot write {what} {path}: it is a folder; name a file")
+        anchor = _nearest_existing(path if folder else path.parent)
+    except OSError as e:  # a name too long, a loop of links
+        raise os_error(e, "write", what, path) from None
     if not anchor.is_dir():
         raise UserError(f"cannot write {what} {path}: {anchor} is a file, not a folder; choose another path")
     try:

@@ -72,6 +72,11 @@ class Profile:
             profile = cls(**fields)
         except TypeError as e:
             raise ProfileError(f"{source} is malformed: {e}") from None
+        types = {"name": str, "space": str, "device": dict, "runtime": dict, "lut": dict, "calibration": list,
+                 "latency_model": (dict, type(None)), "partial": bool, "parent": (dict, type(None))}
+        for key, kind in types.items():
+            if not isinstance(getattr(profile, key), kind):
+                raise ProfileError(f"{source} is malformed: {key!r} is a {type(getattr(profile, key)).__name__}")
         for item in profile.calibration:
             if not isinstance(item, dict) or "arch" not in item or "latency_ms" not in item:
                 raise ProfileError(f"{source}: every calibration item needs 'arch' and 'latency_ms'")

@@ -32,7 +32,7 @@ def invoke(*args, input=None):
 def assert_one_line_exit_2(r, *words):
     assert r.exit_code == 2, (r.exit_code, r.output)
     assert "Traceback" not in r.output and r.exception is None or isinstance(r.exception, SystemExit), r.output
-    lines = r.stderr.strip("\n").splitlines()
+    lines = r.stderr.rstrip("\n").splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), r.stderr
     for w in words:
         assert w in lines[0], lines[0]
@@ -48,6 +48,9 @@ def here(tmp_path, monkeypatch):
     (tmp_path / "utf16.csv").write_bytes("arch,latency_ms\n".encode("utf-16"))
     (tmp_path / "m.csv").write_text("arch,latency_ms\n" + "".join(f"{a},{1 + i / 4}\n" for i, a in enumerate(ARCHS)))
     (tmp_path / "notjson.json").write_text("{not json")
+    (tmp_path / "binary.toml").write_bytes((tmp_path / "binary.txt").read_bytes())
+    (tmp_path / "calib5.json").write_text('{"schema": "pomonag-edge/profile", "schema_version": 1, "name": "x", '
+                                          '"calibration": 5}')
     Profile(name="nb", space="nb201", dataset="cifar10").save(tmp_path / "nb201.json")
     Profile(name="mb", space="mbv3").save(tmp_path / "mbv3.json")
     run = tmp_path / "runs" / "r"
@@ -73,6 +76,8 @@ HOSTILE = [
     (("calibrate", "--measurements", "m.csv", "--name", "x", "--out", "."), ["is a directory"]),
     (("profile", "--quick", "--calibration", "0", "--out", "afile/p.json"), ["afile is a file"]),
     (("profile", "--quick", "--calibration", "0", "--out", "/proc/p.json"), ["/proc/p.json"]),
+    (("profile", "--device", "binary.toml"), ["not UTF-8", "offset 10"]),
+    (GEN + ("--out", "x" * 300), ["name is too long"]),
     # names are names
     (("calibrate", "--measurements", "m.csv", "--name", "../escape"), ["plain name"]),
     (("calibrate", "--measurements", "m.csv", "--name", "a/b"), ["plain name"]),
@@ -87,6 +92,8 @@ HOSTILE = [
     (("predict", "--archs", "archs.txt", "--profile", "binary.txt"), ["not UTF-8"]),
     (("predict", "--archs", "archs.txt", "--profile", "notjson.json"), ["not JSON"]),
     (("predict", "--archs", "archs.txt", "--profile", "/proc/none.json"), ["does not exist"]),
+    (("predict", "--archs", "archs.txt", "--profile", "calib5.json"), ["malformed", "calibration"]),
+    (("export", "runs/r", "--weights", "afile", "--no-measure"), ["cannot read --weights"]),
     (GEN + ("--profile", "afile/p.json"), ["afile/p.json", "is a file"]),
     # another space's profile, by file or by reference name: the hint names the flag
     (("predict", "--archs", "archs.txt", "--profile", "mbv3.json"), ["--space mbv3"]),

@@ -67,7 +67,8 @@ def command(device, space, dataset, quick, calibration, threads, precision, batc
                       if path.exists() else "interrupted before anything was measured")
         raise SystemExit(130) from None
     finally:
-        bar.stop()
+        if tasks:  # Progress.stop prints a blank line off a terminal even when never started
+            bar.stop()
 
     p = result.profile
     for reason in result.skipped_backends:
