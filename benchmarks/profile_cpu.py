@@ -7,6 +7,12 @@ of LUT-sum on the calibration nets, against those measurements, beside the targe
 
     python benchmarks/profile_cpu.py [--quick] [--nets 100] [--calibration 20] [--threads 1] [--clock wall|cpu]
                                      [--ceiling] [--save JSON]
+                                     [--host USER@ADDR[:PORT] [--ssh-config F] [--remote-python CMD]]
+
+With --host, a second profile of the same settings is taken there through the device runner over SSH,
+and its rows are printed beside the local ones, against the same held-out nets (timed here): pointed at
+this machine (an sshd on 127.0.0.1), the two should agree to the noise ceiling. Its calibration nets are
+also timed here: the Spearman of their remote timings against this process's.
 
 Timings on a shared machine are noisy: run it when nothing else runs for numbers worth quoting.
 """
@@ -58,6 +64,9 @@ def main() -> None:
     ap.add_argument("--ceiling", action="store_true",
                     help="time the held-out nets a second time: how well two measurements agree (the noise ceiling)")
     ap.add_argument("--save", metavar="JSON", help="also write the profile and the held-out timings here")
+    ap.add_argument("--host", help="also profile this host over SSH (device runner) and compare")
+    ap.add_argument("--ssh-config", default=None)
+    ap.add_argument("--remote-python", default="python3")
     args = ap.parse_args()
 
     import torch
@@ -71,6 +80,18 @@ def main() -> None:
                                               out=f"{tmp}/cpu.json"),
                                fit_model=False)
         profile_s, profile_cpu_s = time.perf_counter() - t, time.process_time() - cpu
+        remote = None
+        if args.host:
+            from pomonag_edge.hardware.remote import SSHOptions
+
+            t = time.perf_counter()
+            remote = build_profile(ProfileRequest(device="cpu", quick=args.quick, calibration=args.calibration,
+                                                  threads=args.threads, seed=args.seed, clock=args.clock,
+                                                  out=f"{tmp}/remote.json", host=args.host,
+                                                  ssh=SSHOptions(config=args.ssh_config, python=args.remote_python)),
+                                   fit_model=False).profile
+            print(f"remote profile on {args.host}: {len(remote.lut)} LUT entries + {len(remote.calibration)} "
+                  f"calibration nets in {time.perf_counter() - t:.1f} s wall", flush=True)
     profile = result.profile
     print(f"profile: {len(profile.lut)} LUT entries + {len(profile.calibration)} calibration nets in "
           f"{profile_s:.1f} s wall, {profile_cpu_s:.1f} s CPU   (target < 120 s)", flush=True)
@@ -114,6 +135,15 @@ def main() -> None:
     rows.append(("latency model (what profile ships)", model.predict_ms(archs)))
     if again is not None:
         rows.append(("second measurement (noise ceiling)", again))
+    if remote is not None:
+        remote.latency_model = fit_profile_model(SPACE, remote)
+        rows.append((f"latency model of the {args.host} profile", latency_model_for(SPACE, remote).predict_ms(archs)))
+        there = np.array([c["latency_ms"] for c in remote.calibration])
+        here = np.array([backend.load(SPACE.build(SPACE.parse(c["arch"]), "cifar10").eval(), {"input": x})
+                         .measure(protocol).median_ms for c in remote.calibration])
+        s = scores(there, here)
+        print(f"{args.host} calibration nets, timed there vs here: Spearman {s['spearman']:.3f}, "
+              f"MAPE {s['mape_%']:.1f}% (n = {len(here)}; target Spearman >= 0.95)")
     for name, pred in rows:
         s = scores(pred, measured)
         print(f"{name:<40}{s['spearman']:>10.3f}{s['kendall']:>10.3f}{s['mape_%']:>10.1f}")

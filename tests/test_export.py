@@ -39,6 +39,15 @@ def facts():
     return detect_device()
 
 
+@pytest.fixture(autouse=True)
+def one_drift_probe(monkeypatch):
+    """One re-timed calibration net per export keeps these tests fast; tests/test_drift.py covers several."""
+    from pomonag_edge.hardware import drift
+
+    real = drift.pick_probes
+    monkeypatch.setattr(drift, "pick_probes", lambda calibration, n: real(calibration, min(n, 1)))
+
+
 def make_profile(path: Path, facts: dict, protocol=QUICK, clock="wall", **device) -> Path:
     profile = Profile(name="cpu-test", space="nb201", dataset="cifar10", device={"name": "cpu", **facts, **device},
                       runtime={"backend": "onnxruntime", "precision": "fp32", "batch": 1, "threads": 1, "clock": clock,

@@ -53,27 +53,40 @@ def test_measurement_statistics():
 
 def test_protocol_warmup_and_run_counts():
     calls = []
-    m = measure(lambda: calls.append(1) or 1.0, Protocol(warmup_ms=0, warmup_runs=7, min_runs=40, min_time_s=60,
+    m = measure(lambda: calls.append(1) or 1.0, Protocol(warmup_ms=0, warmup_runs=7, min_runs=40, min_time_s=0,
                                                           floor_runs=3, retries=0))
     assert m.runs == 40 and len(calls) == 47 and m.cv == 0.0 and m.repeats == 1
 
 
-def test_protocol_stops_on_time_but_not_below_floor():
+def test_protocol_needs_both_runs_and_time_like_trtexec():
     def sleepy():
         time.sleep(0.002)
         return 2.0
 
-    m = measure(sleepy, Protocol(warmup_ms=0, warmup_runs=1, min_runs=10**6, min_time_s=0.03, floor_runs=4,
-                                 retries=0))
+    # 3 runs would be enough by count; the 0.06 s minimum keeps it going (an OR would stop at 3)
+    m = measure(sleepy, Protocol(warmup_ms=0, warmup_runs=1, min_runs=3, min_time_s=0.06, floor_runs=1, retries=0))
+    assert m.runs >= 10
+    # enough time after 1 run, but the count asks for 12
+    m = measure(sleepy, Protocol(warmup_ms=0, warmup_runs=1, min_runs=12, min_time_s=0.0, floor_runs=1, retries=0))
+    assert m.runs == 12
+
+
+def test_protocol_stops_at_its_cap_but_not_below_floor():
+    def sleepy():
+        time.sleep(0.002)
+        return 2.0
+
+    m = measure(sleepy, Protocol(warmup_ms=0, warmup_runs=1, min_runs=10**6, min_time_s=0.03, max_time_s=0.03,
+                                 floor_runs=4, retries=0))
     assert 4 <= m.runs < 100
-    m = measure(sleepy, Protocol(warmup_ms=0, warmup_runs=1, min_runs=10**6, min_time_s=0.0, floor_runs=6,
-                                 retries=0))
+    m = measure(sleepy, Protocol(warmup_ms=0, warmup_runs=1, min_runs=10**6, min_time_s=0.0, max_time_s=0.0,
+                                 floor_runs=6, retries=0))
     assert m.runs == 6
 
 
 def test_protocol_remeasures_when_noisy_and_keeps_the_quietest():
     noisy = iter([1.0, 9.0] * 10 + [1.0, 1.1] * 20)  # first pass noisy, second quiet
-    m = measure(lambda: next(noisy), Protocol(warmup_ms=0, warmup_runs=0, min_runs=20, min_time_s=60,
+    m = measure(lambda: next(noisy), Protocol(warmup_ms=0, warmup_runs=0, min_runs=20, min_time_s=0,
                                               floor_runs=1, max_cv=0.2, retries=3))
     assert m.repeats == 2 and m.cv < 0.2 and m.median_ms == pytest.approx(1.05)
 
@@ -87,7 +100,8 @@ def test_thread_cpu_clock_ignores_time_spent_waiting():
 
 def test_default_protocol_is_the_design_one():
     d = Protocol()
-    assert d.warmup_ms >= 200 and d.warmup_runs >= 10 and d.min_runs >= 100 and d.min_time_s >= 3
+    assert d.warmup_ms >= 200 and d.warmup_runs >= 10 and d.min_runs >= 100 and d.min_time_s >= 1
+    assert d.max_time_s >= 3 * d.min_time_s and d.rounds >= 2
 
 
 # ----------------------------------------------------------------------------- backends

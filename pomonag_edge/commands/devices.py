@@ -16,7 +16,7 @@ def command(detect, fmt):
     from rich.console import Console
     from rich.table import Table
 
-    from ..hardware.devices import descriptor_names, detect_device, load_descriptor
+    from ..hardware.devices import JETSON_SUPPORT, descriptor_names, detect_device, load_descriptor
     from ..errors import ProfileError
     from ..profile import PROFILES_DIR, load_profile
     from ..spaces import get_space, space_names
@@ -30,12 +30,18 @@ def command(detect, fmt):
         return
     console = Console()
     table = Table(title="Device descriptors (profile --device NAME)")
-    for col in ("name", "description", "backends (first usable wins)", "precision", "batch", "threads"):
+    for col in ("name", "description", "backends (first usable wins)", "--host runner", "precision", "batch",
+                "threads"):
         table.add_column(col, no_wrap=col == "name")
     for name in descriptor_names():
         d = load_descriptor(name)
-        table.add_row(d.name, d.description, ", ".join(d.backends), d.precision, str(d.batch), str(d.threads))
+        table.add_row(d.name, d.description, ", ".join(d.backends), d.runner, d.precision, str(d.batch),
+                      str(d.threads))
     console.print(table)
+    console.print("Measuring on the device itself (profile/export --host USER@ADDR[:PORT]): the host builds every "
+                  "graph; the device needs python3 >= 3.6 and trtexec or the onnxruntime package.", highlight=False)
+    console.print(f"Supported: {JETSON_SUPPORT}; desktop NVIDIA GPUs with TensorRT 8-10's trtexec; any CPU with "
+                  "onnxruntime.", highlight=False)
 
     if detect:
         facts = detect_device()

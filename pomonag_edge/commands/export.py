@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..hardware.backends import PRECISIONS
-from .options import profile_option
+from .options import make_ssh_options, profile_option, ssh_options
 
 
 @click.command(short_help="Export the best nets and re-measure them.")
@@ -29,17 +29,28 @@ from .options import profile_option
               help="Add measured latencies to the profile's calibration set and refit its latency model.")
 @click.option("--quick", is_flag=True, help="Quick timing protocol (fewer runs): for tests, not for decisions.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights and inputs.")
+@click.option("--drift-nets", type=click.IntRange(min=0), default=3, show_default=True,
+              help="The profile's own calibration nets timed again, interleaved with the exported ones, to tell a "
+                   "device running slower today from a wrong latency model (0: none).")
+@click.option("--host", default=None, metavar="USER@ADDR[:PORT]",
+              help="Measure on this device over SSH through the device runner (it needs python3 and trtexec or "
+                   "onnxruntime there); TensorRT engines are built there and brought back beside the ONNX files.")
+@ssh_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (per net: rank, arch, status, files, "
               "median ms) on stdout instead of the table, for scripts.")
 @click.pass_context
 def command(ctx, run_dir, top, fmt, profile, precision, opset, dynamic_batch, weights, allow_over_budget, measure,
-            feedback, quick, seed, as_json):
+            feedback, quick, seed, drift_nets, host, ssh_config, remote_python, remote_dir, as_json):
     """Export the top nets of RUN_DIR (default: the run generated last under ./runs) to RUN_DIR/export/.
 
     Each net's ONNX Runtime outputs are checked against PyTorch within a stated relative tolerance, then
     timed with the profile's runtime and protocol and tested against the run's latency budget. Writes
     RUN_DIR/export/report.json. Exit status 1 if any net fails its check or measures over budget.
     Each export replaces RUN_DIR/export/ whole; measured latencies go into a new revision of the profile.
+
+    A few of the profile's calibration nets are timed again beside them: the report gives each net's
+    measured / predicted ratio raw and corrected for how much slower or faster the device runs now than
+    when profiled. The budget test uses the raw measurement; the ±10% agreement is shown both ways.
     """
     from rich.console import Console
 
@@ -47,7 +58,8 @@ def command(ctx, run_dir, top, fmt, profile, precision, opset, dynamic_batch, we
 
     options = ExportOptions(top=top, formats=parse_formats(fmt), profile=profile, precision=precision, opset=opset,
                             dynamic_batch=dynamic_batch, weights=weights, allow_over_budget=allow_over_budget,
-                            measure=measure, feedback=feedback, quick=quick, seed=seed)
+                            measure=measure, feedback=feedback, quick=quick, seed=seed, drift_nets=drift_nets,
+                            host=host, ssh=make_ssh_options(ssh_config, remote_python, remote_dir))
     console = Console(stderr=as_json)
     with console.status("exporting") as status:
         report = export_run(resolve_run_dir(run_dir), options, progress=lambda msg: status.update(msg))

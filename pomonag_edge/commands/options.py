@@ -16,3 +16,21 @@ profile_option = click.option(
     "--profile", "profile", default=None, metavar="PATH|NAME",
     help="A profile file, or the name of a shipped reference profile (see `pomonag-edge devices`).",
 )
+
+
+def ssh_options(f):
+    """``--ssh-config``, ``--remote-python``, ``--remote-dir``: how ``--host`` reaches the device runner."""
+    f = click.option("--remote-dir", default=".cache/pomonag-edge/runner", show_default=True, metavar="DIR",
+                     help="Work folder on the host (relative to the login folder): graphs, runner, partial results.")(f)
+    f = click.option("--remote-python", default="python3", show_default=True, metavar="CMD",
+                     help="Interpreter on the host (>= 3.6) that runs the device runner; with --runtime onnxruntime "
+                          "it must import onnxruntime.")(f)
+    f = click.option("--ssh-config", type=click.Path(dir_okay=False), default=None,
+                     help="ssh client config file for --host (ssh -F) [default: your ~/.ssh/config].")(f)
+    return f
+
+
+def make_ssh_options(ssh_config, remote_python, remote_dir):
+    from ..hardware.remote import SSHOptions
+
+    return SSHOptions(config=ssh_config, python=remote_python, remote_dir=remote_dir)

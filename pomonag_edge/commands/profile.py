@@ -1,14 +1,14 @@
-"""``pomonag-edge profile``: measure this device into ``profiles/<device>.json`` (resumable)."""
+"""``pomonag-edge profile``: measure a device into ``profiles/<device>.json`` (resumable), here or over SSH."""
 
 from __future__ import annotations
 
 import click
 
 from ..hardware.backends import BACKENDS, PRECISIONS
-from .options import dataset_option, space_option
+from .options import dataset_option, make_ssh_options, space_option, ssh_options
 
 
-@click.command(short_help="Measure this device into a profile.")
+@click.command(short_help="Measure this device, or one reached over SSH, into a profile.")
 @click.option("--device", default="cpu", show_default=True, metavar="NAME|PATH",
               help="Device descriptor (`pomonag-edge devices` lists them) or a .toml file of the same form.")
 @space_option
@@ -23,53 +23,120 @@ from .options import dataset_option, space_option
               help="[device default: fp32 on cpu, fp16 on gpu / jetson]")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Batch size [device default: 1].")
 @click.option("--backend", type=click.Choice(list(BACKENDS)), default=None,
-              help="Runtime to time with [device default: the first available of its list].")
+              help="Runtime to time with [device default: the first available of its list; with --host, the "
+                   "descriptor's runner runtime: trtexec or onnxruntime].")
 @click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
               help="cpu: count only this thread's CPU time (onnxruntime, 1 thread), steady on a shared machine; "
                    "wall is the deployment number.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Profile file to write [default: profiles/<device>.json].")
+              help="Profile file to write [default: profiles/<device>.json; with several --host, "
+                   "profiles/<device>-<addr>.json; a PATH with {host} in it names one file per host].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration choice and inputs.")
 @click.option("--fresh", is_flag=True, help="Start over instead of continuing a partial profile at the same path.")
-def command(device, space, dataset, quick, calibration, threads, precision, batch, backend, clock, out, seed, fresh):
-    """Time every building block of the search space (per-op LUT) and a few whole nets on this device.
+@click.option("--host", "hosts", multiple=True, metavar="USER@ADDR[:PORT]",
+              help="Measure that device over SSH instead of this machine (repeat for several boards, one profile "
+                   "each). This machine builds every graph; the device runs a small python3 (>= 3.6) runner "
+                   "with its trtexec (Jetson, JetPack 4-6; NVIDIA GPUs) or onnxruntime (any CPU).")
+@ssh_options
+@click.option("--max-temp-c", type=float, default=None, metavar="C",
+              help="With --host (or trtexec): wait before each timing round while the device is hotter than this.")
+def command(device, space, dataset, quick, calibration, threads, precision, batch, backend, clock, out, seed, fresh,
+            hosts, ssh_config, remote_python, remote_dir, max_temp_c):
+    """Time every building block of the search space (per-op LUT) and a few whole nets on the device.
 
-    Progress is saved after every measurement: Ctrl-C and the same command again continues.
+    Without --host the device is this machine. With --host USER@ADDR[:PORT] it is that machine, reached
+    with your ssh client and config: supported are NVIDIA Jetsons with JetPack 4 to 6 (trtexec on the
+    board; `--device jetson`), desktop NVIDIA GPUs with TensorRT's trtexec (`--device gpu`) and any CPU with
+    the onnxruntime package (`--device cpu`).
+
+    Progress is saved after every measurement (on the device, every timing round): Ctrl-C, a dropped
+    connection, then the same command again continues.
     """
+    from concurrent.futures import ThreadPoolExecutor
+    from dataclasses import replace
+    from pathlib import Path
+
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
 
+    from ..errors import UserError
     from ..hardware.profiler import ProfileRequest, build_profile, profile_path
+    from ..hardware.remote import parse_host
+    from ..profile import PROFILES_DIR
 
     console = Console(stderr=True)
-    req = ProfileRequest(device=device, space=space, dataset=dataset, quick=quick, calibration=calibration,
-                         threads=threads, precision=precision, batch=batch, backend=backend, clock=clock, out=out,
-                         seed=seed, fresh=fresh)
-    labels = {"lut": "per-op table", "calibration": "calibration nets"}
-    bar = Progress(TextColumn("{task.description:<17}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    base = ProfileRequest(device=device, space=space, dataset=dataset, quick=quick, calibration=calibration,
+                          threads=threads, precision=precision, batch=batch, backend=backend, clock=clock, out=out,
+                          seed=seed, fresh=fresh, ssh=make_ssh_options(ssh_config, remote_python, remote_dir),
+                          max_temp_c=max_temp_c)
+    parsed = [parse_host(h) for h in hosts]
+    if len(parsed) > 1 and out is not None and "{host}" not in out:
+        raise UserError("several --host write one profile each: give --out a PATH with {host} in it, or leave it")
+    reqs = []
+    for h in parsed or [None]:
+        if h is None:
+            reqs.append(base)
+            continue
+        path = out.replace("{host}", h.addr) if out is not None else (
+            None if len(parsed) == 1 else PROFILES_DIR / f"{Path(device).stem}-{h.addr}.json")
+        reqs.append(replace(base, host=str(h), out=path))
+    labels = {"lut": "per-op table", "calibration": "calibration nets", "end check": "speed check"}
+    bar = Progress(TextColumn("{task.description:<26}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("eta"), TimeRemainingColumn(), console=console)
-    tasks: dict[str, int] = {}
+    tasks: dict[tuple, int] = {}
 
-    def progress(stage: str, done: int, total: int, item: str) -> None:
-        if not tasks:  # started on the first report, so a setting refused up front prints only its line
-            bar.start()
-        if stage not in tasks:
-            tasks[stage] = bar.add_task(labels.get(stage, stage), total=total, completed=done)
-        bar.update(tasks[stage], completed=done, total=total)
+    def progress_for(req):
+        prefix = f"{parse_host(req.host).addr}: " if len(reqs) > 1 else ""
+
+        def progress(stage: str, done: int, total: int, item: str) -> None:
+            if not tasks:  # started on the first report, so a setting refused up front prints only its line
+                bar.start()
+            key = (req.host, stage)
+            if key not in tasks:
+                tasks[key] = bar.add_task(prefix + labels.get(stage, stage), total=total, completed=done)
+            bar.update(tasks[key], completed=done, total=total)
+
+        return progress
 
     try:
-        result = build_profile(req, progress=progress)
+        if len(reqs) == 1:
+            outcomes = [_outcome(build_profile, reqs[0], progress_for(reqs[0]))]
+        else:  # boards are timed at once; each host's graphs are exported here one at a time
+            with ThreadPoolExecutor(max_workers=len(reqs)) as pool:
+                outcomes = list(pool.map(lambda r: _outcome(build_profile, r, progress_for(r)), reqs))
     except KeyboardInterrupt:
         bar.stop()  # before the message, so it is not drawn over
-        path = profile_path(req)
-        console.print(f"interrupted: what was measured is saved in {path}; run the same command again to continue"
-                      if path.exists() else "interrupted before anything was measured")
+        paths = [profile_path(r) for r in reqs]
+        console.print("interrupted: what was measured is saved (on the device too, with --host); run the same "
+                      "command again to continue" if any(p.exists() for p in paths)
+                      else "interrupted before anything was measured")
         raise SystemExit(130) from None
     finally:
         if tasks:  # Progress.stop prints a blank line off a terminal even when never started
             bar.stop()
 
+    failed = [(r, e) for r, (result, e) in zip(reqs, outcomes) if e is not None]
+    for req, (result, error) in zip(reqs, outcomes):
+        if error is None:
+            _report(console, result, req.host)
+    if failed:
+        if len(reqs) == 1:
+            raise failed[0][1]
+        raise UserError("; ".join(f"{r.host}: {e}" for r, e in failed))
+
+
+def _outcome(build, req, progress):
+    """(result, None) or (None, the UserError): one host failing leaves the others' profiles."""
+    from ..errors import UserError
+
+    try:
+        return build(req, progress=progress), None
+    except UserError as e:
+        return None, e
+
+
+def _report(console, result, host) -> None:
     p = result.profile
     for reason in result.skipped_backends:
         console.print(f"[yellow]skipped backend[/] {reason}")
@@ -77,8 +144,10 @@ def command(device, space, dataset, quick, calibration, threads, precision, batc
     span = f"{min(calib):.2f}-{max(calib):.2f} ms" if calib else "none"
     rt = p.runtime
     console.print(f"{'resumed and finished' if result.resumed else 'wrote'} [bold]{result.path}[/] in "
-                  f"{result.seconds:.0f} s: {len(p.lut)} LUT entries, {len(calib)} calibration nets ({span}); "
-                  f"{rt['backend']} {rt['precision']}, batch {rt['batch']}, {rt['threads']} thread(s), "
-                  f"{rt['protocol']} protocol, {rt['clock']} clock")
+                  f"{result.seconds:.0f} s{f' (measured on {host})' if host else ''}: {len(p.lut)} LUT entries, "
+                  f"{len(calib)} calibration nets ({span}); {rt['backend']} {rt['precision']}, batch {rt['batch']}, "
+                  f"{rt['threads']} thread(s), {rt['protocol']} protocol, {rt['clock']} clock")
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if result.model_note:
         console.print(f"[yellow]no latency model fitted:[/] {result.model_note}")

@@ -45,10 +45,15 @@ class ExportOptions:
     feedback: bool = True
     quick: bool = False
     seed: int = 0
+    drift_nets: int = 3  # calibration nets of the profile timed again beside the exported ones
+    host: str | None = None  # USER@ADDR[:PORT]: measure there through the device runner
+    ssh: object | None = None  # remote.SSHOptions (ssh config, remote python, remote folder)
 
     def __post_init__(self):
         if self.top < 1:
             raise UserError(f"--top must be at least 1, got {self.top}")
+        if self.drift_nets < 0:
+            raise UserError(f"--drift-nets must be 0 or more, got {self.drift_nets}")
         bad = [f for f in self.formats if f not in FORMATS]
         if bad or not self.formats:
             raise UserError(f"unknown --format {','.join(bad) or '(empty)'}; use onnx, tensorrt or onnx,tensorrt")
@@ -142,6 +147,7 @@ class _Context:
     notes: list[str] = field(default_factory=list)
     clock: str = "wall"  # the profile's: a net is re-timed with the clock its prediction was fitted on
     informative: bool = False  # timings of this machine for a reference profile: not judged
+    timer: object | None = None  # remote.DeviceTimer under --host: every net is timed there
     _runtimes: dict = field(default_factory=dict)
 
     def runtime(self, name: str):
@@ -150,6 +156,24 @@ class _Context:
             clock = self.clock if name == self.backend_name else "wall"
             self._runtimes[name] = _backend(name, precision, self.threads, clock)
         return self._runtimes[name]
+
+
+@dataclass
+class _Timing:
+    """A net waiting to be timed: its report entry (None for a drift probe), files, module and inputs."""
+
+    name: str
+    entry: dict | None
+    onnx_path: Path
+    model: object
+    inputs: dict
+    runnables: dict
+    probe: dict | None = None  # the profile's calibration record this net re-times
+
+
+def _runner_runtime(backend_name: str) -> str:
+    """The device runner's runtime for a profile's backend."""
+    return "trtexec" if backend_name in ("trtexec", "tensorrt") else "onnxruntime"
 
 
 def export_run(run_dir: str | Path, options: ExportOptions,
@@ -173,7 +197,19 @@ def export_run(run_dir: str | Path, options: ExportOptions,
 
     if backend_name not in BACKENDS:  # a reference profile's "published table": time with the default runtime
         backend_name = "onnxruntime"
-    detected = detect_device()
+    timer = None  # the device runner: on --host, or here for trtexec (it has no in-process backend)
+    if options.host or backend_name == "trtexec":
+        from ..hardware.remote import DeviceTimer, parse_host
+
+        host = parse_host(options.host) if options.host else None
+        timer = DeviceTimer(host, _protocol(profile, options.quick), runtime=_runner_runtime(backend_name),
+                            precision=precision, threads=threads, clock=runtime.get("clock") or "wall",
+                            options=options.ssh, key=f"export:{Path(run.path).resolve()}")
+    if options.host:
+        say(f"checking {options.host}")
+        detected = timer.facts()
+    else:
+        detected = detect_device()
     mismatch = machine_mismatch(profile, detected)
     notes: list[str] = []
     measure = options.measure if options.measure is not None else not mismatch
@@ -193,7 +229,12 @@ def export_run(run_dir: str | Path, options: ExportOptions,
                      "the latencies are this machine's and are not fed back into the profile")
 
     tensorrt = "tensorrt" in options.formats or backend_name == "tensorrt"
-    if tensorrt:
+    if timer is not None:  # engines are built by trtexec on the device while timing, and brought back
+        tensorrt = timer.runtime == "trtexec"
+        if "tensorrt" in options.formats and not tensorrt:
+            notes.append(f"the profile's runtime on {options.host or 'this machine'} is {timer.runtime}: no TensorRT "
+                         "engines built")
+    elif tensorrt:
         why = None if (detected.get("gpu") or detected.get("jetson")) else "no NVIDIA GPU here"
         if why is None:
             try:
@@ -207,7 +248,7 @@ def export_run(run_dir: str | Path, options: ExportOptions,
             if backend_name == "tensorrt":
                 measure = False
     measure_precision = precision
-    if precision == "fp16" and not BACKENDS[backend_name].gpu:
+    if precision == "fp16" and not BACKENDS[backend_name].gpu and timer is None:
         if "tensorrt" not in options.formats:
             raise UserError(f"--precision fp16 needs a GPU runtime and the profile's is {backend_name} (CPU): use "
                             "fp32, add --format tensorrt for fp16 engines, or use a GPU profile on the target")
@@ -226,7 +267,7 @@ def export_run(run_dir: str | Path, options: ExportOptions,
     ctx = _Context(run, space, profile, profile_path, options, staging_dir(final_dir, "export folder"), backend_name,
                    measure_precision,
                    precision, threads, batch, measure, tensorrt, notes, clock=runtime.get("clock") or "wall",
-                   informative=informative)
+                   informative=informative, timer=timer)
     predicted, predicted_by = _predicted_ms(space, profile, run, candidates)
     report = {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "complete": False,
@@ -242,15 +283,27 @@ def export_run(run_dir: str | Path, options: ExportOptions,
                      "timing_protocol": _protocol(profile, options.quick).to_dict() if measure else None,
                      "predicted_by": predicted_by},
         "environment": environment(backend_name, measure_precision, threads, batch, detected, profile, mismatch,
-                                   tensorrt),
-        "nets": [], "notes": notes, "feedback": None,
+                                   tensorrt) | {"host": options.host},
+        "nets": [], "notes": notes, "feedback": None, "drift": None,
     }
     report_path = ctx.out_dir / "report.json"
+    timings = []
     try:
         for position, (item, pred) in enumerate(zip(candidates, predicted), start=1):
             say(f"net {position}/{len(candidates)}: {item['arch']}")
             rank = int(item.get("rank") or position)  # the run's rank (infeasible nets may have been skipped)
-            report["nets"].append(_export_one(ctx, rank, item, pred, existing))
+            entry, timing = _export_one(ctx, rank, item, pred, existing)
+            report["nets"].append(entry)
+            if timing is not None:
+                timings.append(timing)
+            write_report(report_path, report)
+
+        if timings:
+            probes = _drift_probes(ctx)
+            _measure_all(ctx, timings, probes, say)
+            factor = report["drift"] = _drift(probes, ctx.backend_name)
+            for t in timings:
+                _judge(t.entry, ctx, (factor or {}).get("factor"))
             write_report(report_path, report)
     except UserError:  # a refusal, not an interruption: nothing half-made is left behind
         import shutil
@@ -260,7 +313,7 @@ def export_run(run_dir: str | Path, options: ExportOptions,
 
     if measure and options.feedback and not mismatch and not informative:
         report["feedback"] = _feedback(ctx, report["nets"])
-    report["summary"] = summarize(report["nets"], options.allow_over_budget)
+    report["summary"] = summarize(report["nets"], options.allow_over_budget, report["drift"])
     report["complete"] = True
     _relocate(report, ctx.out_dir, final_dir)
     report["files"] = sorted({p.name for p in ctx.out_dir.iterdir()} | {"report.json"})
@@ -320,7 +373,7 @@ def _export_one(ctx: _Context, rank: int, item: dict, predicted_ms: float | None
     except Exception as e:  # an exporter or checker failure fails this net, with its message, not the run
         entry["reasons"].append(f"ONNX export failed: {type(e).__name__}: {str(e)[:300]}")
         _judge(entry, ctx)
-        return entry
+        return entry, None
     entry["files"]["onnx"] = onnx_summary(onnx_path) | {"reused": reuse}
     entry["timing_s"]["export"] = time.perf_counter() - t0
 
@@ -333,7 +386,7 @@ def _export_one(ctx: _Context, rank: int, item: dict, predicted_ms: float | None
 
     runnables = {}
     timing_inputs = {INPUT_NAME: random_inputs(input_shape, options.seed)}
-    if ctx.tensorrt and check.passed:
+    if ctx.tensorrt and check.passed and ctx.timer is None:
         t0 = time.perf_counter()
         engine_path = onnx_path.with_suffix(".engine")
         try:
@@ -354,20 +407,114 @@ def _export_one(ctx: _Context, rank: int, item: dict, predicted_ms: float | None
         entry["timing_s"]["engine"] = time.perf_counter() - t0
 
     if ctx.measure and all(c["passed"] for c in entry["checks"]) and not entry["reasons"]:
-        t0 = time.perf_counter()
-        protocol = _protocol(ctx.profile, options.quick)
-        for name in dict.fromkeys([ctx.backend_name] + list(runnables)):
-            runnable = runnables.get(name) or ctx.runtime(name).load(
-                str(onnx_path) if _reads_onnx(name) else model, inputs=timing_inputs)
-            entry["measured"][name] = runnable.measure(protocol).to_dict()
-        entry["timing_s"]["measure"] = time.perf_counter() - t0
+        return entry, _Timing(stem, entry, onnx_path, model, timing_inputs, runnables)
     _judge(entry, ctx)
-    return entry
+    return entry, None
 
 
-def _judge(entry: dict, ctx: _Context) -> None:
+def _drift_probes(ctx: _Context) -> list[_Timing]:
+    """A few of the profile's calibration nets, exported like the others, to be timed again beside them."""
+    from ..hardware.drift import pick_probes
+
+    if ctx.informative or ctx.options.drift_nets <= 0:
+        return []
+    probes = []
+    for record in pick_probes(ctx.profile.calibration, ctx.options.drift_nets):
+        arch = ctx.space.parse(record["arch"])
+        stem = "drift" + file_stem(0, arch, ctx.space)[2:]  # drift_nb201_3942
+        path = ctx.out_dir / "drift" / f"{stem}.onnx"
+        shape = ctx.space.input_shape(arch, ctx.run.dataset, batch=ctx.batch)
+        model = build_model(ctx.space, arch, ctx.run.dataset, None, seed=ctx.options.seed)
+        previous = ctx.run.path / "export" / "drift" / path.name  # the same net, exported the same way before
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if previous.is_file():
+                _link_or_copy(previous, path)
+            else:
+                export_onnx(model, shape, path, opset=ctx.options.opset)
+        probes.append(_Timing(stem, None, path, model, {INPUT_NAME: random_inputs(shape, ctx.options.seed)}, {},
+                              probe=record))
+    return probes
+
+
+def _interleave(nets: list, probes: list) -> list:
+    """Probes spread evenly among the nets (one first, then one every len(nets)/len(probes) nets)."""
+    out, every = [], max(1.0, len(nets) / max(1, len(probes)))
+    pending = list(probes)
+    for i, net in enumerate(nets):
+        while pending and len(probes) - len(pending) <= i / every:
+            out.append(pending.pop(0))
+        out.append(net)
+    return out + pending
+
+
+def _measure_all(ctx: _Context, timings: list[_Timing], probes: list[_Timing], say) -> None:
+    """Time the nets and the drift probes, interleaved: in turn here, or as one batch of rounds on the host."""
+    protocol = _protocol(ctx.profile, ctx.options.quick)
+    schedule = _interleave(timings, probes)
+    if ctx.timer is not None:
+        t0 = time.perf_counter()
+        graphs = {t.name: t.onnx_path.read_bytes() for t in schedule}
+        engines = ctx.tensorrt
+        where = ctx.options.host or "this machine"
+        result = ctx.timer.time(graphs, progress=lambda d, n, item: say(f"timing on {where}: {d}/{n}"),
+                                save_engines=engines, engine_dir=ctx.out_dir if engines else None,
+                                keep_engines={t.name for t in timings})
+        seconds = (time.perf_counter() - t0) / max(1, len(schedule))
+        for t in schedule:
+            measured = result.measurements.get(t.name)
+            if t.entry is None:
+                t.probe = {**t.probe, "now": measured.to_dict() if measured else None}
+                continue
+            t.entry["timing_s"]["measure"] = seconds
+            if measured is None:
+                t.entry["reasons"].append(f"timing on {where} failed: {result.errors.get(t.name)}")
+                continue
+            t.entry["measured"][ctx.backend_name] = measured.to_dict() | {
+                "round_medians_ms": result.stats[t.name].get("round_medians_ms")}
+            if t.name in result.engines:
+                path = result.engines[t.name]
+                t.entry["files"]["engine"] = {"path": str(path), "bytes": path.stat().st_size,
+                                              "precision": ctx.engine_precision, "built_on": where}
+        ctx.notes.append(f"measured on {where} by the device runner ({ctx.timer.runtime}), "
+                         f"{len(probes)} calibration net(s) re-timed in the same interleaved rounds")
+        if result.engines:
+            ctx.notes.append("TensorRT engines were built by trtexec on the device and brought back beside the ONNX "
+                             "files; trtexec does not return outputs, so only the ONNX files' numerics were checked")
+        return
+    for n, t in enumerate(schedule, start=1):
+        say(f"timing {n}/{len(schedule)}: {t.name}")
+        t0 = time.perf_counter()
+        if t.entry is None:
+            runnable = ctx.runtime(ctx.backend_name).load(
+                str(t.onnx_path) if _reads_onnx(ctx.backend_name) else t.model, inputs=t.inputs)
+            t.probe = {**t.probe, "now": runnable.measure(protocol).to_dict()}
+            continue
+        for name in dict.fromkeys([ctx.backend_name] + list(t.runnables)):
+            runnable = t.runnables.get(name) or ctx.runtime(name).load(
+                str(t.onnx_path) if _reads_onnx(name) else t.model, inputs=t.inputs)
+            t.entry["measured"][name] = runnable.measure(protocol).to_dict()
+        t.entry["timing_s"]["measure"] = time.perf_counter() - t0
+
+
+def _drift(probes: list[_Timing], backend: str) -> dict | None:
+    """The drift factor (median now / then) and the probes it came from; None without probes."""
+    from ..hardware.drift import drift_factor
+
+    rows = [{"arch": p.probe["arch"], "then_ms": p.probe["latency_ms"],
+             "now_ms": (p.probe.get("now") or {}).get("median_ms")} for p in probes]
+    if not rows:
+        return None
+    factor = drift_factor([r["now_ms"] for r in rows], [r["then_ms"] for r in rows])
+    return {"factor": factor, "nets": rows, "runtime": backend,
+            "method": "median of now / at profiling time over the profile's own calibration nets, timed "
+                      "interleaved with the exported nets; corrected ratio = (measured / predicted) / factor"}
+
+
+def _judge(entry: dict, ctx: _Context, drift: float | None = None) -> None:
     """Status: failed (a check or build failed), over_budget, passed (measured within budget), checked
-    (not measured, or measured here for a reference profile: this machine's time is not the target's)."""
+    (not measured, or measured here for a reference profile: this machine's time is not the target's).
+    The budget test uses the raw measurement; ``drift`` only adds the drift-corrected agreement."""
     for c in entry["checks"]:
         entry["reasons"].extend(f"{c['runtime']}: {f}" for f in c["failures"])
     m = entry["measured"].get(ctx.backend_name)
@@ -379,8 +526,15 @@ def _judge(entry: dict, ctx: _Context) -> None:
         entry["budget_ms"] = ctx.run.budget.get("max_latency_ms")
         return
     if m and pred:
+        from ..hardware.drift import compare
+
         entry["latency_error_pct"] = 100.0 * (m["median_ms"] - pred) / pred
         entry["within_10pct"] = abs(m["median_ms"] - pred) <= NN_METER_BAND * pred
+        c = compare(m["median_ms"], pred, drift)
+        entry["measured_over_predicted"] = {"raw": c["ratio_raw"], "drift_corrected": c.get("ratio_corrected")}
+        if drift:
+            entry["latency_error_pct_corrected"] = c["error_pct_corrected"]
+            entry["within_10pct_corrected"] = c["within_10pct_corrected"]
     budget = ctx.run.budget.get("max_latency_ms")
     entry["budget_ms"] = budget
     if entry["reasons"]:
@@ -394,12 +548,16 @@ def _judge(entry: dict, ctx: _Context) -> None:
         entry["status"] = "passed"
 
 
-def summarize(nets: list[dict], allow_over_budget: bool) -> dict:
+def summarize(nets: list[dict], allow_over_budget: bool, drift: dict | None = None) -> dict:
+    """Counts by status; agreement with the prediction raw (``within_10pct``) and drift-corrected."""
     counts = {s: sum(n["status"] == s for n in nets) for s in ("passed", "checked", "over_budget", "failed")}
     bad = counts["failed"] + (0 if allow_over_budget else counts["over_budget"])
     errors = [n["latency_error_pct"] for n in nets if n.get("latency_error_pct") is not None]
+    corrected = [n["within_10pct_corrected"] for n in nets if n.get("within_10pct_corrected") is not None]
     return {**counts, "nets": len(nets), "ok": bad == 0, "noisy": sum(bool(n.get("noisy")) for n in nets),
-            "within_10pct": sum(abs(e) <= 100 * NN_METER_BAND for e in errors), "compared": len(errors)}
+            "within_10pct": sum(abs(e) <= 100 * NN_METER_BAND for e in errors), "compared": len(errors),
+            "within_10pct_corrected": sum(corrected) if corrected else None,
+            "drift_factor": (drift or {}).get("factor")}
 
 
 def _feedback(ctx: _Context, nets: list[dict]) -> dict | None:

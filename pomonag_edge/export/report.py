@@ -11,7 +11,13 @@ within_10pct, compared}``. ``complete`` is false while nets are still being expo
 Each net: ``rank, arch, params, macs, predicted {latency_ms, accuracy}, files {onnx {path, bytes, sha256,
 nodes, opset, input_shape, reused}, engine? {path, bytes, precision}}, checks [NumericCheck.to_dict(), one
 per runtime], measured {backend: Measurement.to_dict()}, noisy?, latency_error_pct?, within_10pct?,
-budget_ms, status, reasons, timing_s {export, check, engine?, measure?}``. ``noisy``: the timing's
+measured_over_predicted? {raw, drift_corrected}, latency_error_pct_corrected?, within_10pct_corrected?,
+budget_ms, status, reasons, timing_s {export, check, engine?, measure?}``. ``drift`` (top level, or null):
+``{factor, nets [{arch, then_ms, now_ms}], runtime, method}``: the profile's own calibration nets timed
+again, interleaved with the exported nets; factor = median(now / then). Pass / fail against the budget
+uses the raw measurement; the corrected ratio divides the raw one by the factor, telling a device that runs
+slower today apart from a latency model that is wrong. ``summary`` adds ``within_10pct_corrected`` and
+``drift_factor``. ``noisy``: the timing's
 coefficient of variation stayed above the protocol's limit. ``status``: passed (measured within budget),
 checked (numerics only: not measured, or measured on this machine for a reference profile, whose device
 is never here; ``settings.measured_for_information`` is then true), over_budget, failed (a check or a
@@ -112,8 +118,16 @@ def render(report: dict, console) -> None:
                       "(coefficient of variation above its limit): another load on this machine? Re-time on a quiet "
                       "machine with "
                       f"`pomonag-edge export {report['run_dir']} --measure`", highlight=False, soft_wrap=True)
+    drift = report.get("drift")
+    if drift and drift.get("factor"):
+        console.print(f"drift: {len(drift['nets'])} of the profile's calibration nets re-timed now run at "
+                      f"x{drift['factor']:.2f} their profiling time; drift-corrected ratio = measured / predicted / "
+                      f"{drift['factor']:.2f} (the budget test uses the raw measurement)", highlight=False,
+                      soft_wrap=True)
     line = (f"{s['passed']} passed, {s['checked']} checked only, {s['over_budget']} over budget, {s['failed']} failed"
-            + (f"; {s['within_10pct']}/{s['compared']} measured within ±10% of predicted" if s["compared"] else ""))
+            + (f"; {s['within_10pct']}/{s['compared']} measured within ±10% of predicted (raw)" if s["compared"] else "")
+            + (f", {s['within_10pct_corrected']}/{s['compared']} drift-corrected"
+               if s.get("within_10pct_corrected") is not None else ""))
     console.print(line + f"  ->  {report.get('path', '')}", highlight=False, soft_wrap=True)
 
 

@@ -12,6 +12,7 @@ torch, onnxruntime and tensorrt are imported only when a backend is made.
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import warnings
@@ -42,6 +43,8 @@ BACKENDS = {
     "torch-cuda": BackendInfo("torch-cuda", "PyTorch on CUDA, CUDA events (+ CUDA graphs)", True, False),
     "torch-cpu": BackendInfo("torch-cpu", "PyTorch eager on the CPU (fallback, not a deployment number)", False,
                              False),
+    "trtexec": BackendInfo("trtexec", "NVIDIA trtexec through the device runner: engines built on the device, CUDA "
+                           "graphs, no host copies", True, True),
 }
 
 
@@ -56,6 +59,9 @@ def get_backend(name: str, precision: str = "fp32", threads: int = 1, **options)
     if not isinstance(threads, int) or threads < 1:
         raise UserError(f"threads must be a positive integer, got {threads!r}")
     clock = options.pop("clock", "wall")
+    if name == "trtexec":
+        raise UserError("backend trtexec times through the device runner, not in this process: profile and export "
+                        "use it directly (with --host USER@ADDR for another machine)")
     if name.startswith("onnxruntime"):
         return OnnxRuntimeBackend(name.partition("-")[2] or "cpu", precision, threads, clock=clock)
     if clock != "wall":
@@ -69,11 +75,23 @@ def get_backend(name: str, precision: str = "fp32", threads: int = 1, **options)
 
 
 def backend_available(name: str) -> tuple[bool, str]:
-    """(usable here, reason if not), without building anything heavy."""
+    """(usable here, reason if not), without building anything heavy.
+
+    A GPU execution provider of ONNX Runtime is tried on a one-node model: ``get_available_providers``
+    lists providers whose CUDA / TensorRT libraries then fail to load. A CUDA that cannot start (driver
+    older than cuda-python's CUDA, no GPU) is a reason, not a traceback."""
+    if name == "trtexec":
+        from .runner import TRTEXEC_PATHS, find_trtexec
+
+        return (True, "") if find_trtexec() else (False, f"no trtexec on PATH nor at {TRTEXEC_PATHS[0]}")
     try:
-        get_backend(name)
+        backend = get_backend(name)
+        if isinstance(backend, OnnxRuntimeBackend) and backend.provider != "cpu":
+            backend.probe()
     except UserError as e:
         return False, str(e)
+    except (RuntimeError, OSError) as e:
+        return False, f"{type(e).__name__}: {e}"
     return True, ""
 
 
@@ -192,6 +210,24 @@ class OnnxRuntimeBackend:
         trt = ("TensorrtExecutionProvider", {"device_id": 0, "trt_fp16_enable": self.precision == "fp16"})
         return [trt, cuda, "CPUExecutionProvider"]
 
+    def probe(self) -> None:
+        """Start the provider on a one-node model; ``MissingDependencyError`` when it cannot."""
+        from onnx import TensorProto, helper
+
+        graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "Specified provider ... is not in available provider names"
+                self.load(model.SerializeToString())
+        except UserError:
+            raise
+        except Exception as e:  # onnxruntime raises its own Fail / RuntimeException types
+            raise MissingDependencyError(f"onnxruntime could not start {_ORT_PROVIDERS[self.provider]} here "
+                                         f"({type(e).__name__}: {str(e)[:200]})") from None
+
     def load(self, model, inputs: dict[str, np.ndarray] | None = None) -> "OnnxRuntimeRunnable":
         ort = self.ort
         options = ort.SessionOptions()
@@ -267,12 +303,15 @@ class TorchBackend:
 
 
 class TorchRunnable(Runnable):
+    """A private copy of the module on the backend's device and dtype: the caller's module is never moved
+    or switched to eval mode, and a captured CUDA graph keeps pointers into the copy only."""
+
     def __init__(self, backend: TorchBackend, module, inputs: dict[str, np.ndarray]):
         torch = backend.torch
         self.backend, self._torch, self._device = backend.name, torch, backend.device
         self._dtype = torch.float16 if backend.precision == "fp16" else torch.float32
         self.inputs = dict(inputs)
-        self.module = module.eval().to(device=self._device, dtype=self._dtype)
+        self.module = copy.deepcopy(module).eval().to(device=self._device, dtype=self._dtype)
         self._static = [self._tensor(v) for v in self.inputs.values()]
         self._graph = None
         if backend.cuda_graphs:

@@ -25,6 +25,12 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 REQUIREMENTS = ("nvidia-gpu", "jetson")
+RUNNER_RUNTIMES = ("onnxruntime", "trtexec")  # what the device runner (runner.py) times with
+# what the runner with trtexec is written for on a Jetson; said by `devices` and `profile --help`
+JETSON_SUPPORT = ("Jetson (Nano, TX2, Xavier, Orin) with JetPack 4 to 6 (TensorRT 7.1 to 10, python3 3.6 to 3.10): "
+                  "timed on the board by JetPack's trtexec through the device runner, from another machine with "
+                  "--host USER@BOARD; the board needs only python3 and trtexec (written against NVIDIA's "
+                  "documentation, not yet run on a board)")
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,7 @@ class Descriptor:
     batch: int = 1
     threads: int = 1
     requires: str | None = None  # "nvidia-gpu", "jetson" or None
+    runner: str = "onnxruntime"  # runtime of the device runner under --host: "onnxruntime" or "trtexec"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,7 +80,7 @@ def load_descriptor(name: str) -> Descriptor:
         d = Descriptor(name=Path(name).stem, description=str(raw.get("description", "")),
                        backends=tuple(raw["backends"]), precision=raw.get("precision", "fp32"),
                        batch=int(raw.get("batch", 1)), threads=int(raw.get("threads", 1)),
-                       requires=raw.get("requires"))
+                       requires=raw.get("requires"), runner=raw.get("runner", "onnxruntime"))
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{source} is malformed: {e}") from None
     bad = [b for b in d.backends if b not in BACKENDS]
@@ -83,6 +90,8 @@ def load_descriptor(name: str) -> Descriptor:
         raise UserError(f"{source}: precision must be one of {', '.join(PRECISIONS)}, batch and threads >= 1")
     if d.requires is not None and d.requires not in REQUIREMENTS:
         raise UserError(f"{source}: requires must be one of {', '.join(REQUIREMENTS)}")
+    if d.runner not in RUNNER_RUNTIMES:
+        raise UserError(f"{source}: runner must be one of {', '.join(RUNNER_RUNTIMES)}")
     return d
 
 
@@ -193,11 +202,15 @@ def jetson_facts(root: Path = Path("/")) -> dict:
 
 
 def detect_device() -> dict:
-    """Facts about this machine that change a latency; missing ones are simply absent."""
+    """Facts about this machine that change a latency; missing ones are simply absent. ``state`` is the
+    device runner's reading of temperatures, clocks and power mode, the same one a remote device gets."""
     facts = {"os": platform.platform(), "machine": platform.machine(), "python": platform.python_version()}
     facts.update(cpu_facts())
     facts.update(gpu_facts())
     facts.update(jetson_facts())
+    from .runner import device_state
+
+    facts["state"] = device_state()  # temperatures, clocks (locked?), power mode: what changes a number today
     for dist, key in (("onnxruntime", "onnxruntime"), ("onnxruntime-gpu", "onnxruntime"),
                       ("tensorrt", "tensorrt"), ("torch", "torch")):
         version = _version(dist)
@@ -208,12 +221,14 @@ def detect_device() -> dict:
 
 def check_hardware(descriptor: Descriptor, facts: dict) -> None:
     """Raise one clear line when this machine lacks what the descriptor needs."""
+    where = facts.get("host") or "this machine"
     if descriptor.requires == "jetson" and not facts.get("jetson"):
-        raise UserError(f"--device {descriptor.name} needs an NVIDIA Jetson and this machine is not one (no "
-                        "/etc/nv_tegra_release): run `pomonag-edge profile` on the Jetson, or use --device cpu here")
+        raise UserError(f"--device {descriptor.name} needs an NVIDIA Jetson and {where} is not one (no "
+                        "/etc/nv_tegra_release): time the board from here with --host USER@BOARD (it needs only "
+                        "python3 and JetPack 4-6's trtexec), or use --device cpu")
     if descriptor.requires == "nvidia-gpu" and not (facts.get("gpu") or facts.get("jetson")):
-        raise UserError(f"--device {descriptor.name} needs an NVIDIA GPU and none was found (nvidia-smi lists none): "
-                        "run on the GPU machine, or use --device cpu here")
+        raise UserError(f"--device {descriptor.name} needs an NVIDIA GPU and none was found on {where} (nvidia-smi "
+                        "lists none): run on the GPU machine or reach it with --host USER@ADDR, or use --device cpu")
 
 
 def choose_backend(descriptor: Descriptor, requested: str | None = None) -> tuple[str, list[str]]:

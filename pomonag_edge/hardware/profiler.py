@@ -2,12 +2,17 @@
 
 ``build_profile`` is what ``pomonag-edge profile`` calls. It resumes a partial profile at the same path
 when that profile was made with the same device and runtime settings, and refuses (one line) otherwise.
+Graphs are timed through a timer (``timers.py``): a backend of this process one job at a time, or the
+device runner (``--host``, or trtexec here) with every job's graphs in one batch of interleaved rounds,
+whose finished rounds the device keeps for a re-run. At the end the first calibration nets are timed
+again: a device whose speed moved while it was profiled gets a warning.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -17,10 +22,12 @@ from ..errors import UserError
 from ..files import check_writable
 from ..profile import PROFILES_DIR, Profile, load_profile
 from ..spaces import get_space
-from .backends import BACKENDS, get_backend
+from .backends import BACKENDS
 from .devices import check_hardware, choose_backend, detect_device, load_descriptor
-from .lut import measure_job, select_calibration
-from .timing import PROTOCOLS, Protocol, settle
+from .drift import speed_change
+from .lut import select_calibration
+from .timers import Graph, RunnerTimer, make_timer
+from .timing import PROTOCOLS, Protocol
 
 # progress(stage, done, total, item): called once per stage before measuring and after every item
 ProgressFn = Callable[[str, int, int, str], None]
@@ -28,7 +35,9 @@ ProgressFn = Callable[[str, int, int, str], None]
 # settings that must match for a partial profile to be continued
 _RESUME_RUNTIME = ("backend", "precision", "batch", "threads", "clock", "protocol", "calibration_count",
                    "calibration_seed", "lut_method", "lut_resolutions")
-_RESUME_DEVICE = ("name", "cpu", "gpu", "jetson_model", "power_mode")
+_RESUME_DEVICE = ("name", "host", "cpu", "gpu", "jetson_model", "power_mode")
+END_CHECK_NETS = 3  # calibration nets timed again at the end to see whether the device's speed moved
+RUNNER_RUNTIMES = {"onnxruntime": "onnxruntime", "trtexec": "trtexec", "tensorrt": "trtexec"}
 
 
 @dataclass
@@ -48,6 +57,9 @@ class ProfileRequest:
     fresh: bool = False
     protocol: Protocol | None = None  # overrides ``quick``: for tests and benchmarks
     resolutions: tuple[int, ...] | None = None  # LUT resolutions of a space with several; None: its default
+    host: str | None = None  # USER@ADDR[:PORT]: time on that device through the runner, over SSH
+    ssh: object | None = None  # remote.SSHOptions: ssh config, interpreter and work folder there
+    max_temp_c: float | None = None  # the runner waits while the device is hotter
 
 
 @dataclass
@@ -59,6 +71,7 @@ class ProfileResult:
     measured: int  # LUT jobs + calibration nets measured in this call
     seconds: float
     model_note: str | None = None  # why no latency model was fitted, when it was not
+    warnings: list[str] = field(default_factory=list)
 
 
 def profile_path(req: ProfileRequest) -> Path:
@@ -91,11 +104,47 @@ def fit_latency_model(space, profile: Profile) -> str | None:
     return None
 
 
-def _settle(space, dataset: str, batch: int, backend, protocol, seed: int) -> None:
-    """Bring the machine to a steady state with the heaviest net before the first measurement."""
-    arch = space.settle_arch(dataset)
-    x = np.random.default_rng(seed).standard_normal(space.input_shape(arch, dataset, batch)).astype(np.float32)
-    settle(backend.load(space.build(arch, dataset).eval(), {"input": x}).run_once_ms, protocol)
+def _inputs(shape, seed: int) -> dict:
+    return {"input": np.random.default_rng(seed).standard_normal(shape).astype(np.float32)}
+
+
+def _net(space, arch, dataset: str, batch: int, seed: int) -> Graph:
+    return Graph(space.build(arch, dataset).eval(), _inputs(space.input_shape(arch, dataset, batch), seed))
+
+
+def _timer_for(req: ProfileRequest, descriptor, protocol, precision: str, threads: int, path: Path):
+    """(timer, backend name, skipped backends, device facts): the device runner on ``--host`` (its runtime:
+    ``--backend`` or the descriptor's ``runner``), else the descriptor's first backend usable here."""
+    if req.host is not None:
+        from .remote import parse_host
+
+        host = parse_host(req.host)
+        name = req.backend or descriptor.runner
+        if name not in RUNNER_RUNTIMES:
+            raise UserError(f"--backend {name} cannot time on --host: the device runner times with trtexec or "
+                            "onnxruntime")
+        name = RUNNER_RUNTIMES[name]
+        timer = make_timer(name, protocol, precision, threads, req.clock, host, req.ssh,
+                           key=f"profile:{path.resolve()}", cache_dir=_graph_cache(path))
+        timer.device.max_temp_c = req.max_temp_c
+        facts = {**timer.facts(), "host": str(host)}
+        check_hardware(descriptor, facts)
+        return timer, name, [], facts
+    facts = detect_device()
+    check_hardware(descriptor, facts)
+    if req.backend is not None and req.backend not in BACKENDS:
+        raise UserError(f"unknown backend {req.backend!r}; choose one of {', '.join(BACKENDS)}")
+    name, skipped = choose_backend(descriptor, req.backend)
+    timer = make_timer(name, protocol, precision, threads, req.clock, key=f"profile:{path.resolve()}",
+                       cache_dir=_graph_cache(path))
+    if isinstance(timer, RunnerTimer):
+        timer.device.max_temp_c = req.max_temp_c
+    return timer, name, skipped, facts
+
+
+def _graph_cache(path: Path) -> Path:
+    """ONNX files of a profile's graphs while it is being taken (runner path): a re-run does not export again."""
+    return path.parent / f".{path.stem}.graphs"
 
 
 def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_model: bool = True) -> ProfileResult:
@@ -103,30 +152,25 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
     space = get_space(req.space)
     dataset = space.check_dataset(req.dataset)
     descriptor = load_descriptor(req.device)
-    facts = detect_device()
-    check_hardware(descriptor, facts)
-    if req.backend is not None and req.backend not in BACKENDS:
-        raise UserError(f"unknown backend {req.backend!r}; choose one of {', '.join(BACKENDS)}")
     if req.calibration < 0:
         raise UserError(f"--calibration must be 0 or more, got {req.calibration}")
-    backend_name, skipped = choose_backend(descriptor, req.backend)
     precision = req.precision or descriptor.precision
     threads = req.threads or descriptor.threads
     batch = req.batch or descriptor.batch
     if batch < 1:
         raise UserError(f"--batch must be 1 or more, got {batch}")
-    backend = get_backend(backend_name, precision=precision, threads=threads, clock=req.clock)
     protocol = req.protocol or PROTOCOLS["quick" if req.quick else "default"]
+    path = check_writable(profile_path(req), "profile")  # before any measuring
+    timer, backend_name, skipped, facts = _timer_for(req, descriptor, protocol, precision, threads, path)
 
     runtime = {"backend": backend_name, "precision": precision, "batch": batch, "threads": threads,
                "clock": req.clock,
-               "protocol": protocol.name, "protocol_settings": protocol.to_dict(), **backend.version(),
-               "calibration_count": req.calibration, "calibration_seed": req.seed}
+               "protocol": protocol.name, "protocol_settings": protocol.to_dict(), **timer.versions(),
+               "calibration_count": req.calibration, "calibration_seed": req.seed, "timed_by": timer.where}
     plan = space.lut_plan(dataset, req.quick, req.resolutions)
     runtime.update(plan.facts)
     fresh = Profile(name=descriptor.name, space=space.name, dataset=dataset, partial=True,
                     device={"name": descriptor.name, "descriptor": descriptor.to_dict(), **facts}, runtime=runtime)
-    path = check_writable(profile_path(req), "profile")  # before any measuring
     profile, resumed = fresh, False
     if path.exists() and not req.fresh:
         old = load_profile(path)  # a corrupt / foreign / newer file ends here with one line
@@ -141,51 +185,84 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
         if progress is not None:
             progress(stage, done, total, item)
 
+    def rounds(stage: str):
+        return lambda done, total, item: report(stage, done, total, item)
+
+    batched = isinstance(timer, RunnerTimer)  # the runner interleaves a whole batch; a backend goes job by job
     measured = 0
     # 1. per-op table
     jobs = plan.jobs
     todo = [j for j in jobs if not all(k in profile.lut for k in j.keys)]
     plan_size = req.calibration - len(profile.calibration)
-    if todo or plan_size > 0:
-        _settle(space, dataset, batch, backend, protocol, req.seed)
+    if (todo or plan_size > 0) and not batched:
+        timer.settle(_net(space, space.settle_arch(dataset), dataset, batch, req.seed))
     report("lut", len(jobs) - len(todo), len(jobs), "")
-    for job in todo:
-        profile.lut.update(measure_job(job, backend, protocol, batch=batch, seed=req.seed))
+    prefix = f"{space.name}/{dataset}/b{batch}"
+    for chunk in ([todo] if batched and todo else [[j] for j in todo]):
+        graphs = {}
+        for job in chunk:
+            for name, module, shape in job.graphs(batch):
+                graphs[f"{prefix}/{job.name}/{name}"] = Graph(module.eval(), _inputs(shape, req.seed))
+        timed = timer.time(graphs, progress=rounds("lut") if batched else None)
+        for job in chunk:
+            stats = {name: timed[f"{prefix}/{job.name}/{name}"].to_dict() for name, *_ in job.graphs(batch)}
+            profile.lut.update(job.combine(stats))
+            measured += 1
         profile.save(path)
-        measured += 1
-        report("lut", sum(all(k in profile.lut for k in j.keys) for j in jobs), len(jobs), job.name)
+        if not batched:
+            report("lut", sum(all(k in profile.lut for k in j.keys) for j in jobs), len(jobs), chunk[0].name)
 
     # 2. calibration nets, chosen from the finished LUT (so a resumed run chooses the same ones)
     plan = select_calibration(space, profile, req.calibration, req.seed)
     done = {item["arch"] for item in profile.calibration}
     report("calibration", sum(str(a) in done for a in plan), len(plan), "")
-    def time_net(arch):
-        net = space.build(arch, dataset).eval()
-        x = np.random.default_rng(req.seed).standard_normal(space.input_shape(arch, dataset, batch)).astype(np.float32)
-        m = backend.load(net, {"input": x}).measure(protocol)
+
+    def record(arch, m) -> dict:
         return {"arch": str(arch), "latency_ms": m.median_ms, **m.to_dict()}
 
-    for arch in plan:
-        if str(arch) in done:
-            continue
-        profile.calibration.append(time_net(arch))
-        done.add(str(arch))
+    waiting = [a for a in plan if str(a) not in done]
+    for chunk in ([waiting] if batched and waiting else [[a] for a in waiting]):
+        timed = timer.time({f"{prefix}/net/{a}": _net(space, a, dataset, batch, req.seed) for a in chunk},
+                           progress=rounds("calibration") if batched else None)
+        for a in chunk:
+            profile.calibration.append(record(a, timed[f"{prefix}/net/{a}"]))
+            done.add(str(a))
+            measured += 1
         profile.save(path)
-        measured += 1
-        report("calibration", sum(str(a) in done for a in plan), len(plan), str(arch))
+        if not batched:
+            report("calibration", sum(str(a) in done for a in plan), len(plan), str(chunk[0]))
 
     # 2b. a burst of load rarely lasts minutes: time the still-noisy nets once more, later, keep the quieter
-    noisy = [i for i, item in enumerate(profile.calibration) if item.get("cv", 0.0) > protocol.max_cv]
+    # (the runner has already given its noisy graphs extra rounds at the end of its batch)
+    noisy = [] if batched else [i for i, item in enumerate(profile.calibration)
+                                if item.get("cv", 0.0) > protocol.max_cv]
     for n, i in enumerate(noisy, start=1):
-        again = time_net(space.parse(profile.calibration[i]["arch"]))
+        arch = space.parse(profile.calibration[i]["arch"])
+        again = record(arch, timer.time({"again": _net(space, arch, dataset, batch, req.seed)})["again"])
         if again["cv"] < profile.calibration[i]["cv"]:
             profile.calibration[i] = again
             profile.save(path)
         report("re-timing noisy", n, len(noisy), again["arch"])
+
+    # 2c. did the device's speed move while it was profiled? The first nets, timed again now
+    warnings = []
+    first = profile.calibration[:END_CHECK_NETS]
+    if measured and first:
+        report("end check", 0, len(first), "")
+        graphs = {f"{prefix}/net/{c['arch']}": _net(space, space.parse(c["arch"]), dataset, batch, req.seed)
+                  for c in first}
+        again = timer.time(graphs, tag="end-check")
+        factor, warning = speed_change([c["latency_ms"] for c in first],
+                                       [again[f"{prefix}/net/{c['arch']}"].median_ms for c in first])
+        profile.runtime["end_check"] = {"nets": len(first), "factor": factor}
+        if warning:
+            warnings.append(warning)
+        report("end check", len(first), len(first), "")
 
     # 3. latency model
     note = fit_latency_model(space, profile) if fit_model else "not asked for"
     profile.created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     profile.partial = False
     profile.save(path)
-    return ProfileResult(profile, path, resumed, skipped, measured, time.perf_counter() - started, note)
+    shutil.rmtree(_graph_cache(path), ignore_errors=True)
+    return ProfileResult(profile, path, resumed, skipped, measured, time.perf_counter() - started, note, warnings)
