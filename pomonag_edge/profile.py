@@ -213,6 +213,9 @@ def resolve_profile(spec: str | None, folder: str | os.PathLike = PROFILES_DIR, 
         return load_profile(path)
     if os.path.sep in spec or spec.endswith(".json") or Path(spec).exists():
         profile = load_profile(spec)
+        if profile.partial:
+            say(f"note: profile {spec} is partial (its measuring was interrupted): run its `pomonag-edge profile` "
+                "command again to finish it")
         return profile if space is None else check_space(profile, space, spec, hint)
     return reference_profile(spec, space)
 

@@ -119,7 +119,8 @@ def test_hostile_input_is_one_line_exit_2(here, args, words):
 
 
 @pytest.mark.parametrize("name, text", [("manifest.json", "[1, 2]"), ("manifest.json", "{oops"),
-                                        ("pareto.json", '{"arch": 1}'), ("pareto.json", "\xff")])
+                                        ("manifest.json", '{"budget": [1]}'), ("pareto.json", '{"arch": 1}'),
+                                        ("pareto.json", "\xff"), ("pareto.json", '[{"arch": "ks=3:e=4"}]')])
 def test_corrupt_run_files(here, name, text):
     (here / "runs" / "r" / name).write_text(text, encoding="latin-1")
     assert_one_line_exit_2(invoke("export", "runs/r", "--no-measure"), str(Path("runs/r") / name))
@@ -297,3 +298,26 @@ def test_devices_never_cuts_the_names_to_type(monkeypatch):
     assert not [n for n in names if n not in cells]
     listing = json.loads(invoke("devices", "--no-detect", "--format", "json").stdout)
     assert {d["name"] for d in listing["descriptors"]} >= {"cpu"} and "nb201" in listing["reference_profiles"]
+
+
+def test_calibrate_does_not_overwrite_a_profile_without_force(here):
+    (here / "mine.json").write_text("a profile someone made")
+    assert_one_line_exit_2(invoke("calibrate", "--measurements", "m.csv", "--name", "x", "--out", "mine.json"),
+                           "already exists", "--force")
+    assert (here / "mine.json").read_text() == "a profile someone made"
+
+
+@pytest.mark.parametrize("err, words", [(28, "no space left on the disk; free some space"),
+                                        (30, "read-only; choose a folder you can write to"),
+                                        (13, "permission denied")])
+def test_write_failures_say_what_failed_where_and_what_to_do(tmp_path, monkeypatch, err, words):
+    from pomonag_edge import files
+
+    def fail(*a, **k):
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(files.os, "replace", fail)
+    with pytest.raises(UserError) as e:
+        files.atomic_write_json(tmp_path / "p.json", {}, "profile")
+    assert str(e.value).startswith(f"cannot write profile {tmp_path / 'p.json'}: ") and words in str(e.value)
+    assert list(tmp_path.iterdir()) == []  # no temp file left behind

@@ -90,9 +90,28 @@ def load_run(path: str | os.PathLike) -> Run:
     elif isinstance(profile, str):
         spec, sha = profile, manifest.get("profile_sha256")
     budget = manifest.get("budget") or {}
+    if not isinstance(budget, dict) or not all(v is None or isinstance(v, (int, float))
+                                               for v in (budget.get(k) for k in ("max_latency_ms", "max_params",
+                                                                                 "max_macs"))):
+        raise UserError(f"{manifest_path}: 'budget' must be an object of numbers (max_latency_ms, max_params, "
+                        "max_macs)")
+    _check_archs(path / "pareto.json", pareto, str(space))
     return Run(path=path, space=str(space), dataset=manifest.get("dataset"), candidates=pareto,
                budget={k: budget.get(k) for k in ("max_latency_ms", "max_params", "max_macs")},
                profile_spec=spec, profile_sha256=sha, manifest=manifest)
+
+
+def _check_archs(source: Path, items: list[dict], space: str) -> None:
+    """Every arch of the run parses in the run's space; the first that does not is named with its file."""
+    from ..errors import ArchParseError
+    from ..spaces import get_space
+
+    sp = get_space(space)
+    for n, item in enumerate(items, start=1):
+        try:
+            sp.parse(str(item["arch"]))
+        except ArchParseError as e:
+            raise UserError(f"{source}, item {n}: {e} (is this a run of space {space}?)") from None
 
 
 def profile_spec_for(run: Run, folder: str | os.PathLike | None = None) -> str:
