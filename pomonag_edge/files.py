@@ -212,7 +212,13 @@ def create_new_json(path: str | os.PathLike, obj, what: str = "file") -> bool:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
-        os.link(tmp, path)  # fails if path exists, unlike rename
+        try:
+            os.link(tmp, path)  # fails if path exists, unlike rename
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            with open(path, "xb") as f:  # a file system without hard links: exclusive create, then write
+                f.write(Path(tmp).read_bytes())
         return True
     except FileExistsError:
         return False

@@ -33,6 +33,8 @@ def assert_one_line_exit_2(r, *words):
     assert r.exit_code == 2, (r.exit_code, r.output)
     assert "Traceback" not in r.output and r.exception is None or isinstance(r.exception, SystemExit), r.output
     lines = r.stderr.rstrip("\n").splitlines()
+    said = [line for line in lines if line.startswith(("profile: ", "run: "))]  # a default's announcement
+    lines = lines[len(said):]
     assert len(lines) == 1 and lines[0].startswith("Error: "), r.stderr
     for w in words:
         assert w in lines[0], lines[0]

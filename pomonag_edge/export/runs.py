@@ -125,7 +125,9 @@ def profile_spec_for(run: Run, folder: str | os.PathLike | None = None) -> str:
 
     spec, folder = run.profile_spec, Path(folder or PROFILES_DIR)
     info = run.manifest.get("profile") if isinstance(run.manifest.get("profile"), dict) else {}
+    said = f"the one {run.path} was generated with; --profile chooses another"
     if spec is None and info.get("reference"):
+        announce(f"profile: {info['reference']} ({said})")
         return str(info["reference"])
     if spec is None:
         for path in sorted(folder.glob("*.json")):
@@ -145,7 +147,9 @@ def profile_spec_for(run: Run, folder: str | os.PathLike | None = None) -> str:
     if os.path.sep in spec or spec.endswith(".json"):
         candidate = Path(spec)
         if not candidate.exists() and not candidate.is_absolute() and (run.path / candidate).exists():
+            announce(f"profile: {run.path / candidate} ({said}, found from the run folder)")
             return str(run.path / candidate)
         if not candidate.exists():
             raise UserError(f"the run's profile {spec} is not found from here: pass --profile PATH|NAME")
+    announce(f"profile: {spec} ({said})")
     return spec
