@@ -94,7 +94,7 @@ def this_cpu(n: int, seed: int, rounds: int, runs: int) -> None:
     import torch
 
     from pomonag_edge.data.mbv3 import reference_lut
-    from pomonag_edge.hardware.backends import get_backend, onnx_bytes
+    from pomonag_edge.hardware import get_backend, onnx_bytes
     from pomonag_edge.spaces.mbv3 import SPACE
     from pomonag_edge.spaces.mbv3.arch import lut_sum_ms
 

@@ -9,7 +9,6 @@ imports nothing else of the package but errors and units.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 

@@ -12,7 +12,6 @@ from click.testing import CliRunner
 from pomonag_edge.cli import cli
 from pomonag_edge.export import ExportOptions, export_run
 from pomonag_edge.export.pipeline import _interleave, _judge
-from pomonag_edge.hardware import QUICK
 from pomonag_edge.hardware.drift import compare, drift_factor, pick_probes, speed_change
 
 

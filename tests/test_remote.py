@@ -1,6 +1,5 @@
 """Timing through the device runner, locally and over SSH to a real sshd on 127.0.0.1 (``conftest.sshd``)."""
 
-import json
 import os
 import signal
 import sys

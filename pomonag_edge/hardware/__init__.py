@@ -7,7 +7,8 @@
 Importing this package imports neither torch nor onnxruntime nor tensorrt; each backend does when made.
 """
 
-from .backends import BACKENDS, PRECISIONS, Runnable, get_backend, onnx_bytes
+from .backends import BACKENDS, PRECISIONS, get_backend
+from .runnable import Runnable, onnx_bytes
 from .devices import Descriptor, descriptor_names, detect_device, load_descriptor
 from .lut import measure_job, select_calibration
 from .profiler import ProfileRequest, ProfileResult, build_profile

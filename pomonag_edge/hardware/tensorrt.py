@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MissingDependencyError, UserError
-from .backends import Runnable, _read_onnx, random_inputs
+from .runnable import Runnable, _read_onnx, random_inputs
 from .timing import DEFAULT, Measurement, Protocol
 
 INSTALL_HINT = ("pip install 'pomonag-edge[tensorrt]' on a machine with an NVIDIA GPU; for a Jetson, profile it "

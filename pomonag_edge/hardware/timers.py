@@ -90,7 +90,7 @@ class RunnerTimer:
         from pathlib import Path
 
         from ..files import atomic_write_bytes
-        from .backends import onnx_bytes
+        from .runnable import onnx_bytes
 
         if self.cache_dir is None:
             with _EXPORT:

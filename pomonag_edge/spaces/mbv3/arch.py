@@ -22,9 +22,7 @@ import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterator, Mapping, Sequence
-
-import numpy as np
+from typing import Mapping, Sequence
 
 from ...errors import ArchParseError, UserError
 
