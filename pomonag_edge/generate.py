@@ -73,10 +73,13 @@ def check_run_out(out: str | Path | None, force: bool = False) -> Path | None:
         check_writable("runs", "runs folder", folder=True)
         return None
     out = check_writable(out, "run folder", folder=True)
-    if out.is_dir() and any(out.iterdir()) and not force:
-        what = "a run" if (out / "pareto.json").exists() else "files"
-        raise UserError(f"{out} already holds {what}: runs are not overwritten; pass --force to replace the folder "
-                        "whole, or --out a new folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / "manifest.json").is_file() and not (out / "pareto.json").is_file():
+            raise UserError(f"{out} holds files that are not a run: --out a new or empty folder (--force replaces "
+                            "only run folders)")
+        if not force:
+            raise UserError(f"{out} already holds a run: runs are not overwritten; pass --force to replace the "
+                            "folder whole, or --out a new folder")
     return out
 
 

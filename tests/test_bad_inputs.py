@@ -72,6 +72,7 @@ HOSTILE = [
     (GEN + ("--out", "afile"), ["it is a file"]),
     (GEN + ("--out", "/proc/run"), ["/proc/run"]),
     (GEN + ("--out", "/sys/run"), ["/sys/run"]),
+    (GEN + ("--out", ".", "--force"), ["not a run", "only run folders"]),
     (("calibrate", "--measurements", "m.csv", "--name", "x", "--out", "afile/x.json"), ["afile is a file"]),
     (("calibrate", "--measurements", "m.csv", "--name", "x", "--out", "/proc/x.json"), ["/proc/x.json"]),
     (("calibrate", "--measurements", "m.csv", "--name", "x", "--out", "/sys/x.json"), ["/sys/x.json"]),
