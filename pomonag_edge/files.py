@@ -111,6 +111,20 @@ def check_name(name: str, what: str = "--name") -> str:
     return name
 
 
+def _refuse_special(path: Path, what: str) -> None:
+    """A device, pipe or socket at ``path`` would be replaced by a plain file: never do that."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError:
+        return  # a later step says why
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise UserError(f"cannot write {what} {path}: it is a device, pipe or socket, not a file; name a file")
+
+
 def _nearest_existing(path: Path) -> Path:
     path = Path(os.path.abspath(path))
     while not os.path.lexists(path) and path != path.parent:
@@ -128,6 +142,7 @@ def check_writable(path: str | os.PathLike, what: str, folder: bool = False) -> 
             raise UserError(f"cannot write {what} {path}: it is a file, not a folder; choose another path")
         if not folder and path.is_dir():
             raise UserError(f"cannot write {what} {path}: it is a folder; name a file")
+        _refuse_special(path, what)
         anchor = _nearest_existing(path if folder else path.parent)
     except OSError as e:  # a name too long, a loop of links
         raise os_error(e, "write", what, path) from None
@@ -168,6 +183,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, what: str = "file")
     """Write to a temp file beside ``path``, then rename; the file gets the usual umask permissions
     (mkstemp alone would leave it readable by its owner only)."""
     path = Path(path)
+    _refuse_special(path, what)
     make_dir(path.parent, f"folder of {what}")
     tmp = None
     try:

@@ -50,6 +50,7 @@ def here(tmp_path, monkeypatch):
     (tmp_path / "utf16.csv").write_bytes("arch,latency_ms\n".encode("utf-16"))
     (tmp_path / "m.csv").write_text("arch,latency_ms\n" + "".join(f"{a},{1 + i / 4}\n" for i, a in enumerate(ARCHS)))
     (tmp_path / "notjson.json").write_text("{not json")
+    os.mkfifo(tmp_path / "fifo")
     (tmp_path / "binary.toml").write_bytes((tmp_path / "binary.txt").read_bytes())
     (tmp_path / "calib5.json").write_text('{"schema": "pomonag-edge/profile", "schema_version": 1, "name": "x", '
                                           '"calibration": 5}')
@@ -77,6 +78,7 @@ HOSTILE = [
     (("calibrate", "--measurements", "m.csv", "--name", "x", "--out", "/proc/x.json"), ["/proc/x.json"]),
     (("calibrate", "--measurements", "m.csv", "--name", "x", "--out", "/sys/x.json"), ["/sys/x.json"]),
     (("calibrate", "--measurements", "m.csv", "--name", "x", "--out", "."), ["is a directory"]),
+    (("calibrate", "--measurements", "m.csv", "--name", "x", "--out", "fifo"), ["device, pipe or socket"]),
     (("profile", "--quick", "--calibration", "0", "--out", "afile/p.json"), ["afile is a file"]),
     (("profile", "--quick", "--calibration", "0", "--out", "/proc/p.json"), ["/proc/p.json"]),
     (("profile", "--device", "binary.toml"), ["not UTF-8", "offset 10"]),
