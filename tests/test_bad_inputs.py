@@ -189,6 +189,14 @@ def test_export_replaces_its_folder_whole_and_lists_its_files(here):
     assert "stray.onnx" not in report["files"] and len(summary["nets"]) == 2
     assert all(Path(n["files"]["onnx"]).parent == run / "export" and Path(n["files"]["onnx"]).exists()
                for n in summary["nets"])
+    from rich.console import Console
+
+    from pomonag_edge.export.report import render
+
+    console = Console(width=80, record=True, file=open(os.devnull, "w"))
+    render(report | {"path": summary["report"]}, console)
+    table = console.export_text().split("\nnote: ")[0].split(" passed, ")[0]  # notes, summary: prose, soft-wrapped
+    assert max(len(line) for line in table.splitlines()) <= 80 and "checked" in table
     r = invoke("export", run, "--top", "1", "--no-measure")  # a smaller export leaves no earlier file beside it
     assert r.exit_code == 0, r.output
     assert len(list((run / "export").glob("*.onnx"))) == 1
