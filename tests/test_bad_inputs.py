@@ -103,6 +103,8 @@ HOSTILE = [
     # another space's profile, by file or by reference name: the hint names the flag
     (("predict", "--archs", "archs.txt", "--profile", "mbv3.json"), ["--space mbv3"]),
     (("predict", "--archs", "archs.txt", "--profile", "v100_1"), ["--space mbv3"]),
+    (("predict", "--space", "mbv3", "--archs", "archs.txt"), ["line 1", "an arch of space nb201: pass --space nb201"]),
+    (("calibrate", "--space", "mbv3", "--measurements", "m.csv", "--name", "x"), ["pass --space nb201"]),
     (GEN + ("--profile", "mbv3.json"), ["--space mbv3"]),
     (("generate", "--space", "mbv3", "--profile", "nb201.json"), ["--space nb201"]),
     (("calibrate", "--measurements", "m.csv", "--name", "x", "--base", "mbv3.json"), ["--space mbv3"]),

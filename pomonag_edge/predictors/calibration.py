@@ -33,7 +33,9 @@ def read_measurements(space, path: str | os.PathLike) -> list[dict]:
         try:
             arch = space.parse(arch_text)
         except ArchParseError as e:
-            raise UserError(f"{path}, line {line}: {e}") from None
+            from ..spaces import other_space_hint
+
+            raise UserError(f"{path}, line {line}: {e}{other_space_hint(space.name, arch_text)}") from None
         try:
             ms = float(ms_text)
         except ValueError:
