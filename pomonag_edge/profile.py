@@ -189,13 +189,6 @@ def default_profile(folder: str | os.PathLike = PROFILES_DIR, space: str | None 
     return path, why
 
 
-def newest_profile(folder: str | os.PathLike = PROFILES_DIR, space: str | None = None) -> Path | None:
-    try:
-        return default_profile(folder, space)[0]
-    except ProfileError:
-        return None
-
-
 def announce(message: str) -> None:
     """A default choice made for the user, said on stderr so a script's stdout stays clean."""
     import sys

@@ -115,10 +115,14 @@ HOSTILE = [
     (("export", "runs/r", "--profile", "mbv3.json", "--no-measure"), ["space nb201"]),
     (("export", "runs/r", "--weights", "nothere.pt", "--no-measure"), ["does not exist"]),
     (("devices", "--format", "yaml"), ["Invalid value"]),
+    (("nosuch",), ["No such command"]),
+    (("generate", "--num", "0"), ["--num", "--help"]),
+    (("export", "--top", "x"), ["--top"]),
+    (("train", "latency", "--space", "nope"), ["unknown search space"]),
 ]
 
 
-@pytest.mark.parametrize("args, words", HOSTILE, ids=[" ".join(a[:1] + a[-2:]) for a, _ in HOSTILE])
+@pytest.mark.parametrize("args, words", HOSTILE, ids=[" ".join(a[:1] + a[1:][-2:]) for a, _ in HOSTILE])
 def test_hostile_input_is_one_line_exit_2(here, args, words):
     r = invoke(*args)
     assert_one_line_exit_2(r, *words)
