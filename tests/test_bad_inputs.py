@@ -44,6 +44,10 @@ def assert_one_line_exit_2(r, *words):
 def here(tmp_path, monkeypatch):
     """A working folder with a plain file (to put paths under), text inputs and profiles of both spaces."""
     monkeypatch.chdir(tmp_path)
+    return hostile_folder(tmp_path)
+
+
+def hostile_folder(tmp_path: Path) -> Path:
     (tmp_path / "afile").write_text("not a folder\n")
     (tmp_path / "archs.txt").write_text(NB + "\n")
     (tmp_path / "binary.txt").write_bytes(NB.encode()[:10] + b"\xff\xfe\x00junk\n")
