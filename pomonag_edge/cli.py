@@ -18,11 +18,13 @@ from .errors import UserError
 COMMANDS = {
     "devices": "List device descriptors and shipped reference profiles.",
     "profile": "Measure this device: per-op latency table, calibration nets, fitted latency model.",
-    "calibrate": "Build a profile from whole-net latencies measured elsewhere (CSV of arch,latency_ms).",
+    "calibrate": "Build a device or dataset profile from nets measured elsewhere (arch,latency_ms or arch,accuracy).",
+    "probe": "Train a few chosen nets briefly on your data: measurements and a dataset profile.",
     "predict": "Exact params and MACs, predicted latency and accuracy, for archs from a file.",
-    "train": "Train the shipped predictor and generator checkpoints reproducibly.",
     "generate": "Generate Pareto-optimal nets within a latency / params / MACs budget.",
+    "train": "Train a run's best nets on your data; measured accuracy beside the predicted.",
     "export": "Export the best nets to ONNX / TensorRT and re-measure their latency on the target.",
+    "pretrain": "Retrain the shipped predictor and generator checkpoints reproducibly.",
 }
 
 

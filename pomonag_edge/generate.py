@@ -9,8 +9,10 @@ Kept apart from the CLI so tests, benchmarks and the export stage call the same 
 ``front`` (0 = non-dominated among the feasible candidates), ``index`` (row of the space's shipped tables,
 where it has them).
 
-``manifest.json``: ``schema`` ("pomonag-edge/run"), ``schema_version``, ``space``, ``dataset``,
-``profile`` {``spec``, ``name``, ``sha256``, ``reference``}, ``budget`` {``max_latency_ms``, ``max_params``,
+``manifest.json``: ``schema`` ("pomonag-edge/run"), ``schema_version``, ``space``, ``dataset`` (a shipped
+name, or a user task's name), ``dataset_profile`` (null, or for a user task {``spec``, ``file``, ``name``,
+``sha256``, ``num_classes``, ``measurements``, ``accuracy_error_points``, ``accuracy_error_quantile``,
+``accuracy_cv_spearman``}; the profile itself is copied to ``dataset.json`` beside it), ``profile`` {``spec``, ``name``, ``sha256``, ``reference``}, ``budget`` {``max_latency_ms``, ``max_params``,
 ``max_macs``}, ``margin`` (relative), ``latency_limit_ms`` (budget / (1 + margin)), ``weights``,
 ``strategy``, ``num``, ``samples``, ``seed``, ``predictors`` (what scored the nets), ``stats``,
 ``generator`` (checkpoint meta, diffusion only), ``versions``, ``created``, ``command``.
@@ -34,6 +36,7 @@ from .versions import versions
 
 RUN_SCHEMA = "pomonag-edge/run"
 RUN_SCHEMA_VERSION = 1
+RUN_DATASET_FILE = "dataset.json"  # a user task's dataset profile, copied into the run folder
 CSV_FIELDS = ("rank", "arch", "accuracy", "latency_ms", "latency_ms_with_margin", "params", "macs", "feasible",
               "front", "index")
 
@@ -99,7 +102,10 @@ def generate_run(*, space="nb201", profile=None, dataset=None, max_latency=None,
     sp = get_space(space)
     budget = Budget.parse(max_latency, max_params, max_macs)
     w = parse_weights(weights)
-    dataset = sp.check_dataset(dataset)
+    from .dataset_profile import dataset_label, resolve_dataset
+
+    dataset_spec = dataset
+    dataset = resolve_dataset(dataset, sp)  # a shipped name (checked), or a user task's DatasetProfile
     out_dir = check_run_out(out, force)
     prof = resolve_profile(profile, space=sp.name)
     preds = predictors if predictors is not None else search_predictors(sp, prof, dataset)
@@ -107,7 +113,8 @@ def generate_run(*, space="nb201", profile=None, dataset=None, max_latency=None,
     strat = make_strategy(strategy, weights=w, **(strategy_options or {}))
     result = run_search(problem, strat, samples=samples, num=num, seed=seed, progress=progress)
     manifest = {
-        "schema": RUN_SCHEMA, "schema_version": RUN_SCHEMA_VERSION, "space": sp.name, "dataset": dataset,
+        "schema": RUN_SCHEMA, "schema_version": RUN_SCHEMA_VERSION, "space": sp.name,
+        "dataset": dataset_label(dataset), "dataset_profile": _dataset_record(dataset, dataset_spec),
         "profile": {"spec": profile, "name": prof.name, "sha256": prof.sha256, "reference": prof.reference},
         "budget": budget.to_dict(), "budget_text": describe_budget(budget),
         "margin": problem.margin, "latency_limit_ms": problem.latency_limit_ms,
@@ -118,15 +125,31 @@ def generate_run(*, space="nb201", profile=None, dataset=None, max_latency=None,
     }
     if result.selected:
         out_dir = out_dir or new_run_dir()
-        write_run(out_dir, result, manifest, problem)
+        # the run folder carries its task: train and export read it there
+        write_run(out_dir, result, manifest, problem, task=None if isinstance(dataset, str) else dataset)
     return Run(out=out_dir, problem=problem, result=result, manifest=manifest)
 
 
-def write_run(out: Path, result: SearchResult, manifest: dict, problem: SearchProblem) -> None:
+def _dataset_record(dataset, spec) -> dict | None:
+    """What the manifest says about a user task (None for a shipped dataset): its profile and the accuracy
+    model's own cross-validated error, so a reader knows how sure the predicted accuracies are."""
+    if isinstance(dataset, str):
+        return None
+    cv = (dataset.accuracy_model or {}).get("cv", {})
+    return {"spec": spec, "file": RUN_DATASET_FILE, "name": dataset.name, "sha256": dataset.sha256,
+            "num_classes": dataset.num_classes, "measurements": len(dataset.measurements),
+            "accuracy_error_points": cv.get("error_points"), "accuracy_error_quantile": cv.get("error_quantile"),
+            "accuracy_cv_spearman": cv.get("spearman")}
+
+
+def write_run(out: Path, result: SearchResult, manifest: dict, problem: SearchProblem, task=None) -> None:
     """Build the run in a hidden folder beside ``out``, then put it in place whole: a run folder never holds
-    files of two generations, and an interrupted write leaves the previous one intact."""
+    files of two generations, and an interrupted write leaves the previous one intact. ``task``: a user task's
+    dataset profile, saved in the run as ``dataset.json``."""
     staged = staging_dir(out, "run folder")
     try:
+        if task is not None:
+            task.save(staged / RUN_DATASET_FILE)
         atomic_write_json(staged / "pareto.json", result.selected)
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
@@ -167,7 +190,8 @@ def plot_png(result: SearchResult, problem: SearchProblem) -> bytes:
             ax.axvline(problem.latency_limit_ms, color="gray", ls=":", lw=1,
                        label=f"budget less margin ({problem.margin:.1%})")
     ax.set_xlabel("predicted latency (ms)")
-    ax.set_ylabel(f"predicted accuracy (%, {problem.dataset})")
+    label = problem.predictors.source.get("accuracy_label")
+    ax.set_ylabel(label or f"predicted accuracy (%, {problem.dataset})")  # a user task prints as its name
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -122,7 +122,10 @@ HOSTILE = [
     (("nosuch",), ["No such command"]),
     (("generate", "--num", "0"), ["--num", "--help"]),
     (("export", "--top", "x"), ["--top"]),
-    (("train", "latency", "--space", "nope"), ["unknown search space"]),
+    (("pretrain", "latency", "--space", "nope"), ["unknown search space"]),
+    (("train", "runs/r", "--data", "nothere"), ["does not exist"]),
+    (("probe", "--data", "afile"), ["neither a folder"]),
+    (GEN + ("--dataset", "binary.txt"), ["not UTF-8", "offset 10"]),
 ]
 
 

@@ -102,7 +102,7 @@ def test_base_profile_keeps_device_facts_and_adds_calibration(tmp_path):
     assert len(refined.calibration) == 7 and refined.latency_model["n_calibration"] == 7
 
 
-def test_train_group_lists_its_subcommands():
-    r = CliRunner().invoke(cli, ["train", "--help"])
+def test_pretrain_group_lists_its_subcommands():
+    r = CliRunner().invoke(cli, ["pretrain", "--help"])
     assert r.exit_code == 0
     assert "latency" in r.output and "accuracy" in r.output

@@ -226,14 +226,14 @@ def test_tilted_diffusion_fills_the_call_budget_and_finds_the_best_feasible_net(
     assert got.selected[0]["accuracy"] == pytest.approx(best["accuracy"], abs=1e-3)
 
 
-def test_train_generator_command_is_reproducible(tmp_path):
+def test_pretrain_generator_command_is_reproducible(tmp_path):
     import json
 
     from click.testing import CliRunner
 
     from pomonag_edge.cli import cli
 
-    args = ["train", "generator", "--steps", "6", "--batch", "32", "--d-model", "16", "--layers", "1", "--seed", "5"]
+    args = ["pretrain", "generator", "--steps", "6", "--batch", "32", "--d-model", "16", "--layers", "1", "--seed", "5"]
     for name in ("a", "b"):
         r = CliRunner().invoke(cli, args + ["--out", str(tmp_path / name)])
         assert r.exit_code == 0, r.output

@@ -1,6 +1,6 @@
 """A third search space, defined in this file alone and registered the way another package registers one (an
 entry point in the ``pomonag_edge.spaces`` group), runs the whole product: predict, profile (its own LUT),
-calibrate, train generator, generate with diffusion / nsga2 / random, export (ONNX numerics checked, latency
+calibrate, pretrain generator, generate with diffusion / nsga2 / random, export (ONNX numerics checked, latency
 measured). Nothing outside this file knows it exists.
 
 The space: a chain of 4 slots, each a 3x3 conv, a 1x1 conv, a 3x3 average pool or a skip, at 8 channels on
@@ -205,7 +205,7 @@ def test_a_space_from_another_package_runs_end_to_end(run, tmp_path):
     assert json.loads((tmp_path / "c.json").read_text())["latency_model"]["kind"] == "cost-proxy"
 
     # the space's score network, trained in seconds through the product's own command
-    run("train", "generator", "--space", "chain4", "--steps", "150", "--batch", "64", "--d-model", "16",
+    run("pretrain", "generator", "--space", "chain4", "--steps", "150", "--batch", "64", "--d-model", "16",
         "--layers", "1", "--out", tmp_path / "gen")
     SPACE.generator_recipe = GeneratorRecipe(kind="valid", batch=64, checkpoint=str(tmp_path / "gen"))
 

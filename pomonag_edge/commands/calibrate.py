@@ -1,4 +1,5 @@
-"""``pomonag-edge calibrate``: a profile from whole-net latencies measured elsewhere (CSV of arch,latency_ms)."""
+"""``pomonag-edge calibrate``: a profile from nets measured elsewhere: a device profile from a CSV of
+arch,latency_ms, a dataset profile from a CSV of arch,accuracy."""
 
 from __future__ import annotations
 
@@ -7,31 +8,54 @@ import click
 from .options import space_option
 
 
-@click.command(short_help="Profile from a CSV of arch,latency_ms.")
+@click.command(short_help="Profile from a CSV of arch,latency_ms or arch,accuracy.")
 @space_option
 @click.option("--measurements", type=click.Path(dir_okay=False), required=True,
-              help="CSV with header arch,latency_ms (median ms per net, batch 1 unless your profile says otherwise), "
-                   "at least 5 rows.")
-@click.option("--name", required=True, help="Name of the device setting, e.g. 'pi5-ort-fp32'.")
+              help="CSV with header arch,latency_ms (median ms per net, batch 1 unless your profile says otherwise) "
+                   "for a device profile, or arch,accuracy (percent or fraction; optional epochs,seed) for a dataset "
+                   "profile; at least 5 rows.")
+@click.option("--name", required=True, help="Name of the device setting ('pi5-ort-fp32') or of the task ('defects').")
 @click.option("--base", default=None, metavar="PATH",
-              help="Refine this profile (keeps its LUT and device facts, adds the timings).")
+              help="Refine this device profile (keeps its LUT and device facts, adds the timings).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Where to write the profile [default: profiles/NAME.json].")
+              help="Where to write the profile [default: profiles/NAME.json; datasets/NAME.json for accuracy].")
 @click.option("--force", is_flag=True, help="Replace the profile already at the output path.")
 def command(space, measurements, name, base, out, force):
-    """Fit the latency model to timings measured on another machine and write a profile.
+    """Fit the latency model to timings measured on another machine and write a device profile, or the
+    accuracy model to accuracies measured on your task and write a dataset profile (for --dataset PATH).
 
-    Repeated rows of one net (or of functionally identical archs) are merged into their median: each
+    Repeated timings of one net (or of functionally identical archs) are merged into their median: each
     distinct net counts once."""
     from pathlib import Path
 
     from ..files import check_name
-    from ..predictors.calibration import calibrate_profile, read_measurements
+    from ..predictors.calibration import calibrate_profile, measurements_kind, read_measurements
     from ..profile import PROFILES_DIR, check_profile_out, check_space, load_profile
     from ..spaces import get_space
 
     sp = get_space(space)
-    path = check_profile_out(out or PROFILES_DIR / f"{check_name(name)}.json", force)
+    check_name(name)
+    if measurements_kind(measurements) == "accuracy":
+        from ..dataset_profile import DATASETS_DIR, fit_dataset_profile
+        from ..errors import UserError
+        from ..predictors.calibration import read_accuracy_measurements
+
+        if base:
+            raise UserError("--base refines a device profile; an arch,accuracy CSV makes a dataset profile on its own")
+        path = check_profile_out(out or DATASETS_DIR / f"{name}.json", force)
+        items, scale = read_accuracy_measurements(sp, measurements)
+        dprofile = fit_dataset_profile(sp, [dict(i, source=Path(measurements).name) for i in items], name,
+                                       source={"kind": "measured elsewhere", "measurements": Path(measurements).name,
+                                               "num_classes": 10, "num_classes_note": "assumed (costs only); "
+                                               "`train --data` builds nets for the data's own classes"},
+                                       scale=scale)
+        path = dprofile.save(path)
+        cv = dprofile.accuracy_model["cv"]
+        click.echo(f"{path}: {len(items)} measured nets ({scale}), accuracy model fitted (cross-validated: "
+                   f"{int(cv['error_quantile'] * 100)}% of errors within {cv['error_points']:.2f} points, "
+                   f"Spearman {cv['spearman']:.2f})")
+        return
+    path = check_profile_out(out or PROFILES_DIR / f"{name}.json", force)
     items = read_measurements(sp, measurements)
     base_profile = check_space(load_profile(base), sp.name, base) if base else None
     profile = calibrate_profile(sp, items, name, base=base_profile, source=Path(measurements).name)

@@ -88,6 +88,16 @@ def command(space, profile, dataset, max_latency, max_params, max_macs, weights,
     title = (f"{len(run.result.selected)} Pareto-optimal nets ({run.manifest['profile']['name']}, "
              f"{run.problem.dataset}, margin {run.problem.margin:.1%})")
     out_console.print(render_table(run.result.selected, run.problem, title=title, width=out_console.width))
+    note = run.problem.predictors.source.get("accuracy_note")
+    if note:
+        out_console.print(note, highlight=False, soft_wrap=True)
+    task = run.manifest.get("dataset_profile")
+    if task:
+        out_console.print(f"accuracy: few-shot model of {task['name']} from {task['measurements']} measured nets; "
+                          f"cross-validated, {int(100 * task['accuracy_error_quantile'])}% of its predictions fall "
+                          f"within {task['accuracy_error_points']:.2f} points (rank correlation "
+                          f"{task['accuracy_cv_spearman']:.2f}): nets closer than that are a toss-up until trained",
+                          highlight=False, soft_wrap=True)
     out_console.print(f"wrote {run.out}/pareto.json, pareto.csv, manifest.json, pareto.png "
                       f"({run.result.stats['seconds']} s search; full arch strings in pareto.csv)",
                       highlight=False, soft_wrap=True)
@@ -103,7 +113,8 @@ def render_table(rows, problem, title: str = "", width: int | None = None):
     cells = [(str(r.get("rank") or i), r["arch"], f"{r['accuracy']:.2f}", f"{r['latency_ms']:.3f}",
               format_count(r["params"]), format_count(r["macs"]), "yes" if r["feasible"] else "no")
              for i, r in enumerate(rows, start=1)]
-    headers = ("#", "arch", "accuracy %", "latency ms", "params", "MACs", "within budget")
+    acc_label = problem.predictors.source.get("accuracy_label", "accuracy %") if problem is not None else "accuracy %"
+    headers = ("#", "arch", acc_label, "latency ms", "params", "MACs", "within budget")
     widths = [max([len(h)] + [len(c[k]) for c in cells]) for k, h in enumerate(headers)]
     arch_width = None
     if width is not None:  # what the other columns and the borders leave (3 characters a column, 1 more)

@@ -9,8 +9,9 @@ space_option = click.option(
     help="Search space: nb201, mbv3, or one another package registers (entry-point group pomonag_edge.spaces).",
 )
 dataset_option = click.option(
-    "--dataset", default=None, metavar="NAME",
-    help="Dataset the accuracy refers to (nb201: cifar10, cifar100, imagenet16-120).",
+    "--dataset", default=None, metavar="NAME|PATH",
+    help="Dataset the accuracy refers to: a shipped one (nb201: cifar10, cifar100, imagenet16-120; mbv3: imagenet) "
+         "or a dataset profile of your task (.json from `pomonag-edge probe` or `calibrate`; nb201).",
 )
 profile_option = click.option(
     "--profile", "profile", default=None, metavar="PATH|NAME",

@@ -28,6 +28,13 @@ def command(space, archs_file, dataset, profile, fmt):
     text = read_user_text(archs_file, "archs file")
     archs = parse_lines(sp, text.splitlines(), source="<stdin>" if archs_file == "-" else archs_file)
     rows = predict_rows(sp, archs, dataset=dataset, profile=profile)
+    if rows and "accuracy" in rows[0]:
+        from ..dataset_profile import resolve_dataset
+        from ..predictors import accuracy_predictor_for
+
+        accp = accuracy_predictor_for(sp, resolve_dataset(dataset, sp))
+        if hasattr(accp, "note"):  # the column is not a plain prediction (mbv3: OFA's ImageNet estimate)
+            click.echo(f"note: {accp.note()}", err=True)
     if fmt == "json":
         json.dump(rows, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -147,6 +147,7 @@ class _Context:
     notes: list[str] = field(default_factory=list)
     clock: str = "wall"  # the profile's: a net is re-timed with the clock its prediction was fitted on
     informative: bool = False  # timings of this machine for a reference profile: not judged
+    trained: dict | None = None  # RUN/train/results.json: the run's nets trained on the user's data
     timer: object | None = None  # remote.DeviceTimer under --host: every net is timed there
     _runtimes: dict = field(default_factory=dict)
 
@@ -268,6 +269,10 @@ def export_run(run_dir: str | Path, options: ExportOptions,
                    measure_precision,
                    precision, threads, batch, measure, tensorrt, notes, clock=runtime.get("clock") or "wall",
                    informative=informative, timer=timer)
+    if options.weights is None:
+        from ..training import trained_results
+
+        ctx.trained = trained_results(run.path)
     predicted, predicted_by = _predicted_ms(space, profile, run, candidates)
     report = {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "complete": False,
@@ -351,20 +356,33 @@ def _export_one(ctx: _Context, rank: int, item: dict, predicted_ms: float | None
     space, options = ctx.space, ctx.options
     arch = space.parse(item["arch"])
     stem = file_stem(rank, arch, space)
-    entry = {"rank": rank, "arch": str(arch), "params": space.params(arch, ctx.run.dataset),
-             "macs": space.macs(arch, ctx.run.dataset), "predicted": {"latency_ms": predicted_ms,
-                                                                      "accuracy": item.get("accuracy")},
+    dataset = ctx.run.space_dataset
+    weights, trained = (load_weights(options.weights, arch), None) if options.weights else (None, None)
+    if ctx.trained is not None:
+        trained = next((n for n in ctx.trained["nets"] if n["arch"] == str(arch)), None)
+    if trained is not None:  # the net trained on the user's data: its weights, its classes, its accuracy
+        from ..training import Task, load_trained_state
+
+        t = ctx.trained["task"]
+        dataset = Task(t["name"], int(t["input_hw"]), int(t["num_classes"]))
+        weights = load_trained_state(trained["checkpoint"])
+    entry = {"rank": rank, "arch": str(arch), "params": space.params(arch, dataset),
+             "macs": space.macs(arch, dataset), "predicted": {"latency_ms": predicted_ms,
+                                                              "accuracy": item.get("accuracy")},
+             "weights": "trained" if trained else ("--weights" if options.weights else "random (seeded)"),
              "files": {}, "checks": [], "measured": {}, "timing_s": {}, "status": None, "reasons": []}
-    input_shape = space.input_shape(arch, ctx.run.dataset, batch=ctx.batch)
+    if trained is not None:
+        entry["accuracy_measured"] = trained["accuracy_measured"]
+        entry["accuracy_measured_on"] = f"{trained['split']} split ({trained['n_val']} images)"
+    input_shape = space.input_shape(arch, dataset, batch=ctx.batch)
     batches = sorted({1, 2, ctx.batch}) if options.dynamic_batch else [ctx.batch]
-    weights = load_weights(options.weights, arch) if options.weights else None
     onnx_path = ctx.out_dir / f"{stem}.onnx"
     reuse = bool(options.measure) and stem in existing
     if reuse:  # --measure re-times the previous export's file: it moves into this export, labelled as reused
         _link_or_copy(existing[stem], onnx_path)
 
     t0 = time.perf_counter()
-    model = build_model(space, arch, ctx.run.dataset, weights, seed=options.seed)
+    model = build_model(space, arch, dataset, weights, seed=options.seed)
     try:
         if not reuse:
             export_onnx(model, input_shape, onnx_path, opset=options.opset, dynamic_batch=options.dynamic_batch)
@@ -423,8 +441,8 @@ def _drift_probes(ctx: _Context) -> list[_Timing]:
         arch = ctx.space.parse(record["arch"])
         stem = "drift" + file_stem(0, arch, ctx.space)[2:]  # drift_nb201_3942
         path = ctx.out_dir / "drift" / f"{stem}.onnx"
-        shape = ctx.space.input_shape(arch, ctx.run.dataset, batch=ctx.batch)
-        model = build_model(ctx.space, arch, ctx.run.dataset, None, seed=ctx.options.seed)
+        shape = ctx.space.input_shape(arch, ctx.run.space_dataset, batch=ctx.batch)
+        model = build_model(ctx.space, arch, ctx.run.space_dataset, None, seed=ctx.options.seed)
         previous = ctx.run.path / "export" / "drift" / path.name  # the same net, exported the same way before
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,9 @@ profile_runtime, same_machine, mismatch, tensorrt}, nets [...], notes [...], fee
 skipped_noisy, why, ...} or null, summary {passed, checked, over_budget, failed, nets, ok, noisy,
 within_10pct, compared}``. ``complete`` is false while nets are still being exported.
 
-Each net: ``rank, arch, params, macs, predicted {latency_ms, accuracy}, files {onnx {path, bytes, sha256,
+Each net: ``rank, arch, params, macs, predicted {latency_ms, accuracy}, weights ("trained", "--weights" or
+"random (seeded)"), accuracy_measured? and accuracy_measured_on? (nets ``train`` trained on the user's data: top-1
+% on the validation split), files {onnx {path, bytes, sha256,
 nodes, opset, input_shape, reused}, engine? {path, bytes, precision}}, checks [NumericCheck.to_dict(), one
 per runtime], measured {backend: Measurement.to_dict()}, noisy?, latency_error_pct?, within_10pct?,
 measured_over_predicted? {raw, drift_corrected}, latency_error_pct_corrected?, within_10pct_corrected?,
@@ -71,6 +73,10 @@ def summary_json(report: dict) -> dict:
             "summary": report["summary"], "feedback": report.get("feedback"), "notes": report["notes"], "nets": nets}
 
 
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def render(report: dict, console) -> None:
     """The rich table: one row per net, then notes and the summary line."""
     from rich import box
@@ -85,7 +91,8 @@ def render(report: dict, console) -> None:
     names = [Path(n["files"]["onnx"]["path"]).stem if "onnx" in n["files"] else "-" for n in report["nets"]]
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("file (.onnx)", overflow="fold")
-    for col in ("rel err", "pred ms", "median", "p90", "err %", "status"):
+    accuracy = any("accuracy_measured" in n for n in report["nets"])
+    for col in ("rel err", "pred ms", "median", "p90", "err %") + (("acc pred", "acc meas") if accuracy else ()) + ("status",):
         table.add_column(col, justify="left" if col == "status" else "right", no_wrap=True)
     style = {"passed": "green", "checked": "cyan", "over_budget": "yellow", "failed": "bold red"}
     for n, name in zip(report["nets"], names):
@@ -97,6 +104,7 @@ def render(report: dict, console) -> None:
                       f"{pred:.3f}" if pred else "-", f"{m['median_ms']:.3f}" if m else "-",
                       f"{m['p90_ms']:.3f}" if m else "-",
                       f"{n['latency_error_pct']:+.1f}" if n.get("latency_error_pct") is not None else "-",
+                      *((_pct(n["predicted"].get("accuracy")), _pct(n.get("accuracy_measured"))) if accuracy else ()),
                       f"[{style[n['status']]}]{n['status']}[/]")
     console.print(table)
     for n in report["nets"]:

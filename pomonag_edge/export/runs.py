@@ -24,6 +24,12 @@ class Run:
     profile_spec: str | None = None
     profile_sha256: str | None = None
     manifest: dict = field(default_factory=dict)
+    task: object = None  # a user task's DatasetProfile (the run folder's dataset.json), else None
+
+    @property
+    def space_dataset(self):
+        """What the space builds and costs nets for: the user task, or the shipped dataset's name."""
+        return self.task if self.task is not None else self.dataset
 
 
 def _created(path: Path) -> str | None:
@@ -96,9 +102,17 @@ def load_run(path: str | os.PathLike) -> Run:
         raise UserError(f"{manifest_path}: 'budget' must be an object of numbers (max_latency_ms, max_params, "
                         "max_macs)")
     _check_archs(path / "pareto.json", pareto, str(space))
+    task = None
+    if (path / "dataset.json").is_file():
+        from ..dataset_profile import load_dataset_profile
+
+        task = load_dataset_profile(path / "dataset.json")
+        if task.space != str(space):
+            raise UserError(f"{path / 'dataset.json'} is a dataset profile of space {task.space}, but the run is of "
+                            f"space {space}: the run folder mixes two runs; generate it again")
     return Run(path=path, space=str(space), dataset=manifest.get("dataset"), candidates=pareto,
                budget={k: budget.get(k) for k in ("max_latency_ms", "max_params", "max_macs")},
-               profile_spec=spec, profile_sha256=sha, manifest=manifest)
+               profile_spec=spec, profile_sha256=sha, manifest=manifest, task=task)
 
 
 def _check_archs(source: Path, items: list[dict], space: str) -> None:

@@ -1,7 +1,7 @@
 """Training the score network (denoising score matching) and its checkpoint format.
 
 A checkpoint is two files: ``<name>.pt`` (state_dict) and ``<name>.json`` (network size, SDE schedule,
-training set, seed, steps, versions, final loss), so ``pomonag-edge train generator`` with the same
+training set, seed, steps, versions, final loss), so ``pomonag-edge pretrain generator`` with the same
 arguments rebuilds it and the JSON alone says how it was made.
 """
 
@@ -88,7 +88,7 @@ def shipped_checkpoint(space) -> Path:
     stem = space.generator_recipe.checkpoint
     if stem is None:
         raise UserError(f"space {space.name} ships no generator checkpoint: train one with "
-                        f"`pomonag-edge train generator --space {space.name} --out STEM`")
+                        f"`pomonag-edge pretrain generator --space {space.name} --out STEM`")
     if Path(stem).is_absolute():
         return Path(stem).with_suffix(".pt")
     return Path(str(data_path("checkpoints", f"{stem}.pt")))
@@ -101,7 +101,7 @@ def load_checkpoint(path: str | Path | None, space):
     js = pt.with_suffix(".json")
     if not pt.exists() or not js.exists():
         raise UserError(f"generator checkpoint {pt} (and {js.name} beside it) not found: "
-                        f"run `pomonag-edge train generator --space {space.name} --out {pt.with_suffix('')}`")
+                        f"run `pomonag-edge pretrain generator --space {space.name} --out {pt.with_suffix('')}`")
     meta = json.loads(js.read_text())
     model = build_score_model(meta["model"])
     model.load_state_dict(torch.load(pt, map_location="cpu", weights_only=True))

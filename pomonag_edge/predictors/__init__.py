@@ -3,7 +3,8 @@ from the space's predictor.
 
 Public API: ``fit_profile_model``, ``latency_model_for`` -> a ``latency.LatencyModel`` (``predict_ms``,
 ``relative_error``, ``margin_ms``, ``log_ms_torch``), ``load_accuracy_predictor`` (``predict(archs, dataset)``
-in percent, ``describe(dataset)``), and ``predict_rows`` for the ``predict`` command. Submodules import torch
+in percent, ``describe(dataset)``), ``accuracy_predictor_for`` (the same for a shipped dataset or a user task's
+dataset profile), and ``predict_rows`` for the ``predict`` command. Submodules import torch
 lazily, so importing this package stays cheap.
 """
 
@@ -42,7 +43,18 @@ def load_accuracy_predictor(space: SearchSpace):
     return space.accuracy_predictor()
 
 
-def search_predictors(space, profile, dataset: str):
+def accuracy_predictor_for(space: SearchSpace, dataset):
+    """The accuracy predictor for ``dataset``: a shipped dataset's name -> the space's own predictor; a user task
+    (a ``DatasetProfile``) -> its few-shot model, fitted from the task's measured nets. Both answer
+    ``predict(archs, dataset)`` in percent and ``describe(dataset)``."""
+    if dataset is None or isinstance(dataset, str):
+        return space.accuracy_predictor()
+    from ..dataset_profile import accuracy_model_of
+
+    return accuracy_model_of(dataset)
+
+
+def search_predictors(space, profile, dataset):
     """The product's predictors for a search: the profile's latency model (its relative error is the margin) and
     the space's accuracy predictor. A predictor's range caveat is stated once, in the source, not warned about
     on every scoring call."""
@@ -54,7 +66,7 @@ def search_predictors(space, profile, dataset: str):
     from ..problem import Predictors
 
     lat = latency_model_for(space, profile)
-    accp = space.accuracy_predictor()
+    accp = accuracy_predictor_for(space, dataset)
     margin = float(lat.relative_error)
 
     def accuracy(archs):
@@ -64,6 +76,10 @@ def search_predictors(space, profile, dataset: str):
 
     source = {"latency": f"latency model of profile {profile.name}", "latency_relative_error": margin,
               "accuracy": accp.describe(dataset)}
+    if getattr(accp, "error_points", None) is not None:  # a user task's model knows its cross-validated error
+        source["accuracy_error_points"] = accp.error_points
+    if hasattr(accp, "note"):  # what the column is, when it is not a plain prediction (OFA's ImageNet estimate)
+        source["accuracy_label"], source["accuracy_note"] = accp.column_label, accp.note()
     return Predictors(accuracy=accuracy, latency_ms=lambda archs: np.asarray(lat.predict_ms(archs), dtype=np.float64),
                       margin=margin, source=source)
 
@@ -82,7 +98,9 @@ def predict_rows(space: SearchSpace, archs: Sequence[Arch], dataset: str | None 
                  profile: str | None = None) -> list[dict]:
     """One dict per arch, in input order: ``arch, params, macs`` (+ ``latency_ms``, ``accuracy``)."""
     if dataset is not None:
-        space.check_dataset(dataset)
+        from ..dataset_profile import resolve_dataset
+
+        dataset = resolve_dataset(dataset, space)  # a shipped name (checked), or a user task's dataset profile
     rows = [{"arch": str(a), "params": space.params(a, dataset), "macs": space.macs(a, dataset)} for a in archs]
     if profile is not None:
         from ..profile import resolve_profile
@@ -91,6 +109,6 @@ def predict_rows(space: SearchSpace, archs: Sequence[Arch], dataset: str | None 
         for row, ms in zip(rows, model.predict_ms(archs)):
             row["latency_ms"] = round(float(ms), 4)
     if dataset is not None:
-        for row, acc in zip(rows, space.accuracy_predictor().predict(archs, dataset)):
+        for row, acc in zip(rows, accuracy_predictor_for(space, dataset).predict(archs, dataset)):
             row["accuracy"] = round(float(acc), 3)
     return rows

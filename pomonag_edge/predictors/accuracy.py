@@ -229,7 +229,7 @@ def train_accuracy_checkpoint(space, seed: int = 0, steps: int = 2000, hidden: i
         "meta": {"seed": seed, "steps": steps, "fraction": fraction, "n_train": int(len(idx)), "rank_weight": rank_weight,
                  "members": members, "path_features": path_features, "top_weight": top_weight, "hidden": hidden, "knots": knots,
                  "procedure": "numpy.random.default_rng(seed).permutation(15625)[:int(fraction*15625)], sorted",
-                 "command": f"pomonag-edge train accuracy --seed {seed}"},
+                 "command": f"pomonag-edge pretrain accuracy --seed {seed}"},
     }
 
 

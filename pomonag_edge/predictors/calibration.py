@@ -94,3 +94,65 @@ def calibrate_profile(space, items: list[dict], name: str, base=None, source: st
                           calibration=[dict(i, source=source) for i in items])
     profile.latency_model = fit_profile_model(space, profile)
     return profile
+
+
+def measurements_kind(path: str | os.PathLike) -> str:
+    """"latency" for a CSV of arch,latency_ms, "accuracy" for arch,accuracy (the header decides)."""
+    text = read_user_text(path, "measurements file", encoding="utf-8-sig")
+    header = [h.strip() for h in (next(csv.reader(text.splitlines()[:1]), None) or [])]
+    if "accuracy" in header and "latency_ms" not in header:
+        return "accuracy"
+    return "latency"
+
+
+def read_accuracy_measurements(space, path: str | os.PathLike) -> tuple[list[dict], str]:
+    """Rows of ``arch,accuracy`` (optional ``epochs``, ``seed``) as (items with accuracy in percent, scale).
+
+    Higher is better, on either scale: all values within 0..1 are read as fractions ("fraction", stored x100),
+    otherwise as percent ("percent", each within 0..100). The first bad row raises naming its line."""
+    path = Path(path)
+    text = read_user_text(path, "measurements file", encoding="utf-8-sig")
+    reader = csv.DictReader(text.splitlines())
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    missing = [c for c in ("arch", "accuracy") if c not in header]
+    if missing:
+        raise UserError(f"{path}: header must have columns arch,accuracy; missing {', '.join(missing)} "
+                        f"(got {','.join(header) or 'nothing'})")
+    reader.fieldnames = header
+    items, seen = [], {}
+    for row in reader:
+        line = reader.line_num
+        arch_text, acc_text = (row.get("arch") or "").strip(), (row.get("accuracy") or "").strip()
+        if not arch_text and not acc_text:
+            continue
+        try:
+            arch = space.parse(arch_text)
+        except ArchParseError as e:
+            raise UserError(f"{path}, line {line}: {e}") from None
+        try:
+            acc = float(acc_text)
+        except ValueError:
+            raise UserError(f"{path}, line {line}: accuracy {acc_text!r} is not a number") from None
+        if not math.isfinite(acc) or not 0 <= acc <= 100:
+            raise UserError(f"{path}, line {line}: accuracy must be a percent (0..100) or a fraction (0..1), "
+                            f"got {acc_text!r}")
+        if str(arch) in seen:
+            raise UserError(f"{path}, line {line}: {arch} is measured twice (first on line {seen[str(arch)]}); "
+                            "keep one row per net (average repeats yourself)")
+        seen[str(arch)] = line
+        item = {"arch": str(arch), "accuracy": acc}
+        for key in ("epochs", "seed"):
+            value = (row.get(key) or "").strip()
+            if value:
+                try:
+                    item[key] = int(value)
+                except ValueError:
+                    raise UserError(f"{path}, line {line}: {key} {value!r} is not an integer") from None
+        items.append(item)
+    if len(items) < MIN_ROWS:
+        raise UserError(f"{path}: {len(items)} measurement row(s); calibration needs at least {MIN_ROWS}")
+    scale = "fraction" if all(i["accuracy"] <= 1.0 for i in items) else "percent"
+    if scale == "fraction":
+        for i in items:
+            i["accuracy"] = 100.0 * i["accuracy"]
+    return items, scale

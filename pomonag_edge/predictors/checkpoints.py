@@ -46,7 +46,7 @@ def load_checkpoint(path) -> tuple[dict, str]:
     """(checkpoint dict, sha256-16). Cached per file and modification time."""
     path = Path(path)
     if not path.exists():
-        raise UserError(f"checkpoint {path} does not exist; `pomonag-edge train --help` says how to make it")
+        raise UserError(f"checkpoint {path} does not exist; `pomonag-edge pretrain --help` says how to make it")
     return _load(str(path), path.stat().st_mtime)
 
 

@@ -246,7 +246,7 @@ def train_latency_checkpoint(space, seed: int = 0, steps: int | None = None, dim
         "state_dict": emb.state_dict(), "devices": list(names),
         "heads": torch.from_numpy(heads), "prior_mean": torch.from_numpy(mean), "prior_cov": torch.from_numpy(cov),
         "meta": {"seed": seed, "steps": kw["steps"], "trained_on": recipe.source,
-                 "command": f"pomonag-edge train latency --space {space.name} --seed {seed}"},
+                 "command": f"pomonag-edge pretrain latency --space {space.name} --seed {seed}"},
     }
     if heldout:
         ckpt["heldout"], ckpt["meta"]["heldout_fraction"] = heldout, recipe.heldout_fraction

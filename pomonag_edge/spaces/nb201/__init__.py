@@ -18,7 +18,7 @@ from ..base import GeneratorRecipe, LatencyRecipe, SpaceBase
 from ..lut import CountedLutCost, LutPlan, chain_job, shared_job
 from .cell import (CELLS_PER_STAGE, CONV1, CONV3, DATASET_SHAPES, DATASETS, EDGES, NONE, NUM_EDGES, NUM_OPS, OPS,
                    POOL, SKIP, STAGE_CHANNELS, NB201Arch, _all_ops, _canonical_index, _costs, _index_of,
-                   _signature_probe_archs, is_valid, live_edges, parse)
+                   _shape, _signature_probe_archs, is_valid, live_edges, parse)
 
 __all__ = ["SPACE", "NB201Space", "NB201Arch", "parse", "live_edges", "is_valid", "OPS", "EDGES", "NONE", "SKIP",
            "CONV1", "CONV3", "POOL", "NUM_EDGES", "NUM_OPS", "DATASETS", "DATASET_SHAPES", "STAGE_CHANNELS",
@@ -101,17 +101,26 @@ class NB201Space(SpaceBase):
         return int(len(np.unique(_canonical_index())))
 
     # -- networks and costs
-    def _dataset(self, dataset: str | None) -> str:
-        return self.check_dataset(dataset)
+    def _dataset(self, dataset) -> str | tuple[int, int]:
+        """A shipped dataset's name, or the (input resolution, classes) of a user task (``check_dataset``)."""
+        dataset = self.check_dataset(dataset)
+        return dataset if isinstance(dataset, str) else (int(dataset.input_hw), int(dataset.num_classes))
+
+    def check_dataset(self, dataset):
+        """A shipped dataset's name (checked), or a user task as is: any object with ``input_hw`` and
+        ``num_classes`` (a loaded ``UserData``, a ``DatasetProfile``, a trained net's ``Task``)."""
+        if dataset is not None and not isinstance(dataset, str):
+            return dataset
+        return super().check_dataset(dataset)
 
     def input_shape(self, arch=None, dataset: str | None = None, batch: int = 1) -> tuple[int, ...]:
-        hw = DATASET_SHAPES[self._dataset(dataset)][0]
+        hw = _shape(self._dataset(dataset))[0]
         return (batch, 3, hw, hw)
 
     def build(self, arch: NB201Arch, dataset: str | None = None, prune: bool = True):
         from .net import NB201Network
 
-        hw, classes = DATASET_SHAPES[self._dataset(dataset)]
+        hw, classes = _shape(self._dataset(dataset))
         keep = live_edges(arch) if prune else tuple(op != NONE for op in arch.ops)
         return NB201Network(arch.ops, keep, classes)
 
@@ -127,7 +136,7 @@ class NB201Space(SpaceBase):
         k*k for a k x k average pool, 1 for global pooling, plus the classifier bias. Counts every op
         of the genotype (``prune=False``), as NASLib does."""
         dataset = self._dataset(dataset)
-        hw, classes = DATASET_SHAPES[dataset]
+        hw, classes = _shape(dataset)
         keep = live_edges(arch) if prune else tuple(op != NONE for op in arch.ops)
         c0 = STAGE_CHANNELS[0]
         flops = _costs(arch, dataset, prune)[1] + 2 * c0 * hw * hw + classes  # stem BN, classifier bias
@@ -145,7 +154,7 @@ class NB201Space(SpaceBase):
 
     def op_signatures(self, arch: NB201Arch, dataset: str | None = None) -> list[str]:
         """LUT keys of every block the built net runs, with repeats: stem, live cell ops, reductions, head."""
-        hw, classes = DATASET_SHAPES[self._dataset(dataset)]
+        hw, classes = _shape(self._dataset(dataset))
         keys = [f"stem:c{STAGE_CHANNELS[0]}:hw{hw}"]
         live = live_edges(arch)
         for s, c in enumerate(STAGE_CHANNELS):

@@ -154,10 +154,15 @@ def _signature_probe_archs() -> list[NB201Arch]:
     return [NB201Arch((op,) * NUM_EDGES) for op in (SKIP, CONV1, CONV3, POOL)]
 
 
-def _costs(arch: NB201Arch, dataset: str, prune: bool) -> tuple[int, int]:
+def _shape(dataset) -> tuple[int, int]:
+    """(input resolution, classes) of a shipped dataset's name or of a user task's (hw, classes)."""
+    return DATASET_SHAPES[dataset] if isinstance(dataset, str) else dataset
+
+
+def _costs(arch: NB201Arch, dataset, prune: bool) -> tuple[int, int]:
     """Exact (params, MACs). MACs count multiply-accumulates of convs and the linear layer only
     (one multiply-add = 1), the convention of NASLib's and NB201's ``flops`` figure."""
-    hw, classes = DATASET_SHAPES[dataset]
+    hw, classes = _shape(dataset)
     keep = live_edges(arch) if prune else tuple(op != NONE for op in arch.ops)
     c0 = STAGE_CHANNELS[0]
     params = 3 * c0 * 9 + 2 * c0  # stem conv + BN

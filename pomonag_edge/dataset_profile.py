@@ -1,0 +1,165 @@
+"""The DatasetProfile: a versioned JSON record of one task, the accuracy-side twin of a device ``Profile``.
+
+Written by ``probe`` (nets trained here on the user's data) or ``calibrate`` (accuracies measured elsewhere);
+read by ``predict``, ``generate``, ``train`` and ``export`` wherever ``--dataset`` takes a path. It holds where
+the data came from (counts, classes, input shape, normalisation), the measurements (arch, accuracy, epochs,
+seed), the scale the accuracies were given in, and the fitted accuracy model with its cross-validated error.
+Accuracies are stored and predicted in percent; ``scale`` says whether the user gave fractions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .errors import UserError
+from .files import atomic_write_json, read_user_text
+
+SCHEMA = "pomonag-edge/dataset-profile"
+SCHEMA_VERSION = 1
+DATASETS_DIR = Path("datasets")
+SPACE_INPUT_HW = {"nb201": 32}  # the input a user task is resized to, per space that takes user tasks
+
+
+class DatasetProfileError(UserError):
+    """A dataset profile that is missing, corrupt, foreign, of a newer schema, or of another space."""
+
+
+@dataclass
+class DatasetProfile:
+    """One task. ``measurements``: ``[{"arch", "accuracy" (percent), "epochs"?, "seed"?, "source"?}, ...]``;
+    ``accuracy_model``: the fitted model's JSON state (``predictors.accuracy_fewshot``)."""
+
+    name: str
+    space: str = "nb201"
+    source: dict = field(default_factory=dict)  # kind, path, images, classes, counts, input_shape, normalisation, split
+    measurements: list[dict] = field(default_factory=list)
+    scale: str = "percent"  # how the accuracies were given: "percent" or "fraction" (stored as percent)
+    features: dict = field(default_factory=dict)  # data-derived features (none are used yet)
+    accuracy_model: dict | None = None
+    tool_version: str = __version__
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+    # -- what a space needs to build and cost a net for this task
+    @property
+    def num_classes(self) -> int:
+        classes = self.source.get("classes")
+        if classes:
+            return len(classes)
+        return int(self.source.get("num_classes") or 10)
+
+    @property
+    def input_hw(self) -> int:
+        shape = self.source.get("input_shape")
+        return int(shape[-1]) if shape else SPACE_INPUT_HW.get(self.space, 32)
+
+    def __str__(self) -> str:
+        return self.name
+
+    # -- serialisation
+    def to_dict(self) -> dict:
+        return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "dataset profile") -> "DatasetProfile":
+        if not isinstance(d, dict) or d.get("schema") != SCHEMA:
+            hint = " (it is a device profile: pass it as --profile)" if isinstance(d, dict) and \
+                d.get("schema") == "pomonag-edge/profile" else ""
+            raise DatasetProfileError(f"{source} is not a pomonag-edge dataset profile (no '{SCHEMA}' schema tag){hint}")
+        version = d.get("schema_version")
+        if not isinstance(version, int) or version < 1:
+            raise DatasetProfileError(f"{source} has an invalid schema_version {version!r}")
+        if version > SCHEMA_VERSION:
+            raise DatasetProfileError(f"{source} uses dataset-profile schema {version}, newer than this pomonag-edge "
+                                      f"({__version__}): upgrade pomonag-edge")
+        fields = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if "name" not in fields:
+            raise DatasetProfileError(f"{source} is missing the 'name' field")
+        try:
+            profile = cls(**fields)
+        except TypeError as e:
+            raise DatasetProfileError(f"{source} is malformed: {e}") from None
+        for item in profile.measurements:
+            if not isinstance(item, dict) or "arch" not in item or "accuracy" not in item:
+                raise DatasetProfileError(f"{source}: every measurement needs 'arch' and 'accuracy'")
+        return profile
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return atomic_write_json(path, self.to_dict())
+
+    @property
+    def sha256(self) -> str:
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_dataset_profile(path: str | os.PathLike) -> DatasetProfile:
+    path = Path(path)
+    text = read_user_text(path, "dataset profile", DatasetProfileError)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DatasetProfileError(f"dataset profile {path} is corrupt (not JSON: {e.msg} at line {e.lineno})") from None
+    return DatasetProfile.from_dict(data, source=f"dataset profile {path}")
+
+
+def is_profile_path(spec: str) -> bool:
+    return os.path.sep in spec or "/" in spec or spec.endswith(".json") or Path(spec).is_file()
+
+
+def resolve_dataset(spec, space):
+    """``--dataset`` as the user gives it: None (the space's default), a shipped dataset's name, or a path to a
+    dataset profile of ``space``. Returns the name or the loaded ``DatasetProfile``."""
+    if spec is None or isinstance(spec, DatasetProfile):
+        return spec or space.default_dataset
+    if spec in space.datasets:
+        return spec
+    if not is_profile_path(spec):
+        raise UserError(f"unknown dataset {spec!r} for {space.name}; choose one of {', '.join(space.datasets)} "
+                        "or pass a dataset profile (.json) made by `pomonag-edge probe` or `calibrate`")
+    profile = load_dataset_profile(spec)
+    if profile.space != space.name:
+        raise DatasetProfileError(f"dataset profile {spec} is for space {profile.space!r}, not {space.name!r}: "
+                                  f"pass --space {profile.space}, or probe/calibrate the task for {space.name}")
+    if space.name not in SPACE_INPUT_HW:
+        raise DatasetProfileError(f"the {space.name} space predicts accuracy for {', '.join(space.datasets)} only "
+                                  "(its predictor is OFA's ImageNet estimate): user tasks work with --space nb201")
+    return profile
+
+
+def dataset_label(dataset) -> str:
+    """How a run, a table or a report names the task: the shipped name or the profile's name."""
+    return dataset if isinstance(dataset, str) or dataset is None else dataset.name
+
+
+def accuracy_model_of(profile: DatasetProfile):
+    """The profile's fitted few-shot accuracy model; refitted from its measurements if the stored one is stale."""
+    from .predictors.accuracy_fewshot import MODEL_KIND, MODEL_VERSION, FewShotAccuracyModel, fit_fewshot
+    from .spaces import get_space
+
+    state = profile.accuracy_model
+    if isinstance(state, dict) and state.get("kind") == MODEL_KIND and state.get("version") == MODEL_VERSION:
+        return FewShotAccuracyModel(state)
+    sp = get_space(profile.space)
+    archs = [sp.parse(m["arch"]) for m in profile.measurements]
+    return fit_fewshot(archs, [float(m["accuracy"]) for m in profile.measurements], task=profile.name)
+
+
+def fit_dataset_profile(space, measurements: list[dict], name: str, source: dict | None = None,
+                        scale: str = "percent") -> DatasetProfile:
+    """A dataset profile for ``measurements`` (accuracy in percent), its accuracy model fitted."""
+    from .predictors.accuracy_fewshot import fit_fewshot
+
+    if space.name not in SPACE_INPUT_HW:
+        raise DatasetProfileError(f"dataset profiles exist for {', '.join(SPACE_INPUT_HW)} only; the {space.name} "
+                                  "space's accuracy is OFA's ImageNet estimate")
+    profile = DatasetProfile(name=name, space=space.name, source=dict(source or {}), measurements=list(measurements),
+                             scale=scale)
+    archs = [space.parse(m["arch"]) for m in measurements]
+    profile.accuracy_model = fit_fewshot(archs, [float(m["accuracy"]) for m in measurements], task=name).to_dict()
+    return profile

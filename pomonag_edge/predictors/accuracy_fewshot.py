@@ -1,0 +1,245 @@
+"""Accuracy on a task no shipped table covers, adapted from a few measured (arch, accuracy) pairs.
+
+The twin of the few-shot latency model (``latency.py``), with the shipped NB201 accuracy tables in the role of
+the device tables: each shipped dataset is a task whose accuracy is known for all 15,625 nets. A net is
+described by ``task_features``: its normal score (rank, Gaussianised) on each shipped table, its log params
+(standardised), and 1. A new task's accuracy, standardised over its measurements, is modelled as a linear
+function of those features, fitted two ways and averaged (``SIBLING_MIX``):
+
+- a *head* under a mixture prior (``latency.mixture_head``): one narrow component per shipped task's head
+  (how that task is explained by the other tables and params), one per single table, one on params alone,
+  and a broad population Gaussian; the measurements weigh them by marginal likelihood;
+- a *sibling fit* (``latency.sibling_fit``): every one- and two-column least-squares fit (tables and params),
+  averaged with weights from their leave-one-out error.
+
+No image encoder is involved: the user's task enters only through the measurements. The model knows its own
+error: each measurement is predicted by a model fitted without it (leave-one-out), giving the error in
+accuracy points and the rank correlation that ``generate`` reports.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import UserError
+
+MODEL_KIND = "nb201-accuracy-fewshot"
+MODEL_VERSION = 1
+MIN_MEASUREMENTS = 5
+SIBLING_MIX = 0.5
+ERROR_QUANTILE = 0.9
+POPULATION_WEIGHT = 0.2
+HEAD_COV = 0.02  # narrow components: isotropic variance around each candidate head (standardised units)
+POPULATION_VAR = 1.0  # broad component: isotropic variance around the mean head
+
+
+@lru_cache(maxsize=None)
+def _table_scores(dataset: str) -> np.ndarray:
+    """Normal scores of the ranks of one shipped table's accuracies, all 15,625 nets, index order."""
+    from scipy.stats import norm, rankdata
+
+    from ..data import nb201_accuracy
+
+    acc = nb201_accuracy(dataset)
+    return norm.ppf((rankdata(acc) - 0.5) / len(acc))
+
+
+@lru_cache(maxsize=1)
+def _log_params() -> np.ndarray:
+    from ..spaces.nb201 import SPACE
+
+    logp = np.log(np.array([SPACE.params(a, "cifar10") for a in SPACE.enumerate()], dtype=np.float64))
+    return (logp - logp.mean()) / logp.std()
+
+
+@lru_cache(maxsize=None)
+def task_features(datasets: tuple[str, ...]) -> np.ndarray:
+    """(15625, D + 2): normal score on each table of ``datasets``, standardised log params, 1."""
+    cols = [_table_scores(d) for d in datasets] + [_log_params(), np.ones(15625)]
+    return np.stack(cols, axis=1)
+
+
+@lru_cache(maxsize=1)
+def _connected() -> np.ndarray:
+    from ..spaces.nb201 import SPACE
+
+    return np.array([SPACE.is_valid(a) for a in SPACE.enumerate()])
+
+
+@lru_cache(maxsize=None)
+def task_heads(datasets: tuple[str, ...]) -> np.ndarray:
+    """Candidate heads over ``task_features(datasets)``: each shipped task explained by the *other* tables and
+    params (least squares over connected nets; zero on its own column: a new task has no column of its own),
+    each single table (identity), and params alone (least squares of each task, averaged)."""
+    feats = task_features(datasets)
+    ok = _connected()
+    d = len(datasets)
+    heads = []
+    for t in range(d):
+        cols = [j for j in range(d + 2) if j != t]
+        coef = np.linalg.lstsq(feats[ok][:, cols], feats[ok, t], rcond=None)[0]
+        h = np.zeros(d + 2)
+        h[cols] = coef
+        heads.append(h)
+    for j in range(d):
+        h = np.zeros(d + 2)
+        h[j] = 1.0
+        heads.append(h)
+    params_only = np.mean([np.linalg.lstsq(feats[ok][:, [d, d + 1]], feats[ok, t], rcond=None)[0] for t in range(d)],
+                          axis=0)
+    h = np.zeros(d + 2)
+    h[[d, d + 1]] = params_only
+    heads.append(h)
+    return np.array(heads)
+
+
+def prior_components(datasets: tuple[str, ...]) -> list:
+    heads = task_heads(datasets)
+    p = heads.shape[1]
+    comps = [(POPULATION_WEIGHT, heads.mean(axis=0), POPULATION_VAR * np.eye(p))]
+    comps += [((1 - POPULATION_WEIGHT) / len(heads), h, HEAD_COV * np.eye(p)) for h in heads]
+    return comps
+
+
+def _fit(feats: np.ndarray, y: np.ndarray, components) -> tuple:
+    """(theta, sibling coef, sibling shift) in standardised units for measurements ``y`` (already standardised)."""
+    from .latency import mixture_head, sibling_fit
+
+    theta, _ = mixture_head(feats, y, components)
+    coef, shift = sibling_fit(feats[:, :-1], y)
+    return theta, coef, shift
+
+
+def _predict(feats: np.ndarray, theta, coef, shift) -> np.ndarray:
+    return (1 - SIBLING_MIX) * (feats @ theta) + SIBLING_MIX * (feats[:, :-1] @ coef + shift)
+
+
+class FewShotAccuracyModel:
+    """``predict(archs)`` in percent for one task; ``state`` is its JSON form (stored in a dataset profile)."""
+
+    def __init__(self, state: dict):
+        self.state = state
+        self.datasets = tuple(state["tables"])
+        self.theta = np.asarray(state["head"], dtype=np.float64)
+        self.coef = np.asarray(state["sibling"]["coef"], dtype=np.float64)
+        self.shift = float(state["sibling"]["shift"])
+        self.y_mean, self.y_std = float(state["y_mean"]), float(state["y_std"])
+        self.name = state.get("task", "task")
+
+    @property
+    def error_points(self) -> float:
+        """Cross-validated absolute error (accuracy points) that ``ERROR_QUANTILE`` of predictions stay within."""
+        return float(self.state["cv"]["error_points"])
+
+    def predict_index(self, index: np.ndarray) -> np.ndarray:
+        """Percent for nets given by topology index. A disconnected net (its output ignores the input) gets
+        the lowest prediction of any connected net: a linear model fitted to a few noisy probes can otherwise
+        rank such nets first, and guidance would steer toward nets the search then drops."""
+        index = np.asarray(index, dtype=np.int64)
+        pred = np.clip(self.y_mean + self.y_std * _predict(task_features(self.datasets)[index], self.theta,
+                                                            self.coef, self.shift), 0.0, 100.0)
+        return np.where(_connected()[index], pred, self._floor())
+
+    def _floor(self) -> float:
+        if getattr(self, "_floor_value", None) is None:
+            feats = task_features(self.datasets)[_connected()]
+            self._floor_value = float(np.clip(self.y_mean + self.y_std * _predict(feats, self.theta, self.coef,
+                                                                                  self.shift).min(), 0.0, 100.0))
+        return self._floor_value
+
+    def describe(self, dataset=None) -> str:
+        return (f"few-shot accuracy model of dataset profile {self.name} "
+                f"({self.state['n_measurements']} measured nets, no image encoder)")
+
+    def predict(self, archs: Sequence, dataset=None) -> np.ndarray:
+        from ..spaces.nb201 import SPACE
+
+        archs = list(archs)
+        if not archs:
+            return np.zeros(0)
+        return self.predict_index(np.array([SPACE.index(a) for a in archs]))
+
+    def to_dict(self) -> dict:
+        return self.state
+
+
+def fit_fewshot(archs: Sequence, accuracy_percent: Sequence[float], datasets: Sequence[str] | None = None,
+                task: str = "task", folds: int = 20) -> FewShotAccuracyModel:
+    """Adapt to measured (arch, accuracy %) pairs; cross-validated (leave-one-out up to ``folds``)."""
+    from scipy.stats import spearmanr
+
+    from ..data import NB201_DATASETS
+    from ..spaces.nb201 import SPACE
+
+    datasets = tuple(datasets or NB201_DATASETS)
+    y = np.asarray(accuracy_percent, dtype=np.float64)
+    if len(y) < MIN_MEASUREMENTS:
+        raise UserError(f"the accuracy model needs at least {MIN_MEASUREMENTS} measured nets, got {len(y)}")
+    index = np.array([SPACE.index(a) for a in archs])
+    if len(set(index.tolist())) < MIN_MEASUREMENTS:
+        raise UserError(f"the accuracy model needs at least {MIN_MEASUREMENTS} distinct nets, got {len(set(index))}")
+    feats = task_features(datasets)[index]
+    mean, std = float(y.mean()), float(y.std())
+    if std < 1e-9:
+        raise UserError(f"all {len(y)} measured accuracies are equal ({mean:g}): they say nothing about which "
+                        "net is better (train the probes longer?)")
+    comps = prior_components(datasets)
+    theta, coef, shift = _fit(feats, (y - mean) / std, comps)
+    group = np.arange(len(y)) % min(folds, len(y))
+    cv = np.empty(len(y))
+    for g in np.unique(group):
+        held = group == g
+        ym, ys = y[~held].mean(), max(y[~held].std(), 1e-9)
+        t, c, s = _fit(feats[~held], (y[~held] - ym) / ys, comps)
+        cv[held] = ym + ys * _predict(feats[held], t, c, s)
+    err = np.abs(cv - y)
+    state = {
+        "kind": MODEL_KIND, "version": MODEL_VERSION, "task": task, "tables": list(datasets),
+        "features": [f"normal score on {d}" for d in datasets] + ["log params (standardised)", "bias"],
+        "y_mean": mean, "y_std": std, "head": [float(v) for v in theta],
+        "sibling": {"mix": SIBLING_MIX, "coef": [float(v) for v in coef], "shift": float(shift)},
+        "cv": {"method": f"leave-one-out up to {folds}, else {folds}-fold", "error_quantile": ERROR_QUANTILE,
+               "error_points": float(np.quantile(err, ERROR_QUANTILE)), "mae_points": float(err.mean()),
+               "spearman": float(spearmanr(cv, y)[0]) if len(y) > 2 else None,
+               "predictions": [round(float(v), 4) for v in cv]},
+        "n_measurements": int(len(y)),
+    }
+    return FewShotAccuracyModel(state)
+
+
+def choose_probes(n: int, seed: int = 0, datasets: Sequence[str] | None = None, pool: int = 2000,
+                  top_fraction: float = 0.5) -> list:
+    """``n`` probe nets that inform the model: distinct functions, spread over the features the model reads
+    (shipped-table scores and params) by greedy max-min distance from a seeded pool, starting from the net
+    the shipped tables rank best. Spreading the design steadies a fit of a few coefficients; random probes
+    cluster in the middle of the space, where most nets are."""
+    from ..data import NB201_DATASETS
+    from ..spaces.nb201 import SPACE
+
+    datasets = tuple(datasets or NB201_DATASETS)
+    feats = task_features(datasets)[:, :-1]
+    rng = np.random.default_rng(seed)
+    unique = _unique_functions()
+    prior = feats[unique, : len(datasets)].mean(axis=1)
+    unique = unique[prior >= np.quantile(prior, 1 - top_fraction)]
+    cand = rng.choice(unique, size=min(pool, len(unique)), replace=False)
+    x = feats[cand]
+    chosen = [int(np.argmax(x[:, : len(datasets)].mean(axis=1)))]
+    dist = np.linalg.norm(x - x[chosen[0]], axis=1)
+    while len(chosen) < min(n, len(cand)):
+        k = int(np.argmax(dist))
+        chosen.append(k)
+        dist = np.minimum(dist, np.linalg.norm(x - x[k], axis=1))
+    return [SPACE.from_index(int(cand[k])) for k in chosen]
+
+
+@lru_cache(maxsize=1)
+def _unique_functions() -> np.ndarray:
+    """Indices of one connected net per function (the smallest index), the pool probes are drawn from."""
+    from ..spaces.nb201 import SPACE
+
+    out = sorted({SPACE.index(SPACE.canonical(a)) for a in SPACE.enumerate() if SPACE.is_valid(a)})
+    return np.array(out)

@@ -1,0 +1,256 @@
+"""Training one net of a space on the user's data, NB201's recipe, checkpointed every epoch.
+
+Recipe (NAS-Bench-201's, scaled by ``epochs``): SGD with Nesterov momentum 0.9, learning rate 0.1 annealed
+by a cosine to 0 over all steps, weight decay 5e-4, batch 256, cross-entropy. No data augmentation: flips
+and crops that suit CIFAR can change the label of a digit or a gesture. Runs on a GPU when torch sees one.
+
+Deterministic for a seed on one device: the seed fixes the initial weights and every epoch's shuffle (its
+own generator, re-seeded per epoch, so a resumed run draws the same batches). The checkpoint, rewritten
+atomically after each epoch, holds the weights, the optimizer's momentum and the history; an interrupted
+run resumes at the last finished epoch. A checkpoint made for another arch, recipe or data is not resumed.
+
+After the last epoch the BatchNorm running statistics are recomputed over the training split (an exact average,
+not the running one): a probe trained for a few dozen steps has running statistics still near their
+initial values, and its validation accuracy would then measure that, not the net (on digits after 2 epochs,
+an NB201 net read 10% without this). The checkpoint holds the recomputed statistics, so the exported net is
+the measured one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .files import atomic_write_bytes
+
+CHECKPOINT_KIND = "pomonag-edge/trained-net"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    epochs: int = 200
+    batch_size: int = 256
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    seed: int = 0
+
+
+def pick_device(device: str | None = None) -> str:
+    import torch
+
+    if device:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def evaluate(model, x: np.ndarray, y: np.ndarray, device: str = "cpu", batch_size: int = 512) -> float:
+    """Top-1 accuracy (%) of ``model`` in eval mode on (x, y)."""
+    import torch
+
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            xb = torch.from_numpy(x[i: i + batch_size]).to(device)
+            correct += int((model(xb).argmax(1).cpu().numpy() == y[i: i + batch_size]).sum())
+    return 100.0 * correct / max(len(x), 1)
+
+
+def recompute_bn_statistics(model, x: np.ndarray, device: str = "cpu", batch_size: int = 512) -> None:
+    """Replace every BatchNorm's running mean and variance by their exact average over ``x``."""
+    import torch
+
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: the exact mean over the batches seen
+    model.train()
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            model(torch.from_numpy(x[i: i + batch_size]).to(device))
+    for m, momentum in zip(bns, saved):
+        m.momentum = momentum
+    model.eval()
+
+
+def train_net(space, arch, data, recipe: Recipe, checkpoint: str | Path | None = None, device: str | None = None,
+              progress=None) -> dict:
+    """Train ``arch`` on ``data`` (a ``userdata.UserData``); returns ``{arch, accuracy, epochs, seed, ...}``
+    with ``accuracy`` the validation top-1 in percent. ``progress(epoch, epochs, loss)`` after each epoch.
+
+    With ``checkpoint``, the state is saved there after each epoch and a matching one is resumed."""
+    import torch
+
+    device = pick_device(device)
+    identity = {"arch": str(arch), "recipe": asdict(recipe), "data": data.source.get("fingerprint"),
+                "num_classes": data.num_classes}
+    torch.manual_seed(recipe.seed)
+    model = space.build(arch, data).to(device)
+    steps_per_epoch = -(-len(data.x_train) // recipe.batch_size)
+    opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
+                          weight_decay=recipe.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs * steps_per_epoch)
+    history: list[dict] = []
+    start = 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = torch.load(str(checkpoint), map_location=device, weights_only=False)
+        if state.get("kind") == CHECKPOINT_KIND and state.get("identity") == identity:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            history, start = list(state["history"]), int(state["epoch"])
+    x = torch.from_numpy(data.x_train).to(device)
+    y = torch.from_numpy(data.y_train).to(device)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    for epoch in range(start, recipe.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(recipe.seed * 100003 + epoch))
+        total, seen = 0.0, 0
+        for i in range(0, len(x), recipe.batch_size):
+            idx = order[i: i + recipe.batch_size].to(device)
+            loss = loss_fn(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total, seen = total + loss.item() * len(idx), seen + len(idx)
+        entry = {"epoch": epoch + 1, "train_loss": round(total / seen, 5)}
+        if epoch + 1 == recipe.epochs:
+            recompute_bn_statistics(model, data.x_train, device)
+            entry["val_accuracy"] = round(evaluate(model, data.x_val, data.y_val, device), 4)
+        history.append({**entry, "seconds": round(time.perf_counter() - t0, 3)})
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, {"kind": CHECKPOINT_KIND, "identity": identity, "epoch": epoch + 1,
+                                         "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                         "scheduler": sched.state_dict(), "history": history})
+        if progress is not None:
+            progress(epoch + 1, recipe.epochs, total / seen)
+    final = history[-1]["val_accuracy"]
+    return {"arch": str(arch), "accuracy": final, "epochs": recipe.epochs, "seed": recipe.seed, "device": device,
+            "seconds": round(sum(h["seconds"] for h in history), 3), "history": history, "model": model.cpu()}
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_trained_state(path: str | Path) -> dict:
+    """The weights (a state_dict on the CPU) of a finished training checkpoint."""
+    import torch
+
+    state = torch.load(str(path), map_location="cpu", weights_only=False)
+    return state["model"]
+
+
+# ------------------------------------------------------------------ a run's chosen nets
+
+TRAIN_DIR = "train"
+RESULTS_FILE = "results.json"
+RESULTS_SCHEMA = "pomonag-edge/trained"
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a space needs to build a net for trained weights: input resolution and classes."""
+
+    name: str
+    input_hw: int
+    num_classes: int
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def train_run(run_dir, data_path, top: int = 1, epochs: int = 200, seed: int = 0, progress=None,
+              device: str | None = None) -> dict:
+    """Train the run's ``top`` nets (rank order, within budget) on the data at ``data_path``; checkpoints in
+    ``RUN/train/``, measured validation accuracy beside the predicted one in ``RUN/train/results.json``
+    (rewritten after each net). A rerun resumes unfinished nets and keeps finished ones."""
+    import json
+
+    from .dataset_profile import SPACE_INPUT_HW
+    from .export.runs import load_run
+    from .files import atomic_write_json
+    from .spaces import get_space
+    from .userdata import load_user_data
+
+    if top < 1:
+        raise UserError(f"--top must be at least 1, got {top}")
+    if epochs < 1:
+        raise UserError(f"--epochs must be at least 1, got {epochs}")
+    run = load_run(run_dir)
+    if run.space not in SPACE_INPUT_HW:
+        raise UserError(f"training on your data works for {', '.join(SPACE_INPUT_HW)} runs; this run is {run.space}")
+    space = get_space(run.space)
+    data = load_user_data(data_path, input_hw=SPACE_INPUT_HW[run.space], seed=seed)
+    task = run.task
+    if task is not None and task.source.get("classes") and task.num_classes != data.num_classes:
+        raise UserError(f"the run was generated for {task.name} ({task.num_classes} classes) but {data_path} holds "
+                        f"{data.num_classes}: pass the data the run's dataset profile was made from")
+    out = Path(run.path) / TRAIN_DIR
+    results_path = out / RESULTS_FILE
+    recipe = Recipe(epochs=epochs, seed=seed)
+    previous = {}
+    if results_path.is_file():
+        try:
+            old = json.loads(results_path.read_text(encoding="utf-8"))
+            previous = {n["arch"]: n for n in old.get("nets", [])
+                        if n.get("recipe") == asdict(recipe) and old.get("data", {}).get("fingerprint") ==
+                        data.source["fingerprint"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            previous = {}
+    candidates = [c for c in run.candidates if c.get("feasible", True)][:top]
+    if not candidates:
+        raise UserError(f"{run.path / 'pareto.json'} holds no net within budget to train")
+    results = {"schema": RESULTS_SCHEMA, "schema_version": 1, "run_dir": str(run.path), "space": run.space,
+               "task": {"name": task.name if task is not None else data.name, "input_hw": data.input_hw,
+                        "num_classes": data.num_classes},
+               "data": data.source, "recipe": asdict(recipe), "nets": [], "complete": False}
+    for position, item in enumerate(candidates, start=1):
+        arch = space.parse(item["arch"])
+        rank = int(item.get("rank") or position)
+        ckpt = out / f"{rank:02d}-{hashlib.sha256(str(arch).encode()).hexdigest()[:12]}.pt"
+        label = f"net {position}/{len(candidates)}"
+        if str(arch) in previous and Path(previous[str(arch)]["checkpoint"]).is_file():
+            results["nets"].append(previous[str(arch)])
+            continue
+        r = train_net(space, arch, data, recipe, checkpoint=ckpt, device=device,
+                      progress=None if progress is None else (lambda e, n, loss: progress(label, e, n)))
+        results["nets"].append({"rank": rank, "arch": str(arch), "accuracy_predicted": item.get("accuracy"),
+                                "accuracy_measured": r["accuracy"], "split": "validation",
+                                "n_val": int(len(data.y_val)), "recipe": asdict(recipe), "checkpoint": str(ckpt),
+                                "seconds": r["seconds"], "device": r["device"], "history": r["history"]})
+        atomic_write_json(results_path, results)
+    results["complete"] = True
+    atomic_write_json(results_path, results)
+    results["path"] = str(results_path)
+    return results
+
+
+def trained_results(run_dir) -> dict | None:
+    """``RUN/train/results.json`` when the run's nets were trained, else None."""
+    import json
+
+    path = Path(run_dir) / TRAIN_DIR / RESULTS_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is unreadable or corrupt: {e}") from None

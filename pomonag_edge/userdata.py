@@ -1,0 +1,193 @@
+"""The user's own images: an image folder or an ``.npz``, resized to the space's input, split by seed.
+
+Layouts: ``DIR/<class>/*.png|jpg|jpeg`` (class names are the folder names, sorted), or a file ``.npz`` with
+``x`` (n images: (n, h, w), (n, h, w, c) or (n, c, h, w), c in 1 or 3; uint8 0..255 or floats 0..1) and
+``y`` (n integer labels). Grayscale becomes 3 channels; every image is resized to the space's square input.
+The validation split is stratified and fixed by the seed; per-channel mean and std come from the training
+split only and are recorded in ``source``, so a net trained here can be fed the same way later.
+Every mistake in the data is one ``UserError`` line naming what and where.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+VAL_FRACTION = 0.2
+MAX_ASPECT = 4.0  # an image more than 4x wider than tall (or the reverse) cannot be squeezed to a square honestly
+
+
+class DataError(UserError):
+    """User data that cannot be read or used: missing, empty, unreadable, or of shapes we cannot handle."""
+
+
+@dataclass
+class UserData:
+    """A loaded, resized, normalised and split task. ``x_*``: float32 (n, 3, hw, hw); ``y_*``: int64 (n,)."""
+
+    name: str
+    classes: list[str]
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    source: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def input_hw(self) -> int:
+        return int(self.x_train.shape[-1])
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def load_user_data(path: str | os.PathLike, input_hw: int = 32, seed: int = 0,
+                   val_fraction: float = VAL_FRACTION) -> UserData:
+    """Read ``path`` (an image folder or an .npz), resize to ``input_hw``, split by ``seed``, normalise."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data {path} does not exist (expected a folder DIR/<class>/*.png|jpg or an .npz with x, y)")
+    if path.is_dir():
+        images, labels, classes, kind = *_read_folder(path, input_hw), "image folder"
+    elif path.suffix.lower() == ".npz":
+        images, labels, classes = _read_npz(path, input_hw)
+        kind = "npz"
+    else:
+        raise DataError(f"data {path} is neither a folder of class folders nor an .npz file")
+    counts = np.bincount(labels, minlength=len(classes))
+    if len(classes) < 2:
+        raise DataError(f"data {path} has {len(classes)} class(es): classification needs at least 2")
+    for name, count in zip(classes, counts):
+        if count < 2:
+            raise DataError(f"class {name!r} in {path} has {count} image(s): each class needs at least 2 "
+                            "(one for validation)")
+    train, val = stratified_split(labels, seed, val_fraction)
+    x_train, x_val = images[train], images[val]
+    mean = x_train.mean(axis=(0, 2, 3))
+    std = x_train.std(axis=(0, 2, 3))
+    std = np.where(std > 1e-6, std, 1.0)  # a constant channel stays as it is
+    norm = lambda x: ((x - mean[None, :, None, None]) / std[None, :, None, None]).astype(np.float32)  # noqa: E731
+    source = {
+        "kind": kind, "path": str(path), "images": int(len(labels)),
+        "classes": list(classes), "counts": [int(c) for c in counts],
+        "input_shape": [3, input_hw, input_hw],
+        "normalisation": {"mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std],
+                          "pixel_scale": "0..1", "computed_on": "training split"},
+        "split": {"seed": seed, "val_fraction": val_fraction, "stratified": True,
+                  "n_train": int(len(train)), "n_val": int(len(val))},
+        "fingerprint": _fingerprint(images, labels),
+    }
+    return UserData(name=path.stem or path.name, classes=list(classes), x_train=norm(x_train),
+                    y_train=labels[train], x_val=norm(x_val), y_val=labels[val], source=source)
+
+
+def stratified_split(labels: np.ndarray, seed: int, val_fraction: float = VAL_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) index arrays: per class, a seeded permutation; ``round(val_fraction * n)`` of it (at least
+    one, at most n - 1) goes to validation. Same labels and seed, same split, on any machine."""
+    if not 0 < val_fraction < 1:
+        raise DataError(f"the validation fraction must be between 0 and 1, got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = min(max(1, round(val_fraction * len(idx))), len(idx) - 1)
+        val.append(idx[:k])
+        train.append(idx[k:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def _fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
+    """Content hash of the resized images and labels: a checkpoint trained on other data is not resumed."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray((images * 255).round().astype(np.uint8)).tobytes())
+    h.update(labels.astype(np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _read_folder(path: Path, hw: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:  # a declared dependency; this is a broken install
+        from .errors import MissingDependencyError
+
+        raise MissingDependencyError("reading an image folder needs Pillow: pip install pillow") from None
+    classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"data folder {path} holds no class folders (expected {path}/<class>/*.png|jpg)")
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (path / name).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"class folder {path / name} holds no .png/.jpg/.jpeg images")
+        for file in files:
+            try:
+                with Image.open(file) as im:
+                    w, h = im.size
+                    if max(w, h) > MAX_ASPECT * min(w, h):
+                        raise DataError(f"image {file} is {w}x{h}: more than {MAX_ASPECT:g}:1, it cannot be resized "
+                                        f"to {hw}x{hw} without distorting it; crop it first")
+                    im = im.convert("RGB").resize((hw, hw), Image.BILINEAR)
+                    images.append(np.asarray(im, dtype=np.float32).transpose(2, 0, 1) / 255.0)
+            except DataError:
+                raise
+            except (UnidentifiedImageError, OSError, ValueError) as e:
+                raise DataError(f"cannot read image {file}: {e}") from None
+            labels.append(label)
+    return np.stack(images), np.array(labels, dtype=np.int64), classes
+
+
+def _read_npz(path: Path, hw: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in ("x", "y") if k not in f.files]
+            if missing:
+                raise DataError(f"{path} has no array {' or '.join(missing)} (it holds {', '.join(f.files) or 'nothing'}); "
+                                "an .npz needs x (images) and y (labels)")
+            x, y = f["x"], f["y"]
+    except DataError:
+        raise
+    except ValueError as e:  # object arrays (ragged images) need pickle, which we do not load
+        raise DataError(f"{path}: x and y must be plain numeric arrays (images of one size), not objects: {e}") from None
+    except (OSError, EOFError) as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+    if x.dtype.kind not in "uif":
+        raise DataError(f"{path}: x must hold numbers, got dtype {x.dtype}")
+    y = np.asarray(y).reshape(-1) if np.asarray(y).ndim <= 1 or np.asarray(y).shape[1:] == (1,) else None
+    if y is None or y.dtype.kind not in "ui" and not (y.dtype.kind == "f" and np.all(y == np.round(y))):
+        raise DataError(f"{path}: y must be one integer class label per image")
+    if len(y) != len(x):
+        raise DataError(f"{path}: x holds {len(x)} images but y {len(y)} labels")
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.transpose(0, 3, 1, 2)
+    elif not (x.ndim == 4 and x.shape[1] in (1, 3)):
+        raise DataError(f"{path}: x has shape {x.shape}; expected (n, h, w), (n, h, w, c) or (n, c, h, w) with c 1 or 3")
+    h, w = x.shape[2:]
+    if max(h, w) > MAX_ASPECT * min(h, w):
+        raise DataError(f"{path}: images are {w}x{h}, more than {MAX_ASPECT:g}:1; crop them before resizing to {hw}x{hw}")
+    x = x.astype(np.float32) / (255.0 if x.dtype.kind in "ui" else 1.0)
+    if x.shape[1] == 1:
+        x = np.repeat(x, 3, axis=1)
+    if (h, w) != (hw, hw):
+        import torch
+
+        x = torch.nn.functional.interpolate(torch.from_numpy(x), size=(hw, hw), mode="bilinear",
+                                            align_corners=False, antialias=h > hw or w > hw).numpy()
+    y = y.astype(np.int64)
+    if y.min() < 0:
+        raise DataError(f"{path}: y holds a negative label {y.min()}")
+    present = np.unique(y)
+    remap = np.searchsorted(present, y)  # labels 3, 7, 9 -> 0, 1, 2: every class present
+    return x, remap, [str(int(v)) for v in present]
