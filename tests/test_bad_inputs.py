@@ -9,6 +9,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -55,6 +56,7 @@ def hostile_folder(tmp_path: Path) -> Path:
     (tmp_path / "m.csv").write_text("arch,latency_ms\n" + "".join(f"{a},{1 + i / 4}\n" for i, a in enumerate(ARCHS)))
     (tmp_path / "notjson.json").write_text("{not json")
     os.mkfifo(tmp_path / "fifo")
+    np.savez(tmp_path / "d.npz", x=np.zeros((20, 8, 8, 3), np.uint8), y=np.arange(20) % 2)
     (tmp_path / "binary.toml").write_bytes((tmp_path / "binary.txt").read_bytes())
     (tmp_path / "calib5.json").write_text('{"schema": "pomonag-edge/profile", "schema_version": 1, "name": "x", '
                                           '"calibration": 5}')
@@ -125,6 +127,8 @@ HOSTILE = [
     (("pretrain", "latency", "--space", "nope"), ["unknown search space"]),
     (("train", "runs/r", "--data", "nothere"), ["does not exist"]),
     (("probe", "--data", "afile"), ["neither a folder"]),
+    (("probe", "--data", "d.npz", "--out", "afile/x.json"), ["afile is a file"]),
+    (("probe", "--data", "d.npz", "--name", "../x"), ["plain name"]),
     (GEN + ("--dataset", "binary.txt"), ["not UTF-8", "offset 10"]),
 ]
 
