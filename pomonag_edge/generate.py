@@ -81,8 +81,10 @@ def check_run_out(out: str | Path | None, force: bool = False) -> Path | None:
             raise UserError(f"{out} holds files that are not a run: --out a new or empty folder (--force replaces "
                             "only run folders)")
         if not force:
+            inside = [p.name + "/" for p in sorted(out.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+            also = f" (with its {', '.join(inside)})" if inside else ""
             raise UserError(f"{out} already holds a run: runs are not overwritten; pass --force to replace the "
-                            "folder whole, or --out a new folder")
+                            f"folder whole{also}, or --out a new folder")
     return out
 
 

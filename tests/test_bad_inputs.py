@@ -172,7 +172,7 @@ def test_generate_refuses_an_existing_run_and_force_replaces_it_whole(here):
     out = here / "runs" / "r"
     (out / "export").mkdir()
     (out / "export" / "old.onnx").write_text("an earlier generation")
-    assert_one_line_exit_2(invoke(*GEN, "--max-latency", "50ms", "--out", out), "--force")
+    assert_one_line_exit_2(invoke(*GEN, "--max-latency", "50ms", "--out", out), "--force", "with its export/")
     assert (out / "export" / "old.onnx").exists()
     r = invoke(*GEN, "--max-latency", "50ms", "--out", out, "--force")
     assert r.exit_code == 0, r.output
