@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .dataset_profile import DATASETS_DIR, check_takes_tasks, fit_dataset_profile, task_input_hw
 from .errors import UserError
-from .files import atomic_write_text
+from .files import atomic_write_text, check_name, check_writable
 
 CSV_FIELDS = ("arch", "accuracy", "epochs", "seed", "data", "seconds", "device")
 
@@ -39,7 +39,8 @@ def probe_task(data_path, space_name: str = "nb201", probes: int = 20, epochs: i
     check_takes_tasks(space)
     data = load_user_data(data_path, input_hw=task_input_hw(space), seed=seed)
     name = name or data.name
-    out = Path(out) if out is not None else DATASETS_DIR / f"{name}.json"
+    out = Path(out) if out is not None else DATASETS_DIR / f"{check_name(name)}.json"
+    check_writable(out, "dataset profile")  # before any training
     csv_path, work = out.with_suffix(".csv"), out.with_suffix(".probe")
     fingerprint = data.source["fingerprint"]
     done = {r["arch"]: r for r in _read_rows(csv_path)
