@@ -5,15 +5,19 @@ Kept apart from the CLI so tests, benchmarks and the export stage call the same 
 
 ``pareto.json``: a JSON list in rank order; each item has ``rank`` (1-based), ``arch`` (canonical string),
 ``accuracy`` (predicted %, for ``dataset``), ``latency_ms`` (predicted, without margin),
-``latency_ms_with_margin``, ``params``, ``macs`` (exact, for ``dataset``'s input), ``feasible`` (bool),
+``latency_ms_with_margin`` (the latency the net stays under with probability ``level``),
+``p_within_budget`` (probability that its measured latency fits the budget), ``params``, ``macs`` (exact, for ``dataset``'s input), ``feasible`` (bool),
 ``front`` (0 = non-dominated among the feasible candidates), ``index`` (row of the space's shipped tables,
 where it has them).
 
 ``manifest.json``: ``schema`` ("pomonag-edge/run"), ``schema_version``, ``space``, ``dataset`` (a shipped
 name, or a user task's name), ``dataset_profile`` (null, or for a user task {``spec``, ``file``, ``name``,
 ``sha256``, ``num_classes``, ``measurements``, ``accuracy_error_points``, ``accuracy_error_quantile``,
-``accuracy_cv_spearman``}; the profile itself is copied to ``dataset.json`` beside it), ``profile`` {``spec``, ``name``, ``sha256``, ``reference``}, ``budget`` {``max_latency_ms``, ``max_params``,
-``max_macs``}, ``margin`` (relative), ``latency_limit_ms`` (budget / (1 + margin)), ``weights``,
+``accuracy_cv_spearman``}; the profile itself is copied to ``dataset.json`` beside it), ``profile`` {``spec``,
+``name``, ``sha256``, ``reference``}, ``budget`` {``max_latency_ms``, ``max_params``, ``max_macs``}, ``level``
+(probability of fitting the budget a kept net reaches), ``per_net_margin`` (bool), ``margin`` (relative, the
+latency model's q90 error), ``latency_limit_ms`` (budget / (1 + margin), or the budget itself with per-net
+margins), ``weights``,
 ``strategy``, ``num``, ``samples``, ``seed``, ``predictors`` (what scored the nets), ``stats``,
 ``generator`` (checkpoint meta, diffusion only), ``versions``, ``created``, ``command``.
 """
@@ -28,7 +32,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .files import atomic_write_bytes, atomic_write_json, atomic_write_text, check_writable, replace_dir, staging_dir
-from .problem import SearchProblem, describe_budget, parse_weights
+from .problem import DEFAULT_LEVEL, SearchProblem, describe_budget, parse_weights
 from .selection import SearchResult, run_search
 from .strategies import make_strategy
 from .units import Budget
@@ -37,8 +41,8 @@ from .versions import versions
 RUN_SCHEMA = "pomonag-edge/run"
 RUN_SCHEMA_VERSION = 1
 RUN_DATASET_FILE = "dataset.json"  # a user task's dataset profile, copied into the run folder
-CSV_FIELDS = ("rank", "arch", "accuracy", "latency_ms", "latency_ms_with_margin", "params", "macs", "feasible",
-              "front", "index")
+CSV_FIELDS = ("rank", "arch", "accuracy", "latency_ms", "latency_ms_with_margin", "p_within_budget", "params", "macs",
+              "feasible", "front", "index")
 
 
 @dataclass
@@ -90,12 +94,12 @@ def check_run_out(out: str | Path | None, force: bool = False) -> Path | None:
 
 def generate_run(*, space="nb201", profile=None, dataset=None, max_latency=None, max_params=None, max_macs=None,
                  weights=None, num=10, samples=512, strategy="diffusion", seed=0, out=None, progress=None,
-                 predictors=None, strategy_options=None, command=None, force=False) -> Run:
+                 predictors=None, strategy_options=None, command=None, force=False, level=DEFAULT_LEVEL) -> Run:
     """Resolve the profile, budget and weights; search; write the run folder (unless nothing is feasible).
 
     ``out`` is checked before the search; an existing run there is refused unless ``force``, which replaces
     the folder whole. ``predictors`` overrides the profile's predictors (tests and benchmarks pass measured
-    tables).
+    tables); ``level``: the probability of fitting the latency budget each kept net must reach.
     """
     from .predictors import search_predictors
     from .profile import resolve_profile
@@ -111,7 +115,7 @@ def generate_run(*, space="nb201", profile=None, dataset=None, max_latency=None,
     out_dir = check_run_out(out, force)
     prof = resolve_profile(profile, space=sp.name)
     preds = predictors if predictors is not None else search_predictors(sp, prof, dataset)
-    problem = SearchProblem(sp, dataset, budget, preds)
+    problem = SearchProblem(sp, dataset, budget, preds, level=level)
     strat = make_strategy(strategy, weights=w, **(strategy_options or {}))
     result = run_search(problem, strat, samples=samples, num=num, seed=seed, progress=progress)
     manifest = {
@@ -119,6 +123,7 @@ def generate_run(*, space="nb201", profile=None, dataset=None, max_latency=None,
         "dataset": dataset_label(dataset), "dataset_profile": _dataset_record(dataset, dataset_spec),
         "profile": {"spec": profile, "name": prof.name, "sha256": prof.sha256, "reference": prof.reference},
         "budget": budget.to_dict(), "budget_text": describe_budget(budget),
+        "level": problem.level, "per_net_margin": problem.per_net,
         "margin": problem.margin, "latency_limit_ms": problem.latency_limit_ms,
         "weights": w, "strategy": strategy, "num": num, "samples": samples, "seed": seed,
         "predictors": preds.source, "stats": result.stats,
@@ -188,7 +193,7 @@ def plot_png(result: SearchResult, problem: SearchProblem) -> bytes:
     b = problem.budget.max_latency_ms
     if b is not None:
         ax.axvline(b, color="k", ls="--", lw=1, label=f"budget {b:g} ms")
-        if problem.margin > 0:
+        if problem.margin > 0 and not problem.per_net:
             ax.axvline(problem.latency_limit_ms, color="gray", ls=":", lw=1,
                        label=f"budget less margin ({problem.margin:.1%})")
     ax.set_xlabel("predicted latency (ms)")

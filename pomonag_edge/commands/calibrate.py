@@ -7,6 +7,8 @@ import click
 
 from .options import space_option
 
+POOR_FIT = 0.25  # cross-validated q90 relative error above which the timings fit no model well
+
 
 @click.command(short_help="Profile from a CSV of arch,latency_ms or arch,accuracy.")
 @space_option
@@ -68,4 +70,8 @@ def command(space, measurements, name, base, out, force):
     click.echo(f"{path}: {model['n_calibration']} calibration timings ({len(items)} distinct nets from "
                f"{Path(measurements).name}), latency model fitted "
                f"(cross-validated {int(model['relative_error_quantile'] * 100)}% relative error "
-               f"{100 * model['relative_error']:.1f}%, used as the budget margin)")
+               f"{100 * model['relative_error']:.1f}%; budget margins per net follow from it)")
+    if model["relative_error"] > POOR_FIT:
+        click.echo(f"warning: these {model['n_calibration']} timings fit no latency model well (cross-validated "
+                   f"{int(model['relative_error_quantile'] * 100)}% relative error {100 * model['relative_error']:.0f}%"
+                   f"); profile the device op by op instead: pomonag-edge profile --host USER@DEVICE", err=True)
