@@ -40,6 +40,9 @@ def main(argv=None) -> int:
     ap.add_argument("--nets", type=int, default=24)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--drift-nets", type=int, default=6, help="calibration nets re-timed to measure machine drift")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="clock of the profile built here (export re-times with the profile's clock): cpu counts only "
+                         "this thread's CPU time, steady while other processes share the machine")
     ap.add_argument("--host", default=None, help="measure there over SSH through the device runner")
     ap.add_argument("--ssh-config", default=None)
     ap.add_argument("--remote-python", default="python3")
@@ -77,7 +80,7 @@ def main(argv=None) -> int:
         profile_path = work / f"{Path(args.device).stem}.json"
         t0 = time.perf_counter()
         build_profile(ProfileRequest(device=args.device, backend=args.backend, precision=args.precision,
-                                     quick=args.quick, out=profile_path, seed=0))
+                                     quick=args.quick, out=profile_path, seed=0, clock=args.clock))
         print(f"built CPU profile {profile_path} in {time.perf_counter() - t0:.0f} s")
     profile = load_profile(profile_path)
 

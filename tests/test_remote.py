@@ -186,4 +186,5 @@ def test_export_to_a_host_without_the_runtime_is_one_line_and_exit_2(ssh_host, t
         result = CliRunner().invoke(cli, ["export", str(run), "--top", "1", "--quick", *common,
                                           "--remote-python", python], terminal_width=300)
         assert result.exit_code == 2 and words in result.output, result.output
-        assert result.output.strip().count("\n") == 0
+        said, error = result.stderr.strip().splitlines()  # the run's own profile, named; then the one error line
+        assert said.startswith(f"profile: {tmp_path / 'p.json'}") and error.startswith("Error: ") and not result.stdout

@@ -192,7 +192,6 @@ def test_trtexec_flags_follow_the_protocol_and_what_trtexec_offers():
 
 def tiny_onnx(w: np.ndarray) -> bytes:
     """y = relu(x @ w), x of shape (2, w.shape[0])."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     graph = helper.make_graph(

@@ -241,7 +241,8 @@ def device_state(root="/"):
 
 
 def machine_facts(root="/"):
-    """What this machine is: OS, CPU, Jetson model and L4T release."""
+    """What this machine is: OS, CPU, GPU, Jetson model, L4T release and power mode (the facts a profile's
+    device is recognised by, named as the host's ``detect_device`` names them)."""
     facts = {"hostname": platform.node(), "os": platform.platform(), "machine": platform.machine(),
              "python": platform.python_version(), "cpu_cores": os.cpu_count()}
     info = _read(os.path.join(root, "proc/cpuinfo")) or ""
@@ -256,6 +257,13 @@ def machine_facts(root="/"):
         model = _read(os.path.join(root, "proc/device-tree/model"))
         if model:
             facts["jetson_model"] = model
+    power = _command(["nvpmodel", "-q"]) if root == "/" else None
+    if power:
+        facts["power_mode"] = parse_nvpmodel(power)
+    gpus = nvidia_smi() if root == "/" else None
+    if gpus:
+        facts["gpu"], facts["gpu_count"] = gpus[0].get("name"), len(gpus)
+        facts["gpu_driver"] = gpus[0].get("driver_version")
     return facts
 
 
