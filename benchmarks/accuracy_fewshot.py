@@ -73,8 +73,7 @@ def generate_regret(model, dataset: str, truth, params, universe, budgets) -> fl
 
 def main(argv=None):
     from pomonag_edge.data import NB201_DATASETS, nb201_accuracy
-    from pomonag_edge.predictors.accuracy_fewshot import (_unique_functions, choose_probes, fit_fewshot,
-                                                          task_features)
+    from pomonag_edge.predictors.accuracy_fewshot import choose_probes, fit_fewshot, task_features, unique_functions
     from pomonag_edge.spaces.nb201 import SPACE
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -86,7 +85,7 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(1)
-    universe = _unique_functions()
+    universe = unique_functions(SPACE)
     methods = ("fewshot", "fewshot, random probes", "best measured", "nearest table", "params-only")
     methods += ("fewshot, generate",) if args.generate else ()
     rows: dict = {}
@@ -95,14 +94,14 @@ def main(argv=None):
         budgets = np.percentile(params[universe], QUANTILES)
         others = tuple(d for d in NB201_DATASETS if d != held)
         truth = nb201_accuracy(held)
-        feats = task_features(others)
+        feats = task_features(SPACE, others)
         tables = np.stack([nb201_accuracy(d) for d in others], axis=1)
         for k in args.shots:
             for seed in range(args.seeds):
-                chosen = np.array([SPACE.index(a) for a in choose_probes(k, seed, others)])
+                chosen = np.array([SPACE.index(a) for a in choose_probes(SPACE, k, seed, others)])
                 randomly = np.random.default_rng(seed).choice(universe, k, replace=False)
                 for name, idx in (("fewshot", chosen), ("fewshot, random probes", randomly)):
-                    model = fit_fewshot([SPACE.from_index(int(i)) for i in idx], truth[idx], others)
+                    model = fit_fewshot(SPACE, [SPACE.from_index(int(i)) for i in idx], truth[idx], others)
                     rest = np.setdiff1d(universe, idx)
                     pred = model.predict_index(universe)
                     score = np.full(15625, -np.inf)

@@ -26,6 +26,8 @@ Targets: 100% truly feasible, gap <= 0.3 points, HV >= 0.99 of exhaustive's.
     python benchmarks/generate.py --quick        # pixel3, 3 budgets, cifar100
     python benchmarks/generate.py                # 4 devices x 3 budgets x 3 datasets
     python benchmarks/generate.py --calibrated 10 --datasets cifar100   # profiles from 10 timings
+    python benchmarks/generate.py --calibrated 10 --global-margin       # one q90 margin for every net (before)
+    python benchmarks/generate.py --calibrated 10 --held-out            # the device unseen by the pretraining
     python benchmarks/generate.py --space mbv3   # a space without measured tables: benchmarks/generate_predicted.py
 """
 
@@ -78,6 +80,13 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=None, help="diffusion sampling rounds (default: the strategy's)")
     ap.add_argument("--mean-guidance", action="store_true",
                     help="diffusion with grad E[J | x_t] guidance (the form before the tilted one), for comparison")
+    ap.add_argument("--level", type=float, default=0.9,
+                    help="probability of fitting the budget a kept net must reach (per-net margins)")
+    ap.add_argument("--held-out", action="store_true",
+                    help="with --calibrated: adapt a latency embedding pretrained without the device (a fold, as "
+                         "latency_fewshot.py), so neither its table nor its head is among the siblings")
+    ap.add_argument("--global-margin", action="store_true",
+                    help="one margin for every net (the latency model's q90 error), as before per-net margins")
     args = ap.parse_args(argv)
 
     import torch
@@ -117,15 +126,26 @@ def main(argv=None) -> int:
                 picks = np.random.default_rng(args.seed).choice(valid, args.calibrated, replace=False)
                 items = [{"arch": str(archs[i]), "latency_ms": float(true_lat[i])} for i in picks]
                 prof = calibrate_profile(SPACE, items, f"{device}-cal{args.calibrated}", source="benchmark")
+            psig = None
             if args.oracle:
                 pacc, plat, margin, src = true_acc, true_lat, 0.0, {"oracle": True}
             else:
                 base = search_predictors(SPACE, prof, dataset)
+                if args.held_out and args.calibrated:
+                    base = _held_out_predictors(SPACE, base, device, [archs[i] for i in picks], true_lat[picks])
                 pacc, plat = base.accuracy(archs), base.latency_ms(archs)
                 margin, src = base.margin, base.source
-                print(f"{dataset} / {device}: latency model margin {margin:.1%}")
+                if not args.global_margin:
+                    psig = base.latency_log_sigma(archs)
+                    rel = np.expm1(1.2815515655446004 * psig[valid])
+                    print(f"{dataset} / {device}: latency model q90 error {margin:.1%}; per-net 90% margins "
+                          f"{np.percentile(rel, 10):.1%} / {np.median(rel):.1%} / {np.percentile(rel, 90):.1%} "
+                          "(p10 / median / p90)")
+                else:
+                    print(f"{dataset} / {device}: latency model margin {margin:.1%} (global)")
             lookup = lambda arr: (lambda xs: arr[[SPACE.table_index(a) for a in xs]])  # noqa: E731
-            preds = Predictors(lookup(np.asarray(pacc)), lookup(np.asarray(plat)), margin, src)
+            preds = Predictors(lookup(np.asarray(pacc)), lookup(np.asarray(plat)), margin, src,
+                               latency_log_sigma=None if psig is None else lookup(np.asarray(psig)))
             for q in QUANTILES:
                 budget_ms = float(np.nanpercentile(true_lat[valid], q))
                 budget = Budget(max_latency_ms=budget_ms)
@@ -140,7 +160,7 @@ def main(argv=None) -> int:
                 oracle = float(true_acc[feas_idx].max())
                 hv_exh, sampled_calls = None, None
                 for method in methods:
-                    problem = SearchProblem(SPACE, dataset, budget, preds)
+                    problem = SearchProblem(SPACE, dataset, budget, preds, level=args.level)
                     if method == "acc-only":
                         acc_only = parse_weights("accuracy=1,latency=0,params=0,macs=0")
                         strat = make_strategy("diffusion", weights=acc_only, use_budget=False,
@@ -198,6 +218,20 @@ def main(argv=None) -> int:
     print("targets: feasible 100%, gap <= 0.3, HV/exh >= 0.99. 'calls': distinct nets scored, the whole table for "
           "diffusion's exact posterior; nsga2 and random get diffusion-sampled's calls.")
     return 0
+
+
+def _held_out_predictors(space, base, device, shots, shots_ms):
+    """``base`` with its latency model refitted on an embedding pretrained without ``device``."""
+    from pomonag_edge.predictors.latency import PretrainedEmbedding, fit_calibration
+    from pomonag_edge.problem import Predictors
+
+    archs, names, ms = space.latency_recipe.tables()
+    keep = [j for j, n in enumerate(names) if n != device]
+    pre = PretrainedEmbedding.from_tables(space, archs, ms[:, keep], [names[j] for j in keep], seed=0)
+    model = fit_calibration(space, shots, shots_ms, pre)
+    return Predictors(base.accuracy, model.predict_ms, float(model.relative_error),
+                      dict(base.source, latency=f"{device} calibrated on an embedding pretrained without it"),
+                      latency_log_sigma=model.log_sigma)
 
 
 def _print_rows(rows):

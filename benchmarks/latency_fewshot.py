@@ -9,6 +9,7 @@ input is never generated (pixel3 times those at ~0.004 ms, which no few-shot fit
     python benchmarks/latency_fewshot.py                 # nb201: all 32 devices, 5 seeds
     python benchmarks/latency_fewshot.py --quick         # 6 devices, 2 seeds, shorter pretraining
     python benchmarks/latency_fewshot.py --space mbv3    # the 9 OFA GPU settings
+    python benchmarks/latency_fewshot.py --family-out [--family-threshold 0.95]   # leave one family out, K=5/10/20
 
 Where the tables cover the whole space (nb201) the adapted model averages the embedding head with the sibling
 tables, and two ceilings are printed beside each device: ``ceil-sp``/``ceil-MAPE`` fit the same model family
@@ -22,8 +23,10 @@ prints its shipped reference profiles' held-out errors, their budget margins.
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import time
+from pathlib import Path
 
 # Each fold's numpy work is small matrices: BLAS threads only oversubscribe a shared machine (set before import).
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -32,7 +35,8 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 from scipy.stats import kendalltau, spearmanr  # noqa: E402
 
-HELP_SPEARMAN = 0.932  # HELP, 10 samples, mean over its unseen devices
+HELP_SPEARMAN = 0.932
+CPU_TABLE = Path(__file__).parent / "data" / "nb201_this_cpu_ms.csv"  # benchmarks/time_cpu_nb201.py  # HELP, 10 samples, mean over its unseen devices
 
 
 def main(argv=None):
@@ -48,12 +52,19 @@ def main(argv=None):
     p.add_argument("--shots", type=int, default=10)
     p.add_argument("--seeds", type=int, default=None)
     p.add_argument("--steps", type=int, default=None, help="pretraining steps per fold (default: the space's)")
+    p.add_argument("--family-out", action="store_true",
+                   help="hold each device out with every shipped device that ranks the nets like it (+ this CPU)")
+    p.add_argument("--family-threshold", type=float, default=0.95,
+                   help="Spearman on the full tables at or above which a shipped device is the held-out one's kin")
+    p.add_argument("--ks", default="5,10,20", help="--family-out: timings per device, comma-separated")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
 
     space = get_space(args.space)
     recipe = space.latency_recipe
     archs, names, ms = recipe.tables()
+    if args.family_out:
+        return family_out(space, archs, names, ms, args)
     held = args.devices or (names[::6] if args.quick else names)
     seeds = args.seeds or (2 if args.quick else 5)
     steps = args.steps or (recipe.fold["steps"] // 2 if args.quick else recipe.fold["steps"])
@@ -85,7 +96,7 @@ def main(argv=None):
             sp.append(spearmanr(pred, target[rest])[0])
             kt.append(kendalltau(pred, target[rest])[0])
             mape.append(100 * np.mean(np.abs(pred / target[rest] - 1)))
-            covered.append(100 * np.mean(target[rest] <= pred + model.margin_ms(pred)))
+            covered.append(100 * np.mean(target[rest] <= model.quantile_ms([archs[i] for i in rest])))
         msp = spearmanr(macs[pool], target[pool])[0]
         row = [np.mean(sp), np.mean(kt), np.mean(mape), prior_sp, msp, np.mean(covered)]
         if covers:
@@ -110,6 +121,111 @@ def main(argv=None):
         for name, r in shipped.heldout.items():
             print(f"{name:12s} {r['spearman']:8.3f} {r['kendall']:7.3f} {100 * r['mape']:5.1f}% "
                   f"{100 * r['rel_err_q90']:6.1f}%")
+
+
+def this_cpu_column(space, n: int) -> np.ndarray | None:
+    """This machine's NB201 timings (``benchmarks/time_cpu_nb201.py``) as a table column, NaN where untimed."""
+    if space.name != "nb201" or not CPU_TABLE.exists():
+        return None
+    col = np.full(n, np.nan)
+    with CPU_TABLE.open() as f:
+        for row in csv.DictReader(f):
+            col[int(row["index"])] = float(row["latency_ms"])
+    return col
+
+
+def families(ms: np.ndarray, threshold: float) -> list[list[int]]:
+    """Per column, the other columns whose Spearman with it (on the nets both measured) is >= ``threshold``."""
+    out = []
+    for d in range(ms.shape[1]):
+        kin = []
+        for j in range(ms.shape[1]):
+            both = np.isfinite(ms[:, d]) & np.isfinite(ms[:, j])
+            if j != d and both.sum() > 20 and spearmanr(ms[both, d], ms[both, j])[0] >= threshold:
+                kin.append(j)
+        out.append(kin)
+    return out
+
+
+def family_out(space, archs, names, ms, args) -> None:
+    """Leave-one-family-out: per device and K, Spearman of the model beside MACs-only, params-only and the model
+    before cost-proxy fallbacks (embedding head + sibling tables: the LUT-free model of the previous version);
+    MAPE and covered% of the model; every number a mean over seeds, on the device's untimed valid nets."""
+    from pomonag_edge.predictors.latency import PretrainedEmbedding, fit_calibration
+
+    recipe = space.latency_recipe
+    ks = [int(k) for k in args.ks.split(",")]
+    seeds = args.seeds or (2 if args.quick else 5)
+    steps = args.steps or (recipe.fold["steps"] // 2 if args.quick else recipe.fold["steps"])
+    valid = np.array([space.is_valid(a) for a in archs])
+    cpu = this_cpu_column(space, len(archs))
+    cols, labels = ms, list(names)
+    if cpu is not None:
+        cols, labels = np.hstack([ms, cpu[:, None]]), labels + ["this-cpu (ORT, 1 thread)"]
+    kin = families(cols, args.family_threshold)
+    held = [labels.index(d) for d in args.devices] if args.devices else (
+        list(range(0, len(names), 6)) + ([len(names)] if cpu is not None else []) if args.quick else range(len(labels)))
+    macs = np.array([space.macs(a) for a in archs], dtype=np.float64)
+    params = np.array([space.params(a) for a in archs], dtype=np.float64)
+    old_name = "head+siblings" if recipe.covers_space and len(archs) == space.size() else "head"
+    print(f"{space.name} latency few-shot, leave-one-family-out: a device is held out with every shipped device "
+          f"whose full table ranks the nets at Spearman >= {args.family_threshold}; pretrain on the rest ({steps} "
+          f"steps), adapt with K random valid nets, {seeds} seeds; scored on the device's other valid nets")
+    print(f"{'device':40s} {'fam':>3s} {'K':>3s} {'model':>6s} {'MACs':>6s} {'params':>6s} {'before':>6s} "
+          f"{'MAPE%':>6s} {'cov%':>5s}  main candidates")
+    rows, t0 = [], time.time()
+    for d in held:
+        train = [j for j in range(len(names)) if j != d and j not in kin[d]]
+        pre = PretrainedEmbedding.from_tables(space, archs, ms[:, train], [names[j] for j in train], steps=steps,
+                                              seed=0)
+        target = cols[:, d]
+        pool = np.where(np.isfinite(target) & valid)[0]
+        for k in ks:
+            r = {"model": [], "macs": [], "params": [], "before": [], "mape": [], "cov": []}
+            mains = {}
+            for seed in range(seeds):
+                shots = np.random.default_rng(seed).choice(pool, size=k, replace=False)
+                model = fit_calibration(space, [archs[i] for i in shots], target[shots], pre)
+                rest = np.setdiff1d(pool, shots)
+                ra = [archs[i] for i in rest]
+                pred = model.predict_ms(ra)
+                cands = model.state["candidates"]
+                old = next((c for c in cands if c["name"] == old_name), None)
+                if old is None:  # pruned for lack of weight: refit it alone for the comparison
+                    old = _candidate_coef(pre, space, [archs[i] for i in shots], target[shots], old_name)
+                else:
+                    old = old["coef"]
+                r["model"].append(spearmanr(pred, target[rest])[0])
+                r["macs"].append(spearmanr(macs[rest], target[rest])[0])
+                r["params"].append(spearmanr(params[rest], target[rest])[0])
+                r["before"].append(spearmanr(pre.joint_features(ra) @ np.asarray(old), target[rest])[0])
+                r["mape"].append(100 * np.mean(np.abs(pred / target[rest] - 1)))
+                r["cov"].append(100 * np.mean(target[rest] <= model.quantile_ms(ra)))
+                for c in cands:
+                    mains[c["name"]] = mains.get(c["name"], 0.0) + c["weight"] / seeds
+            m = {key: float(np.mean(v)) for key, v in r.items()}
+            rows.append((d, k, m))
+            top = ", ".join(f"{n} {w:.2f}" for n, w in sorted(mains.items(), key=lambda t: -t[1])[:3])
+            print(f"{labels[d][:40]:40s} {len(kin[d]):3d} {k:3d} {m['model']:6.3f} {m['macs']:6.3f} "
+                  f"{m['params']:6.3f} {m['before']:6.3f} {m['mape']:6.1f} {m['cov']:5.1f}  {top}", flush=True)
+    print()
+    for k in ks:
+        ms_k = [m for _, kk, m in rows if kk == k]
+        worst = min(m["model"] - m["macs"] for m in ms_k)
+        print(f"MEAN K={k:<3d} ({len(ms_k)} devices) model {np.mean([m['model'] for m in ms_k]):.3f}  MACs "
+              f"{np.mean([m['macs'] for m in ms_k]):.3f}  params {np.mean([m['params'] for m in ms_k]):.3f}  before "
+              f"{np.mean([m['before'] for m in ms_k]):.3f}  MAPE {np.mean([m['mape'] for m in ms_k]):.1f}%  covered "
+              f"{np.mean([m['cov'] for m in ms_k]):.1f}%  worst model-MACs {worst:+.3f}")
+    print(f"{time.time() - t0:.0f} s")
+
+
+def _candidate_coef(pre, space, archs, y_ms, name):
+    from pomonag_edge.predictors.latency import _design, fit_candidates
+
+    design = _design(pre.phi(archs))
+    tables = pre.sibling_tables()[[space.table_index(a) for a in archs]] if pre.covers_space else None
+    cands = fit_candidates(design, tables, pre.proxies(archs), np.log(y_ms), pre.prior_components())
+    return next(c["coef"] for c in cands if c["name"] == name)
 
 
 def _ceilings(pre, phi, target, pool) -> tuple[float, float, float]:

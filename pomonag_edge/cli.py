@@ -35,7 +35,8 @@ def available_commands() -> list[str]:
 
 
 class LazyGroup(click.Group):
-    """Loads a subcommand's module on first use; turns ``UserError`` into one line and exit status 2."""
+    """Loads a subcommand's module on first use; turns ``UserError`` and a bad option into one line and exit
+    status 2."""
 
     def list_commands(self, ctx):
         return available_commands()
@@ -56,6 +57,10 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except UserError as e:
             click.echo(f"Error: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except click.UsageError as e:  # a bad option value: one line too, pointing at the command's help
+            where = e.ctx.command_path if e.ctx is not None else ctx.command_path
+            click.echo(f"Error: {e.format_message()} (see `{where} --help`)", err=True)
             ctx.exit(e.exit_code)
 
 

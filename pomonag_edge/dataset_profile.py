@@ -23,7 +23,6 @@ from .files import atomic_write_json, read_user_text
 SCHEMA = "pomonag-edge/dataset-profile"
 SCHEMA_VERSION = 1
 DATASETS_DIR = Path("datasets")
-SPACE_INPUT_HW = {"nb201": 32}  # the input a user task is resized to, per space that takes user tasks
 
 
 class DatasetProfileError(UserError):
@@ -56,7 +55,11 @@ class DatasetProfile:
     @property
     def input_hw(self) -> int:
         shape = self.source.get("input_shape")
-        return int(shape[-1]) if shape else SPACE_INPUT_HW.get(self.space, 32)
+        if shape:
+            return int(shape[-1])
+        from .spaces import get_space
+
+        return task_input_hw(get_space(self.space))
 
     def __str__(self) -> str:
         return self.name
@@ -126,10 +129,23 @@ def resolve_dataset(spec, space):
     if profile.space != space.name:
         raise DatasetProfileError(f"dataset profile {spec} is for space {profile.space!r}, not {space.name!r}: "
                                   f"pass --space {profile.space}, or probe/calibrate the task for {space.name}")
-    if space.name not in SPACE_INPUT_HW:
-        raise DatasetProfileError(f"the {space.name} space predicts accuracy for {', '.join(space.datasets)} only "
-                                  "(its predictor is OFA's ImageNet estimate): user tasks work with --space nb201")
+    check_takes_tasks(space)
     return profile
+
+
+def check_takes_tasks(space) -> None:
+    """A ``DatasetProfileError`` unless ``space`` can take a user task (``accuracy_fewshot.supports_tasks``)."""
+    from .predictors.accuracy_fewshot import supports_tasks
+
+    if not supports_tasks(space):
+        raise DatasetProfileError(f"the {space.name} space predicts accuracy for {', '.join(space.datasets)} only "
+                                  "(no measured tables of several tasks to adapt from): user tasks work with "
+                                  "--space nb201")
+
+
+def task_input_hw(space) -> int:
+    """The square input a user task's images are resized to: the space's default dataset's."""
+    return int(space.input_shape(None, space.default_dataset)[-1])
 
 
 def dataset_label(dataset) -> str:
@@ -142,12 +158,12 @@ def accuracy_model_of(profile: DatasetProfile):
     from .predictors.accuracy_fewshot import MODEL_KIND, MODEL_VERSION, FewShotAccuracyModel, fit_fewshot
     from .spaces import get_space
 
+    sp = get_space(profile.space)
     state = profile.accuracy_model
     if isinstance(state, dict) and state.get("kind") == MODEL_KIND and state.get("version") == MODEL_VERSION:
-        return FewShotAccuracyModel(state)
-    sp = get_space(profile.space)
+        return FewShotAccuracyModel(sp, state)
     archs = [sp.parse(m["arch"]) for m in profile.measurements]
-    return fit_fewshot(archs, [float(m["accuracy"]) for m in profile.measurements], task=profile.name)
+    return fit_fewshot(sp, archs, [float(m["accuracy"]) for m in profile.measurements], task=profile.name)
 
 
 def fit_dataset_profile(space, measurements: list[dict], name: str, source: dict | None = None,
@@ -155,11 +171,10 @@ def fit_dataset_profile(space, measurements: list[dict], name: str, source: dict
     """A dataset profile for ``measurements`` (accuracy in percent), its accuracy model fitted."""
     from .predictors.accuracy_fewshot import fit_fewshot
 
-    if space.name not in SPACE_INPUT_HW:
-        raise DatasetProfileError(f"dataset profiles exist for {', '.join(SPACE_INPUT_HW)} only; the {space.name} "
-                                  "space's accuracy is OFA's ImageNet estimate")
+    check_takes_tasks(space)
     profile = DatasetProfile(name=name, space=space.name, source=dict(source or {}), measurements=list(measurements),
                              scale=scale)
     archs = [space.parse(m["arch"]) for m in measurements]
-    profile.accuracy_model = fit_fewshot(archs, [float(m["accuracy"]) for m in measurements], task=name).to_dict()
+    profile.accuracy_model = fit_fewshot(space, archs, [float(m["accuracy"]) for m in measurements],
+                                         task=name).to_dict()
     return profile

@@ -1,23 +1,176 @@
-"""Atomic file writes: a reader never sees half a file, an interrupted run never corrupts one."""
+"""Every read and write of a path the user names, in one place.
+
+Writes are atomic (temp file + rename): a reader never sees half a file, an interrupted run never
+corrupts one. An operating-system failure (read-only or system folder, a path under a file, disk full,
+permission denied) becomes a ``UserError``: one line saying what failed, on which path, and what to do.
+Writable outputs can be checked before any long work starts (``check_writable``). Text files the user
+gives are UTF-8 with or without a byte-order mark, with any line endings.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 from .errors import UserError
 
+BOM = b"\xef\xbb\xbf"
 
-def read_user_text(path: str | os.PathLike, what: str, error: type = UserError, encoding: str = "utf-8") -> str:
-    """A file the user named, or one line saying why it cannot be read (``error``, a ``UserError``)."""
+_REASONS = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "the file system is read-only",
+    errno.ENOSPC: "no space left on the disk",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.ENAMETOOLONG: "the name is too long",
+    errno.EISDIR: "it is a folder",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.ELOOP: "too many symbolic links",
+    errno.EEXIST: "it already exists",
+    errno.ENOENT: "no such file or folder",
+}
+
+
+def _reason(e: OSError, writing: bool) -> str:
+    if writing and e.errno == errno.ENOENT:  # e.g. /proc: the folder exists but takes no new files
+        return "the system does not allow files there"
+    return _REASONS.get(e.errno, e.strerror or type(e).__name__)
+
+
+def os_error(e: OSError, action: str, what: str, path, hint: str | None = None) -> UserError:
+    """``e`` on ``path`` as one line: what failed, on which path, why, and what to do."""
+    writing = action in ("write", "create", "replace")
+    if hint is None:
+        hint = ("free some space or choose another place" if e.errno in (errno.ENOSPC, errno.EDQUOT)
+                else "choose a folder you can write to" if writing else "check the path and its permissions")
+    return UserError(f"cannot {action} {what} {path}: {_reason(e, writing)}; {hint}")
+
+
+# ------------------------------------------------------------------ reading
+
+
+def decode_user_text(data: bytes, what: str, path) -> str:
+    """UTF-8 with or without a byte-order mark; CRLF and CR line endings become LF."""
+    skip = len(BOM) if data.startswith(BOM) else 0
     try:
-        return Path(path).read_text(encoding=encoding)
+        text = data[skip:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} {path} is not UTF-8 text (byte 0x{data[skip + e.start]:02x} at offset "
+                        f"{skip + e.start}): save it as UTF-8") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def read_user_bytes(path: str | os.PathLike, what: str, error: type = UserError) -> bytes:
+    """A file the user named, or one line saying why it cannot be read (``error``, a ``UserError``)."""
+    path = Path(path)
+    try:
+        return path.read_bytes()
     except FileNotFoundError:
         raise error(f"{what} {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise error(f"cannot read {what} {path}: {e}") from None
+    except IsADirectoryError:
+        raise error(f"{what} {path} is a folder, not a file") from None
+    except OSError as e:
+        raise error(str(os_error(e, "read", what, path))) from None
+
+
+def read_user_text(path: str | os.PathLike, what: str, error: type = UserError, encoding: str = "utf-8") -> str:
+    """Text of a file the user named (``-``: standard input); see ``decode_user_text``."""
+    if str(path) == "-":
+        return decode_user_text(sys.stdin.buffer.read(), what, "<stdin>")
+    data = read_user_bytes(path, what, error)
+    try:
+        return decode_user_text(data, what, path)
+    except UserError as e:
+        raise error(str(e)) from None
+
+
+def read_user_json(path: str | os.PathLike, what: str, error: type = UserError):
+    """A JSON file the user named (or a tool wrote); corrupt JSON is one line naming the file and the line."""
+    text = read_user_text(path, what, error)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{what} {path} is corrupt (not JSON: {e.msg} at line {e.lineno})") from None
+
+
+# ------------------------------------------------------------------ names and writable places
+
+
+def check_name(name: str, what: str = "--name") -> str:
+    """A name that becomes a file name: no folders, no '..', no leading dot, nothing unprintable."""
+    bad = (not name or "/" in name or "\\" in name or name.startswith(".") or "\0" in name
+           or not name.isprintable() or len(name.encode()) > 200)
+    if bad:
+        raise UserError(f"{what} {name!r} must be a plain name (letters, digits, '-', '_', '.'; no '/', no leading "
+                        "dot); use --out PATH to choose where the file goes")
+    return name
+
+
+def _refuse_special(path: Path, what: str) -> None:
+    """A device, pipe or socket at ``path`` would be replaced by a plain file: never do that."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError:
+        return  # a later step says why
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise UserError(f"cannot write {what} {path}: it is a device, pipe or socket, not a file; name a file")
+
+
+def _nearest_existing(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable(path: str | os.PathLike, what: str, folder: bool = False) -> Path:
+    """Fail now, with one line, if ``path`` (a file, or a folder with ``folder``) could not be written later.
+
+    Creates nothing that stays: a probe file is made and removed in the nearest existing folder."""
+    path = Path(path)
+    try:
+        if folder and path.exists() and not path.is_dir():
+            raise UserError(f"cannot write {what} {path}: it is a file, not a folder; choose another path")
+        if not folder and path.is_dir():
+            raise UserError(f"cannot write {what} {path}: it is a folder; name a file")
+        _refuse_special(path, what)
+        anchor = _nearest_existing(path if folder else path.parent)
+    except OSError as e:  # a name too long, a loop of links
+        raise os_error(e, "write", what, path) from None
+    if not anchor.is_dir():
+        raise UserError(f"cannot write {what} {path}: {anchor} is a file, not a folder; choose another path")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".pomonag-write-check.", dir=anchor)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise os_error(e, "write", what, path) from None
+    return path
+
+
+def make_dir(path: str | os.PathLike, what: str = "folder", exist_ok: bool = True) -> Path:
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=exist_ok)
+    except FileExistsError:
+        if exist_ok:  # a file where the folder should be
+            raise UserError(f"cannot create {what} {path}: a file of that name exists; choose another path") from None
+        raise
+    except OSError as e:
+        raise os_error(e, "create", what, path) from None
+    return path
+
+
+# ------------------------------------------------------------------ atomic writes
 
 
 def _umask() -> int:
@@ -26,29 +179,100 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, what: str = "file") -> Path:
     """Write to a temp file beside ``path``, then rename; the file gets the usual umask permissions
     (mkstemp alone would leave it readable by its owner only)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _refuse_special(path, what)
+    make_dir(path.parent, f"folder of {what}")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as e:
+        _discard(tmp)
+        raise os_error(e, "write", what, path) from None
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _discard(tmp)
         raise
     return path
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def _discard(tmp: str | None) -> None:
+    if tmp is not None and os.path.exists(tmp):
+        os.unlink(tmp)
 
 
-def atomic_write_json(path: str | os.PathLike, obj) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+def atomic_write_text(path: str | os.PathLike, text: str, what: str = "file") -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"), what)
+
+
+def atomic_write_json(path: str | os.PathLike, obj, what: str = "file") -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n", what)
+
+
+def create_new_json(path: str | os.PathLike, obj, what: str = "file") -> bool:
+    """Write ``path`` only if no file of that name exists (atomic: two writers never both succeed).
+    Returns False when it existed."""
+    path = Path(path)
+    make_dir(path.parent, f"folder of {what}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write((json.dumps(obj, indent=2) + "\n").encode())
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        try:
+            os.link(tmp, path)  # fails if path exists, unlike rename
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            with open(path, "xb") as f:  # a file system without hard links: exclusive create, then write
+                f.write(Path(tmp).read_bytes())
+        return True
+    except FileExistsError:
+        return False
+    except OSError as e:
+        raise os_error(e, "write", what, path) from None
+    finally:
+        _discard(tmp)
+
+
+# ------------------------------------------------------------------ whole folders
+
+
+def staging_dir(final: str | os.PathLike, what: str = "folder") -> Path:
+    """A fresh hidden folder beside ``final`` to build its next contents in (see ``replace_dir``)."""
+    final = Path(final)
+    make_dir(final.parent, f"folder of {what}")
+    try:
+        staged = Path(tempfile.mkdtemp(prefix=f".{final.name}.new-", dir=final.parent))
+        os.chmod(staged, 0o777 & ~_umask())  # mkdtemp's 0700 would outlive the rename
+    except OSError as e:
+        raise os_error(e, "create", what, final) from None
+    return staged
+
+
+def replace_dir(staged: str | os.PathLike, final: str | os.PathLike, what: str = "folder") -> Path:
+    """Put the finished folder ``staged`` at ``final``, replacing what was there as a whole.
+
+    Two renames: the old folder moves aside, the new one moves in, then the old one is deleted. An
+    interruption between them leaves the old folder whole beside the new one, never a mix of the two."""
+    staged, final = Path(staged), Path(final)
+    old = None
+    try:
+        if os.path.lexists(final):
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+            os.replace(final, old / final.name)
+        os.replace(staged, final)
+    except OSError as e:
+        raise os_error(e, "replace", what, final) from None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return final

@@ -5,15 +5,19 @@ Kept apart from the CLI so tests, benchmarks and the export stage call the same 
 
 ``pareto.json``: a JSON list in rank order; each item has ``rank`` (1-based), ``arch`` (canonical string),
 ``accuracy`` (predicted %, for ``dataset``), ``latency_ms`` (predicted, without margin),
-``latency_ms_with_margin``, ``params``, ``macs`` (exact, for ``dataset``'s input), ``feasible`` (bool),
+``latency_ms_with_margin`` (the latency the net stays under with probability ``level``),
+``p_within_budget`` (probability that its measured latency fits the budget), ``params``, ``macs`` (exact, for ``dataset``'s input), ``feasible`` (bool),
 ``front`` (0 = non-dominated among the feasible candidates), ``index`` (row of the space's shipped tables,
 where it has them).
 
 ``manifest.json``: ``schema`` ("pomonag-edge/run"), ``schema_version``, ``space``, ``dataset`` (a shipped
 name, or a user task's name), ``dataset_profile`` (null, or for a user task {``spec``, ``file``, ``name``,
 ``sha256``, ``num_classes``, ``measurements``, ``accuracy_error_points``, ``accuracy_error_quantile``,
-``accuracy_cv_spearman``}; the profile itself is copied to ``dataset.json`` beside it), ``profile`` {``spec``, ``name``, ``sha256``, ``reference``}, ``budget`` {``max_latency_ms``, ``max_params``,
-``max_macs``}, ``margin`` (relative), ``latency_limit_ms`` (budget / (1 + margin)), ``weights``,
+``accuracy_cv_spearman``}; the profile itself is copied to ``dataset.json`` beside it), ``profile`` {``spec``,
+``name``, ``sha256``, ``reference``}, ``budget`` {``max_latency_ms``, ``max_params``, ``max_macs``}, ``level``
+(probability of fitting the budget a kept net reaches), ``per_net_margin`` (bool), ``margin`` (relative, the
+latency model's q90 error), ``latency_limit_ms`` (budget / (1 + margin), or the budget itself with per-net
+margins), ``weights``,
 ``strategy``, ``num``, ``samples``, ``seed``, ``predictors`` (what scored the nets), ``stats``,
 ``generator`` (checkpoint meta, diffusion only), ``versions``, ``created``, ``command``.
 """
@@ -27,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
-from .files import atomic_write_bytes, atomic_write_json, atomic_write_text
-from .problem import SearchProblem, describe_budget, parse_weights
+from .files import atomic_write_bytes, atomic_write_json, atomic_write_text, check_writable, replace_dir, staging_dir
+from .problem import DEFAULT_LEVEL, SearchProblem, describe_budget, parse_weights
 from .selection import SearchResult, run_search
 from .strategies import make_strategy
 from .units import Budget
@@ -37,8 +41,8 @@ from .versions import versions
 RUN_SCHEMA = "pomonag-edge/run"
 RUN_SCHEMA_VERSION = 1
 RUN_DATASET_FILE = "dataset.json"  # a user task's dataset profile, copied into the run folder
-CSV_FIELDS = ("rank", "arch", "accuracy", "latency_ms", "latency_ms_with_margin", "params", "macs", "feasible",
-              "front", "index")
+CSV_FIELDS = ("rank", "arch", "accuracy", "latency_ms", "latency_ms_with_margin", "p_within_budget", "params", "macs",
+              "feasible", "front", "index")
 
 
 @dataclass
@@ -50,25 +54,52 @@ class Run:
 
 
 def new_run_dir(root: str | Path = "runs") -> Path:
-    """A fresh folder ``runs/<UTC time>-<n>`` that no other run uses."""
-    root = Path(root)
+    """A fresh folder ``runs/<UTC time>-<n>`` that no other run uses (names sort in the order runs were made)."""
+    from .files import make_dir
+
+    root = make_dir(root, "runs folder")
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     for n in range(1000):
-        path = root / (stamp if n == 0 else f"{stamp}-{n}")
+        path = root / (stamp if n == 0 else f"{stamp}-{n:03d}")
         try:
-            path.mkdir(parents=True, exist_ok=False)
+            path.mkdir(exist_ok=False)
             return path
         except FileExistsError:
             continue
+        except OSError as e:
+            from .files import os_error
+
+            raise os_error(e, "create", "run folder", path) from None
     raise UserError(f"cannot create a new run folder under {root}")
+
+
+def check_run_out(out: str | Path | None, force: bool = False) -> Path | None:
+    """``--out`` checked before the search: writable, and not an existing run unless ``force`` (which replaces
+    it whole). None: the default folder ./runs must be writable."""
+    if out is None:
+        check_writable("runs", "runs folder", folder=True)
+        return None
+    out = check_writable(out, "run folder", folder=True)
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / "manifest.json").is_file() and not (out / "pareto.json").is_file():
+            raise UserError(f"{out} holds files that are not a run: --out a new or empty folder (--force replaces "
+                            "only run folders)")
+        if not force:
+            inside = [p.name + "/" for p in sorted(out.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+            also = f" (with its {', '.join(inside)})" if inside else ""
+            raise UserError(f"{out} already holds a run: runs are not overwritten; pass --force to replace the "
+                            f"folder whole{also}, or --out a new folder")
+    return out
 
 
 def generate_run(*, space="nb201", profile=None, dataset=None, max_latency=None, max_params=None, max_macs=None,
                  weights=None, num=10, samples=512, strategy="diffusion", seed=0, out=None, progress=None,
-                 predictors=None, strategy_options=None, command=None) -> Run:
+                 predictors=None, strategy_options=None, command=None, force=False, level=DEFAULT_LEVEL) -> Run:
     """Resolve the profile, budget and weights; search; write the run folder (unless nothing is feasible).
 
-    ``predictors`` overrides the profile's predictors (tests and benchmarks pass measured tables).
+    ``out`` is checked before the search; an existing run there is refused unless ``force``, which replaces
+    the folder whole. ``predictors`` overrides the profile's predictors (tests and benchmarks pass measured
+    tables); ``level``: the probability of fitting the latency budget each kept net must reach.
     """
     from .predictors import search_predictors
     from .profile import resolve_profile
@@ -81,11 +112,10 @@ def generate_run(*, space="nb201", profile=None, dataset=None, max_latency=None,
 
     dataset_spec = dataset
     dataset = resolve_dataset(dataset, sp)  # a shipped name (checked), or a user task's DatasetProfile
+    out_dir = check_run_out(out, force)
     prof = resolve_profile(profile, space=sp.name)
-    if prof.space != sp.name:
-        raise UserError(f"profile {prof.name} is for space {prof.space}, not {sp.name}: pass --space {prof.space}")
     preds = predictors if predictors is not None else search_predictors(sp, prof, dataset)
-    problem = SearchProblem(sp, dataset, budget, preds)
+    problem = SearchProblem(sp, dataset, budget, preds, level=level)
     strat = make_strategy(strategy, weights=w, **(strategy_options or {}))
     result = run_search(problem, strat, samples=samples, num=num, seed=seed, progress=progress)
     manifest = {
@@ -93,18 +123,17 @@ def generate_run(*, space="nb201", profile=None, dataset=None, max_latency=None,
         "dataset": dataset_label(dataset), "dataset_profile": _dataset_record(dataset, dataset_spec),
         "profile": {"spec": profile, "name": prof.name, "sha256": prof.sha256, "reference": prof.reference},
         "budget": budget.to_dict(), "budget_text": describe_budget(budget),
+        "level": problem.level, "per_net_margin": problem.per_net,
         "margin": problem.margin, "latency_limit_ms": problem.latency_limit_ms,
         "weights": w, "strategy": strategy, "num": num, "samples": samples, "seed": seed,
         "predictors": preds.source, "stats": result.stats,
         "generator": getattr(strat, "info", None) or None, "versions": versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": command,
     }
-    out_dir = Path(out) if out is not None else None
     if result.selected:
         out_dir = out_dir or new_run_dir()
-        write_run(out_dir, result, manifest, problem)
-        if not isinstance(dataset, str):  # the run folder carries its task: train and export read it there
-            dataset.save(out_dir / RUN_DATASET_FILE)
+        # the run folder carries its task: train and export read it there
+        write_run(out_dir, result, manifest, problem, task=None if isinstance(dataset, str) else dataset)
     return Run(out=out_dir, problem=problem, result=result, manifest=manifest)
 
 
@@ -120,16 +149,28 @@ def _dataset_record(dataset, spec) -> dict | None:
             "accuracy_cv_spearman": cv.get("spearman")}
 
 
-def write_run(out: Path, result: SearchResult, manifest: dict, problem: SearchProblem) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "pareto.json", result.selected)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(result.selected)
-    atomic_write_text(out / "pareto.csv", buf.getvalue())
-    atomic_write_json(out / "manifest.json", manifest)
-    atomic_write_bytes(out / "pareto.png", plot_png(result, problem))
+def write_run(out: Path, result: SearchResult, manifest: dict, problem: SearchProblem, task=None) -> None:
+    """Build the run in a hidden folder beside ``out``, then put it in place whole: a run folder never holds
+    files of two generations, and an interrupted write leaves the previous one intact. ``task``: a user task's
+    dataset profile, saved in the run as ``dataset.json``."""
+    staged = staging_dir(out, "run folder")
+    try:
+        if task is not None:
+            task.save(staged / RUN_DATASET_FILE)
+        atomic_write_json(staged / "pareto.json", result.selected)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(result.selected)
+        atomic_write_text(staged / "pareto.csv", buf.getvalue())
+        atomic_write_bytes(staged / "pareto.png", plot_png(result, problem))
+        atomic_write_json(staged / "manifest.json", manifest)
+        replace_dir(staged, out, "run folder")
+    finally:
+        if staged.exists():
+            import shutil
+
+            shutil.rmtree(staged, ignore_errors=True)
 
 
 def plot_png(result: SearchResult, problem: SearchProblem) -> bytes:
@@ -152,7 +193,7 @@ def plot_png(result: SearchResult, problem: SearchProblem) -> bytes:
     b = problem.budget.max_latency_ms
     if b is not None:
         ax.axvline(b, color="k", ls="--", lw=1, label=f"budget {b:g} ms")
-        if problem.margin > 0:
+        if problem.margin > 0 and not problem.per_net:
             ax.axvline(problem.latency_limit_ms, color="gray", ls=":", lw=1,
                        label=f"budget less margin ({problem.margin:.1%})")
     ax.set_xlabel("predicted latency (ms)")

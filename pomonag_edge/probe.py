@@ -14,9 +14,9 @@ import hashlib
 import io
 from pathlib import Path
 
-from .dataset_profile import DATASETS_DIR, SPACE_INPUT_HW, DatasetProfileError, fit_dataset_profile
+from .dataset_profile import DATASETS_DIR, check_takes_tasks, fit_dataset_profile, task_input_hw
 from .errors import UserError
-from .files import atomic_write_text
+from .files import atomic_write_text, check_name, check_writable
 
 CSV_FIELDS = ("arch", "accuracy", "epochs", "seed", "data", "seconds", "device")
 
@@ -31,22 +31,21 @@ def probe_task(data_path, space_name: str = "nb201", probes: int = 20, epochs: i
     from .training import Recipe, train_net
     from .userdata import load_user_data
 
-    if space_name not in SPACE_INPUT_HW:
-        raise DatasetProfileError(f"probing a task works for {', '.join(SPACE_INPUT_HW)} only; the {space_name} "
-                                  "space's accuracy is OFA's ImageNet estimate")
     if probes < 5:
         raise UserError(f"--probes must be at least 5 (the accuracy model's minimum), got {probes}")
     if epochs < 1:
         raise UserError(f"--epochs must be at least 1, got {epochs}")
     space = get_space(space_name)
-    data = load_user_data(data_path, input_hw=SPACE_INPUT_HW[space_name], seed=seed)
+    check_takes_tasks(space)
+    data = load_user_data(data_path, input_hw=task_input_hw(space), seed=seed)
     name = name or data.name
-    out = Path(out) if out is not None else DATASETS_DIR / f"{name}.json"
+    out = Path(out) if out is not None else DATASETS_DIR / f"{check_name(name)}.json"
+    check_writable(out, "dataset profile")  # before any training
     csv_path, work = out.with_suffix(".csv"), out.with_suffix(".probe")
     fingerprint = data.source["fingerprint"]
     done = {r["arch"]: r for r in _read_rows(csv_path)
             if r.get("data") == fingerprint and int(r["epochs"]) == epochs and int(r["seed"]) == seed}
-    archs = choose_probes(probes, seed)
+    archs = choose_probes(space, probes, seed)
     rows = [done[str(a)] for a in archs if str(a) in done]
     recipe = Recipe(epochs=epochs, seed=seed)
     for i, arch in enumerate(archs):

@@ -1,8 +1,10 @@
 """The search, stated once, as pymoo states a problem: objectives, constraints and the predictors behind them.
 
 Objectives ``accuracy`` (maximised), ``latency_ms``, ``params``, ``macs`` (minimised); constraints G <= 0 for
-each budget given: ``latency_ms * (1 + margin) <= max_latency_ms`` (margin: the latency model's own relative
-error), ``params <= max_params``, ``macs <= max_macs``. Strategies (``strategies``, ``generator.strategy``)
+each budget given: ``latency_bound_ms <= max_latency_ms``, ``params <= max_params``, ``macs <= max_macs``.
+``latency_bound_ms`` is the latency a net stays under with probability ``level`` (the user's ask): the
+prediction times ``exp(z_level x sigma)`` where the predictors give a per-net sigma of log-ms, else the
+prediction times ``(1 + margin)``. So a net is kept when its probability of fitting the budget is >= ``level``. Strategies (``strategies``, ``generator.strategy``)
 propose archs against a ``SearchProblem``; ``selection`` turns proposals into the ranked answer. This module
 imports nothing else of the package but errors and units.
 """
@@ -18,6 +20,8 @@ from .errors import UserError
 from .units import Budget, format_count
 
 OBJECTIVES = ("accuracy", "latency_ms", "params", "macs")
+GUIDED = OBJECTIVES + ("latency_bound_ms",)  # what strategies steer by: the objectives and the budgeted latency
+DEFAULT_LEVEL = 0.9  # probability of fitting the latency budget a kept net must reach
 WEIGHT_KEYS = {"accuracy": "accuracy", "latency": "latency_ms", "params": "params", "macs": "macs"}
 DEFAULT_WEIGHTS = {"accuracy": 1.0, "latency": 0.5, "params": 0.1, "macs": 0.1}
 Progress = Callable[[str, int, int], None]
@@ -51,12 +55,14 @@ def parse_weights(text: str | None) -> dict[str, float]:
 
 @dataclass
 class Predictors:
-    """The clean predictors a search scores nets with; ``margin`` is the latency model's relative error."""
+    """The clean predictors a search scores nets with; ``margin`` is the latency model's relative error (one
+    for every net), ``latency_log_sigma`` (optional) its per-net std of log-ms, which replaces the margin."""
 
     accuracy: Callable[[Sequence], np.ndarray]
     latency_ms: Callable[[Sequence], np.ndarray]
     margin: float = 0.0
     source: dict = field(default_factory=dict)
+    latency_log_sigma: Callable[[Sequence], np.ndarray] | None = None
 
 
 # ---------------------------------------------------------------- the problem
@@ -67,17 +73,32 @@ class SearchProblem:
 
     n_obj, n_constr = len(OBJECTIVES), 3
 
-    def __init__(self, space, dataset: str, budget: Budget, predictors: Predictors):
+    def __init__(self, space, dataset: str, budget: Budget, predictors: Predictors, level: float = DEFAULT_LEVEL):
+        from scipy.stats import norm
+
+        if not 0.5 <= level < 1:
+            raise UserError(f"the probability of fitting the budget must be in [0.5, 1), got {level:g}")
         self.space, self.dataset, self.budget, self.predictors = space, dataset, budget, predictors
-        self.margin = float(predictors.margin)
+        self.margin, self.level, self._z = float(predictors.margin), float(level), float(norm.ppf(level))
         self.calls = 0  # distinct nets scored for the search itself (work like distillation not counted)
         self._cache: dict = {}
         self._counted: set = set()
 
     @property
+    def per_net(self) -> bool:
+        """Whether each net has its own latency margin (the predictors give a sigma)."""
+        return self.predictors.latency_log_sigma is not None
+
+    @property
     def latency_limit_ms(self) -> float | None:
+        """The budget less the global margin (with per-net margins: the limit a net of zero sigma meets)."""
         b = self.budget.max_latency_ms
-        return None if b is None else b / (1.0 + self.margin)
+        return None if b is None else b / (1.0 if self.per_net else 1.0 + self.margin)
+
+    def limits(self) -> dict:
+        """Upper bounds on the ``GUIDED`` columns (None: unconstrained), for strategies' guidance."""
+        b = self.budget
+        return {"latency_bound_ms": b.max_latency_ms, "params": b.max_params, "macs": b.max_macs}
 
     def evaluate(self, archs: Sequence, count: bool = True) -> dict[str, np.ndarray]:
         """Objectives of ``archs`` as arrays; ``count=False`` for work that is not the search (distillation)."""
@@ -86,15 +107,34 @@ class SearchProblem:
         if todo:
             acc = np.asarray(self.predictors.accuracy(todo), dtype=np.float64)
             lat = np.asarray(self.predictors.latency_ms(todo), dtype=np.float64)
-            for a, ac, la in zip(todo, acc, lat):
+            if self.per_net:
+                sigma = np.asarray(self.predictors.latency_log_sigma(todo), dtype=np.float64)
+                bound = lat * np.exp(self._z * sigma)
+            else:
+                sigma, bound = np.zeros(len(todo)), lat * (1 + self.margin)
+            for a, ac, la, sd, bo in zip(todo, acc, lat, sigma, bound):
                 self._cache[a] = (float(ac), float(la), float(self.space.params(a, self.dataset)),
-                                  float(self.space.macs(a, self.dataset)))
+                                  float(self.space.macs(a, self.dataset)), float(bo), float(sd))
         if count:
             fresh = set(archs) - self._counted
             self._counted |= fresh
             self.calls += len(fresh)
-        rows = np.array([self._cache[a] for a in archs], dtype=np.float64).reshape(-1, 4)
-        return {name: rows[:, j] for j, name in enumerate(OBJECTIVES)}
+        rows = np.array([self._cache[a] for a in archs], dtype=np.float64).reshape(-1, 6)
+        return {name: rows[:, j] for j, name in enumerate(GUIDED + ("latency_log_sigma",))}
+
+    def p_within_budget(self, scores: dict) -> np.ndarray:
+        """Probability that each net's measured latency fits the budget (1 where unconstrained; with one global
+        margin, 1 or 0 by whether prediction x (1 + margin) fits)."""
+        from scipy.stats import norm
+
+        b = self.budget.max_latency_ms
+        lat = scores["latency_ms"]
+        if b is None:
+            return np.ones_like(lat)
+        sigma = scores["latency_log_sigma"]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = (np.log(b) - np.log(np.maximum(lat, 1e-12))) / sigma
+        return np.where(sigma > 0, norm.cdf(z), (scores["latency_bound_ms"] <= b).astype(np.float64))
 
     def F(self, scores: dict) -> np.ndarray:
         """Objective matrix, every column minimised."""
@@ -104,7 +144,7 @@ class SearchProblem:
         """Relative budget excess per constraint (<= 0 feasible; 0 where unconstrained)."""
         b = self.budget
         cols = []
-        for value, limit in ((scores["latency_ms"] * (1 + self.margin), b.max_latency_ms),
+        for value, limit in ((scores["latency_bound_ms"], b.max_latency_ms),
                              (scores["params"], b.max_params), (scores["macs"], b.max_macs)):
             cols.append(np.zeros_like(value) if limit is None else value / limit - 1.0)
         return np.stack(cols, axis=1)

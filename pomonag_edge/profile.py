@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ProfileError
-from .files import atomic_write_json, read_user_text
+from .files import atomic_write_json, check_writable, create_new_json, read_user_json
 
 SCHEMA = "pomonag-edge/profile"
 SCHEMA_VERSION = 1
@@ -43,10 +43,16 @@ class Profile:
     reference: str | None = None  # name of a shipped latency table when this is a reference profile
     tool_version: str = __version__
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    partial: bool = False  # still being measured (or interrupted): never chosen as a default
+    parent: dict | None = None  # a revision's origin: {"path", "name", "sha256"} of the profile it extends
 
     # -- serialisation
     def to_dict(self) -> dict:
-        return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **asdict(self)}
+        d = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **asdict(self)}
+        for key in ("partial", "parent"):  # absent when unset, so older profiles keep their hash
+            if not d[key]:
+                del d[key]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "profile") -> "Profile":
@@ -66,13 +72,34 @@ class Profile:
             profile = cls(**fields)
         except TypeError as e:
             raise ProfileError(f"{source} is malformed: {e}") from None
+        types = {"name": str, "space": str, "device": dict, "runtime": dict, "lut": dict, "calibration": list,
+                 "latency_model": (dict, type(None)), "partial": bool, "parent": (dict, type(None))}
+        for key, kind in types.items():
+            if not isinstance(getattr(profile, key), kind):
+                raise ProfileError(f"{source} is malformed: {key!r} is a {type(getattr(profile, key)).__name__}")
         for item in profile.calibration:
             if not isinstance(item, dict) or "arch" not in item or "latency_ms" not in item:
                 raise ProfileError(f"{source}: every calibration item needs 'arch' and 'latency_ms'")
         return profile
 
     def save(self, path: str | os.PathLike) -> Path:
-        return atomic_write_json(path, self.to_dict())
+        return atomic_write_json(path, self.to_dict(), "profile")
+
+    def save_revision(self, parent_path: str | os.PathLike, parent: "Profile") -> Path:
+        """Save as a new file beside ``parent_path`` (``NAME.r2.json``, ``.r3``, ...), recording its parent.
+
+        The parent is never rewritten (runs name it by hash), and two writers extending the same profile at
+        once each get their own revision: neither update is lost."""
+        parent_path = Path(parent_path)
+        self.parent = {"path": str(parent_path), "name": parent.name, "sha256": parent.sha256}
+        self.created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        base = parent_path.name.removesuffix(".json")
+        base = base.rsplit(".r", 1)[0] if base.rsplit(".r", 1)[-1].isdigit() else base
+        for n in range(2, 10_000):
+            path = parent_path.with_name(f"{base}.r{n}.json")
+            if create_new_json(path, self.to_dict(), "profile revision"):
+                return path
+        raise ProfileError(f"too many revisions of {parent_path}")
 
     @property
     def sha256(self) -> str:
@@ -83,12 +110,15 @@ class Profile:
 
 def load_profile(path: str | os.PathLike) -> Profile:
     path = Path(path)
-    text = read_user_text(path, "profile", ProfileError)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ProfileError(f"profile {path} is corrupt (not JSON: {e.msg} at line {e.lineno})") from None
-    return Profile.from_dict(data, source=f"profile {path}")
+    return Profile.from_dict(read_user_json(path, "profile", ProfileError), source=f"profile {path}")
+
+
+def check_space(profile: Profile, space: str, source: str = "", hint: str | None = None) -> Profile:
+    """Refuse a profile of another search space, naming the flag that would fit it."""
+    if profile.space != space:
+        hint = hint or f"pass --space {profile.space}, or a --profile of space {space}"
+        raise ProfileError(f"profile {source or profile.name} is for space {profile.space}, not {space}: {hint}")
+    return profile
 
 
 def reference_profile(name: str, space: str | None = None) -> Profile:
@@ -112,20 +142,80 @@ def reference_profile(name: str, space: str | None = None) -> Profile:
     raise ProfileError(f"no reference profile named {name!r}{where}{hint}")
 
 
-def newest_profile(folder: str | os.PathLike = PROFILES_DIR) -> Path | None:
-    files = sorted(Path(folder).glob("*.json"), key=lambda p: p.stat().st_mtime)
-    return files[-1] if files else None
+def _created_key(profile: Profile) -> str:
+    """``created`` as a sortable UTC string ('' when it does not parse: sorts oldest)."""
+    from datetime import datetime, timezone
+
+    try:
+        return datetime.strptime(profile.created, "%Y-%m-%dT%H:%M:%S%z").astimezone(timezone.utc).isoformat()
+    except (TypeError, ValueError):
+        return ""
 
 
-def resolve_profile(spec: str | None, folder: str | os.PathLike = PROFILES_DIR, space: str | None = None) -> Profile:
+def _shown(folder: Path) -> str:
+    return str(folder) if folder.is_absolute() else f"./{folder}"
+
+
+def default_profile(folder: str | os.PathLike = PROFILES_DIR, space: str | None = None) -> tuple[Path, str]:
+    """The profile a command uses without ``--profile``, and why (one clause for the user).
+
+    The newest *finished* profile of ``space`` in ``folder``, by the time recorded inside it when it was
+    finished, not by the file's modification time; partial, unreadable and other spaces' profiles are
+    never chosen."""
+    folder = Path(folder)
+    found, skipped, others = [], {"partial": 0, "unreadable": 0}, set()
+    for path in sorted(folder.glob("*.json")):
+        try:
+            p = load_profile(path)
+        except ProfileError:
+            skipped["unreadable"] += 1
+            continue
+        if p.partial:
+            skipped["partial"] += 1
+        elif space is not None and p.space != space:
+            others.add(p.space)
+        else:
+            found.append((_created_key(p), path.name, path, p))
+    if not found:
+        hint = (f" (only profiles of space {', '.join(sorted(others))}: pass --space {sorted(others)[0]} to use "
+                "one)") if others else " (partial ones are never chosen)" if skipped["partial"] else ""
+        raise ProfileError(f"no profile found in {_shown(folder)}{' for space ' + space if space else ''}{hint}: run `pomonag-edge profile --device cpu"
+                           f"{' --space ' + space if space and space != 'nb201' else ''}` or pass --profile "
+                           "PATH|NAME (`pomonag-edge devices` lists reference profiles)")
+    created, _, path, p = max(found)
+    left = "; ".join(f"{n} {k} skipped" for k, n in skipped.items() if n)
+    why = (f"newest finished {p.space} profile in {_shown(folder)}, made {p.created}"
+           + (f", revision of {p.parent.get('path')}" if p.parent else "") + (f"; {left}" if left else ""))
+    return path, why
+
+
+def announce(message: str) -> None:
+    """A default choice made for the user, said on stderr so a script's stdout stays clean."""
+    import sys
+
+    print(message, file=sys.stderr, flush=True)
+
+
+def resolve_profile(spec: str | None, folder: str | os.PathLike = PROFILES_DIR, space: str | None = None,
+                    say=announce, hint: str | None = None) -> Profile:
     """``--profile`` as the user gives it: a path, a reference name (of ``space`` when given), or None for the
-    newest in ./profiles."""
+    default (``default_profile``), which is announced through ``say``. A profile of another space is refused."""
     if spec is None:
-        path = newest_profile(folder)
-        if path is None:
-            raise ProfileError(f"no profile found in ./{Path(folder)}: run `pomonag-edge profile --device cpu` "
-                               "or pass --profile PATH|NAME (`pomonag-edge devices` lists reference profiles)")
+        path, why = default_profile(folder, space)
+        say(f"profile: {path} ({why}; --profile chooses another)")
         return load_profile(path)
     if os.path.sep in spec or spec.endswith(".json") or Path(spec).exists():
-        return load_profile(spec)
+        profile = load_profile(spec)
+        if profile.partial:
+            say(f"note: profile {spec} is partial (its measuring was interrupted): run its `pomonag-edge profile` "
+                "command again to finish it")
+        return profile if space is None else check_space(profile, space, spec, hint)
     return reference_profile(spec, space)
+
+
+def check_profile_out(path: str | os.PathLike, force: bool = False) -> Path:
+    """A profile ``--out`` checked before any measuring: writable, and not someone's profile unless ``force``."""
+    path = check_writable(path, "profile")
+    if path.exists() and not force:
+        raise ProfileError(f"{path} already exists: pass --force to replace it, or --out another path")
+    return path

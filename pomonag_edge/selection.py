@@ -43,7 +43,8 @@ def run_search(problem: SearchProblem, strategy, *, samples: int = 512, num: int
     distinct = list(dict.fromkeys(valid))
     scores = problem.evaluate(distinct)
     feas = problem.feasible(scores)
-    rows = [_row(problem, a, scores, i, bool(feas[i])) for i, a in enumerate(distinct)]
+    p_fit = problem.p_within_budget(scores)
+    rows = [_row(problem, a, scores, i, bool(feas[i]), p_fit[i]) for i, a in enumerate(distinct)]
     classes = [space.canonical(a) for a in distinct]
     fidx = np.flatnonzero(feas)
     front_rows: list[dict] = []
@@ -80,10 +81,11 @@ def run_search(problem: SearchProblem, strategy, *, samples: int = 512, num: int
                         closest=near, stats=stats, candidates=distinct, scored=rows)
 
 
-def _row(problem, arch, scores, i, feasible) -> dict:
+def _row(problem, arch, scores, i, feasible, p_fit) -> dict:
     lat = float(scores["latency_ms"][i])
     row = {"rank": None, "arch": str(arch), "accuracy": round(float(scores["accuracy"][i]), 4),
-           "latency_ms": round(lat, 4), "latency_ms_with_margin": round(lat * (1 + problem.margin), 4),
+           "latency_ms": round(lat, 4), "latency_ms_with_margin": round(float(scores["latency_bound_ms"][i]), 4),
+           "p_within_budget": round(float(p_fit), 4),
            "params": int(scores["params"][i]), "macs": int(scores["macs"][i]), "feasible": feasible, "front": None}
     index = problem.space.table_index(arch)
     if index is not None:

@@ -184,7 +184,7 @@ def train_run(run_dir, data_path, top: int = 1, epochs: int = 200, seed: int = 0
     (rewritten after each net). A rerun resumes unfinished nets and keeps finished ones."""
     import json
 
-    from .dataset_profile import SPACE_INPUT_HW
+    from .dataset_profile import check_takes_tasks, task_input_hw
     from .export.runs import load_run
     from .files import atomic_write_json
     from .spaces import get_space
@@ -195,10 +195,9 @@ def train_run(run_dir, data_path, top: int = 1, epochs: int = 200, seed: int = 0
     if epochs < 1:
         raise UserError(f"--epochs must be at least 1, got {epochs}")
     run = load_run(run_dir)
-    if run.space not in SPACE_INPUT_HW:
-        raise UserError(f"training on your data works for {', '.join(SPACE_INPUT_HW)} runs; this run is {run.space}")
     space = get_space(run.space)
-    data = load_user_data(data_path, input_hw=SPACE_INPUT_HW[run.space], seed=seed)
+    check_takes_tasks(space)
+    data = load_user_data(data_path, input_hw=task_input_hw(space), seed=seed)
     task = run.task
     if task is not None and task.source.get("classes") and task.num_classes != data.num_classes:
         raise UserError(f"the run was generated for {task.name} ({task.num_classes} classes) but {data_path} holds "

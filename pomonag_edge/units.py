@@ -41,6 +41,20 @@ def parse_latency_ms(text: str | float | int) -> float:
     return value
 
 
+def parse_probability(text: str | float, what: str = "probability") -> float:
+    """``'90%'`` -> 0.9, ``'0.95'`` -> 0.95; must lie in [0.5, 1) (below a coin toss is no guarantee)."""
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        m = re.fullmatch(_NUMBER + r"\s*(%?)", str(text).strip())
+        if not m:
+            raise BudgetError(f"cannot read {what} {text!r}: expected e.g. 90% or 0.9")
+        value = float(m.group(1)) / (100.0 if m.group(2) else 1.0)
+    if not math.isfinite(value) or not 0.5 <= value < 1:
+        raise BudgetError(f"{what} must be at least 50% and below 100%, got {text!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Budget:
     """Upper bounds on the cost objectives; ``None`` means unconstrained."""

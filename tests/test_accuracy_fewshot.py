@@ -10,7 +10,7 @@ from scipy.stats import spearmanr
 from pomonag_edge.cli import cli
 from pomonag_edge.data import nb201_accuracy
 from pomonag_edge.dataset_profile import DatasetProfile, DatasetProfileError, resolve_dataset
-from pomonag_edge.predictors.accuracy_fewshot import _unique_functions, choose_probes, fit_fewshot, task_features
+from pomonag_edge.predictors.accuracy_fewshot import choose_probes, fit_fewshot, task_features, unique_functions
 from pomonag_edge.spaces import get_space
 
 SPACE = get_space("nb201")
@@ -19,20 +19,20 @@ OTHERS = ("cifar10", "cifar100")
 
 def test_fewshot_beats_params_only_on_a_held_out_shipped_dataset():
     truth = nb201_accuracy("imagenet16-120")
-    probes = choose_probes(20, seed=0, datasets=OTHERS)
+    probes = choose_probes(SPACE, 20, seed=0, datasets=OTHERS)
     idx = np.array([SPACE.index(a) for a in probes])
-    model = fit_fewshot(probes, truth[idx], datasets=OTHERS)
-    rest = np.setdiff1d(_unique_functions(), idx)
+    model = fit_fewshot(SPACE, probes, truth[idx], datasets=OTHERS)
+    rest = np.setdiff1d(unique_functions(SPACE), idx)
     few = spearmanr(model.predict_index(rest), truth[rest])[0]
-    params_only = spearmanr(task_features(OTHERS)[rest, -2], truth[rest])[0]
+    params_only = spearmanr(task_features(SPACE, OTHERS)[rest, -2], truth[rest])[0]
     assert few > params_only + 0.15 and few > 0.9, (few, params_only)
     cv = model.state["cv"]
     assert 0 < cv["error_points"] < 10 and cv["spearman"] > 0.8
 
 
 def test_disconnected_nets_are_never_ranked_above_connected_ones():
-    probes = choose_probes(6, seed=1, datasets=OTHERS)
-    model = fit_fewshot(probes, [50.0, 40.0, 30.0, 45.0, 20.0, 35.0], datasets=OTHERS)
+    probes = choose_probes(SPACE, 6, seed=1, datasets=OTHERS)
+    model = fit_fewshot(SPACE, probes, [50.0, 40.0, 30.0, 45.0, 20.0, 35.0], datasets=OTHERS)
     pred = model.predict_index(np.arange(15625))
     dead = np.array([not SPACE.is_valid(a) for a in SPACE.enumerate()])
     assert pred[dead].max() <= pred[~dead].min() + 1e-9
@@ -45,7 +45,7 @@ def _write_csv(path, rows, header="arch,accuracy"):
 
 def _rows(n=20, fraction=True):
     truth = nb201_accuracy("imagenet16-120")
-    archs = choose_probes(n, seed=0, datasets=OTHERS)
+    archs = choose_probes(SPACE, n, seed=0, datasets=OTHERS)
     return [f"{a},{truth[SPACE.index(a)] / (100 if fraction else 1):.4f}" for a in archs]
 
 
@@ -93,6 +93,6 @@ def test_dataset_profile_of_another_space_or_a_device_profile_is_refused(tmp_pat
 
 
 def test_probe_choice_is_seeded_distinct_and_connected():
-    a, b = choose_probes(12, seed=3), choose_probes(12, seed=3)
+    a, b = choose_probes(SPACE, 12, seed=3), choose_probes(SPACE, 12, seed=3)
     assert a == b and len({SPACE.canonical(x) for x in a}) == 12 and all(SPACE.is_valid(x) for x in a)
-    assert choose_probes(12, seed=4) != a
+    assert choose_probes(SPACE, 12, seed=4) != a

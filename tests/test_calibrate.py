@@ -106,3 +106,15 @@ def test_pretrain_group_lists_its_subcommands():
     r = CliRunner().invoke(cli, ["pretrain", "--help"])
     assert r.exit_code == 0
     assert "latency" in r.output and "accuracy" in r.output
+
+
+def test_timings_no_model_fits_say_so_in_one_line(tmp_path):
+    """Latencies unrelated to the nets: calibrate still writes the profile and warns once, with the error."""
+    idx = np.random.default_rng(0).choice([i for i, a in enumerate(ALL) if SPACE.is_valid(a)], 10, replace=False)
+    noise = np.exp(np.random.default_rng(1).normal(0, 0.8, 10))
+    m = tmp_path / "m.csv"
+    m.write_text("arch,latency_ms\n" + "".join(f"{ALL[i]},{v}\n" for i, v in zip(idx, noise)))
+    r = CliRunner().invoke(cli, ["calibrate", "--measurements", str(m), "--name", "odd", "--out", str(tmp_path / "o.json")])
+    assert r.exit_code == 0, r.output
+    warn = [line for line in r.stderr.splitlines() if "fit no latency model well" in line]
+    assert len(warn) == 1 and "profile --host" in warn[0] and "relative error" in warn[0]

@@ -57,7 +57,8 @@ def make_profile(path: Path, facts: dict, protocol=QUICK, clock="wall", **device
     return path
 
 
-def make_run(root: Path, profile_spec: str, archs=ARCHS[:3], max_latency_ms=1000.0, name="run") -> Path:
+def make_run(root: Path, profile_spec: str, archs=ARCHS[:3], max_latency_ms=1000.0, name="run",
+             created="2026-01-01T00:00:00Z") -> Path:
     """A run folder as `generate` leaves it, made with the profile at ``profile_spec`` as it is now."""
     sha = load_profile(profile_spec).sha256
     run = root / name
@@ -67,7 +68,8 @@ def make_run(root: Path, profile_spec: str, archs=ARCHS[:3], max_latency_ms=1000
     (run / "pareto.json").write_text(json.dumps(pareto))
     (run / "manifest.json").write_text(json.dumps({
         "space": "nb201", "dataset": "cifar10", "profile": {"spec": profile_spec, "sha256": sha},
-        "budget": {"max_latency_ms": max_latency_ms, "max_params": None, "max_macs": None}, "seed": 0}))
+        "budget": {"max_latency_ms": max_latency_ms, "max_params": None, "max_macs": None}, "seed": 0,
+        "created": created}))
     return run
 
 
@@ -240,19 +242,25 @@ def test_feedback_appends_measurements_and_refits(tmp_path, facts):
     # does not depend on how busy the machine is (the next test takes the opposite extreme)
     profile = make_profile(tmp_path / "p.json", facts, protocol=replace(QUICK, max_cv=1e9))
     run = make_run(tmp_path, str(profile))
+    before = load_profile(profile)
     report = export_run(run, ExportOptions(top=2))
     fb = report["feedback"]
     assert fb["applied"] and fb["added"] == 2 and fb["skipped_noisy"] == 0
-    after = load_profile(profile)
+    # a new revision beside the profile, recording its parent; the profile the run used is untouched
+    assert fb["parent"] == str(profile) and Path(fb["profile"]).name == "p.r2.json"
+    assert load_profile(profile).sha256 == before.sha256
+    after = load_profile(fb["profile"])
+    assert after.parent == {"path": str(profile), "name": before.name, "sha256": before.sha256}
     added = {c["arch"]: c for c in after.calibration if c.get("source") == "export"}
     assert set(added) == set(ARCHS[:2]) and len(after.calibration) == len(CALIBRATION) + 2
     for net in report["nets"]:
         assert added[net["arch"]]["latency_ms"] == net["measured"]["onnxruntime"]["median_ms"]
     assert fb["refit"] and after.latency_model["n_calibration"] == len(CALIBRATION) + 2
-    export_run(run, ExportOptions(top=2))  # measuring again replaces, never duplicates
-    assert len(load_profile(profile).calibration) == len(CALIBRATION) + 2
-    # the profile changed since the run: predictions now come from its (refit) latency model, not the run
-    again = export_run(run, ExportOptions(top=1, measure=False))
+    again = export_run(run, ExportOptions(top=2, profile=fb["profile"]))  # measuring again replaces, never duplicates
+    assert len(load_profile(again["feedback"]["profile"]).calibration) == len(CALIBRATION) + 2
+    assert load_profile(again["feedback"]["profile"]).parent["path"] == fb["profile"]
+    # another profile than the run's: predictions come from its (refit) latency model, not the run
+    again = export_run(run, ExportOptions(top=1, measure=False, profile=fb["profile"]))
     assert again["settings"]["predicted_by"] == "profile latency model"
 
 
@@ -328,10 +336,12 @@ def test_default_run_dir_and_profile_found_by_hash(tmp_path, monkeypatch, facts)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "profiles").mkdir()
     profile = make_profile(tmp_path / "profiles" / "cpu.json", facts)
-    old = make_run(tmp_path / "runs", str(profile), name="a")
-    new = make_run(tmp_path / "runs", str(profile), name="b")
-    os.utime(old, (1, 1))
-    assert resolve_run_dir(None, tmp_path / "runs") == new
+    new = make_run(tmp_path / "runs", str(profile), name="a", created="2026-02-01T00:00:00Z")
+    old = make_run(tmp_path / "runs", str(profile), name="b", created="2026-01-01T00:00:00Z")
+    os.utime(new, (1, 1))  # touched long ago, generated last: chosen by the time in its manifest
+    said = []
+    assert resolve_run_dir(None, tmp_path / "runs", say=said.append) == new != old
+    assert "generated last" in said[0] and "2026-02-01" in said[0]
     manifest = json.loads((new / "manifest.json").read_text())
     manifest["profile"]["spec"] = None  # generate ran with the default profile: only name and hash recorded
     (new / "manifest.json").write_text(json.dumps(manifest))

@@ -212,3 +212,60 @@ def test_lut_scale_is_robust_to_one_noisy_timing():
     assert np.exp(scale) == pytest.approx(1.3)
     assert errors[4] == pytest.approx(2 / 3)  # predicted 1.3 x LUT, measured 3.9 x LUT
     assert np.all(np.delete(errors, 4) < 1e-9)
+
+
+def _macs_driven(power=0.9, seed=0):
+    """A synthetic device unlike every shipped table: ms ~ MACs^power with 3% log-normal noise."""
+    macs = np.array([max(SPACE.macs(a), 1) for a in ALL], dtype=np.float64)
+    noise = np.random.default_rng(seed).normal(0, 0.03, len(ALL))
+    return 1e-6 * macs ** power * np.exp(noise), macs
+
+
+def test_model_falls_back_to_cost_proxies_on_a_macs_driven_device(tiny_pretrained):
+    """Timings that only MACs explain: the proxies take the weight and the model ranks as well as MACs do."""
+    table, macs = _macs_driven()
+    shots, rest = _shots_and_rest(table, 10, seed=0)
+    model = fit_calibration(SPACE, [ALL[i] for i in shots], table[shots], tiny_pretrained)
+    weights = {c["name"]: c["weight"] for c in model.to_state()["candidates"]}
+    assert sum(w for n, w in weights.items() if n in ("macs", "params", "macs+params")) > 0.9, weights
+    sp_model = spearmanr(model.predict_ms([ALL[i] for i in rest]), table[rest])[0]
+    assert sp_model >= spearmanr(macs[rest], table[rest])[0] - 0.01
+
+
+def test_model_keeps_the_embedding_on_a_device_like_the_tables(tiny_pretrained):
+    """Timings a sibling table explains: the tables and embedding keep the weight, not the proxies."""
+    table = nb201_latency_ms(HELD_OUT)
+    shots, _ = _shots_and_rest(table, 10, seed=0)
+    model = fit_calibration(SPACE, [ALL[i] for i in shots], table[shots], tiny_pretrained)
+    weights = {c["name"]: c["weight"] for c in model.to_state()["candidates"]}
+    assert sum(w for n, w in weights.items() if n in ("head", "siblings", "head+siblings")) > 0.5, weights
+
+
+def test_per_net_margin_is_wider_for_nets_unlike_the_timed_ones(tiny_pretrained):
+    """Timed nets use 1x1 convs and skips only: nets full of 3x3 convs and pools get a wider sigma."""
+    table = nb201_latency_ms("silver_4210r")  # not among the tiny embedding's devices
+    near_ops = {"nor_conv_1x1", "skip_connect", "none"}
+    ops = lambda a: {part.split("~")[0] for part in str(a).replace("+", "").split("|") if part}  # noqa: E731
+    pool = [i for i, a in enumerate(ALL) if SPACE.is_valid(a) and ops(a) <= near_ops]
+    far = [i for i, a in enumerate(ALL) if SPACE.is_valid(a) and "nor_conv_1x1" not in ops(a)
+           and "nor_conv_3x3" in ops(a) and "avg_pool_3x3" in ops(a)]
+    shots = np.random.default_rng(0).choice(pool, 10, replace=False)
+    model = fit_calibration(SPACE, [ALL[i] for i in shots], table[shots], tiny_pretrained)
+    near_sigma = model.log_sigma([ALL[i] for i in pool])
+    far_sigma = model.log_sigma([ALL[i] for i in far])
+    assert np.median(far_sigma) > 1.2 * np.median(near_sigma), (np.median(far_sigma), np.median(near_sigma))
+    q = model.quantile_ms([ALL[i] for i in far[:5]], 0.9)
+    assert np.all(q > model.predict_ms([ALL[i] for i in far[:5]]))
+    assert np.all(model.quantile_ms([ALL[i] for i in far[:5]], 0.95) > q)
+
+
+def test_an_old_model_state_is_refitted_on_load(tiny_pretrained):
+    table = nb201_latency_ms("silver_4210r")
+    shots, rest = _shots_and_rest(table, 8, seed=1)
+    profile = Profile(name="x", calibration=[{"arch": str(ALL[i]), "latency_ms": float(table[i])} for i in shots])
+    model = fit_calibration(SPACE, [ALL[i] for i in shots], table[shots], tiny_pretrained, profile)
+    old = dict(model.to_state(), version=HeadModel.version - 1, coef=[0.0] * 4)
+    assert HeadModel.from_state(tiny_pretrained, old) is None
+    profile.latency_model = old
+    some = [ALL[i] for i in rest[:50]]
+    assert np.allclose(latency_model_for(SPACE, profile, tiny_pretrained).predict_ms(some), model.predict_ms(some))

@@ -87,6 +87,7 @@ def test_build_interrupt_and_resume(tmp_path):
         build_profile(req, progress=Interrupt("lut", 3), fit_model=False)
     partial = load_profile(out)
     assert len(partial.lut) == 4 + 2 and partial.calibration == []  # fixed blocks (4 keys) + 2 cell ops
+    assert partial.partial  # marked, so it is never chosen as a default
 
     with pytest.raises(KeyboardInterrupt):
         build_profile(req, progress=Interrupt("calibration", 1), fit_model=False)
@@ -97,6 +98,7 @@ def test_build_interrupt_and_resume(tmp_path):
     result = build_profile(req, fit_model=False)
     assert result.resumed and result.measured == 1
     done = load_profile(out)
+    assert not done.partial and middle.partial
     first, kept = done.calibration[0], middle.calibration[0]
     assert first["arch"] == kept["arch"] and len(done.calibration) == 2
     if first != kept:  # only a noisy timing may be replaced, and only by a quieter one (the re-timing pass)

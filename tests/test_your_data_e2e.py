@@ -2,7 +2,6 @@
 the exported ONNX file's accuracy on the validation split equals the one report.json states."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

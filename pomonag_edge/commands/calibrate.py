@@ -7,6 +7,8 @@ import click
 
 from .options import space_option
 
+POOR_FIT = 0.25  # cross-validated q90 relative error above which the timings fit no model well
+
 
 @click.command(short_help="Profile from a CSV of arch,latency_ms or arch,accuracy.")
 @space_option
@@ -19,16 +21,22 @@ from .options import space_option
               help="Refine this device profile (keeps its LUT and device facts, adds the timings).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Where to write the profile [default: profiles/NAME.json; datasets/NAME.json for accuracy].")
-def command(space, measurements, name, base, out):
+@click.option("--force", is_flag=True, help="Replace the profile already at the output path.")
+def command(space, measurements, name, base, out, force):
     """Fit the latency model to timings measured on another machine and write a device profile, or the
-    accuracy model to accuracies measured on your task and write a dataset profile (for --dataset PATH)."""
+    accuracy model to accuracies measured on your task and write a dataset profile (for --dataset PATH).
+
+    Repeated timings of one net (or of functionally identical archs) are merged into their median: each
+    distinct net counts once."""
     from pathlib import Path
 
+    from ..files import check_name
     from ..predictors.calibration import calibrate_profile, measurements_kind, read_measurements
-    from ..profile import PROFILES_DIR, load_profile
+    from ..profile import PROFILES_DIR, check_profile_out, check_space, load_profile
     from ..spaces import get_space
 
     sp = get_space(space)
+    check_name(name)
     if measurements_kind(measurements) == "accuracy":
         from ..dataset_profile import DATASETS_DIR, fit_dataset_profile
         from ..errors import UserError
@@ -36,23 +44,34 @@ def command(space, measurements, name, base, out):
 
         if base:
             raise UserError("--base refines a device profile; an arch,accuracy CSV makes a dataset profile on its own")
+        path = check_profile_out(out or DATASETS_DIR / f"{name}.json", force)
         items, scale = read_accuracy_measurements(sp, measurements)
         dprofile = fit_dataset_profile(sp, [dict(i, source=Path(measurements).name) for i in items], name,
                                        source={"kind": "measured elsewhere", "measurements": Path(measurements).name,
                                                "num_classes": 10, "num_classes_note": "assumed (costs only); "
                                                "`train --data` builds nets for the data's own classes"},
                                        scale=scale)
-        path = dprofile.save(out or DATASETS_DIR / f"{name}.json")
+        path = dprofile.save(path)
         cv = dprofile.accuracy_model["cv"]
         click.echo(f"{path}: {len(items)} measured nets ({scale}), accuracy model fitted (cross-validated: "
                    f"{int(cv['error_quantile'] * 100)}% of errors within {cv['error_points']:.2f} points, "
                    f"Spearman {cv['spearman']:.2f})")
         return
+    path = check_profile_out(out or PROFILES_DIR / f"{name}.json", force)
     items = read_measurements(sp, measurements)
-    profile = calibrate_profile(sp, items, name, base=load_profile(base) if base else None,
-                                source=Path(measurements).name)
-    path = profile.save(out or PROFILES_DIR / f"{name}.json")
+    base_profile = check_space(load_profile(base), sp.name, base) if base else None
+    profile = calibrate_profile(sp, items, name, base=base_profile, source=Path(measurements).name)
+    path = profile.save(path)
     model = profile.latency_model
-    click.echo(f"{path}: {model['n_calibration']} calibration timings, latency model fitted "
+    rows = sum(i.get("repeats", 1) for i in items)
+    if rows > len(items):
+        click.echo(f"{rows} rows, {len(items)} distinct nets: repeated or functionally identical archs merged into "
+                   "their median", err=True)
+    click.echo(f"{path}: {model['n_calibration']} calibration timings ({len(items)} distinct nets from "
+               f"{Path(measurements).name}), latency model fitted "
                f"(cross-validated {int(model['relative_error_quantile'] * 100)}% relative error "
-               f"{100 * model['relative_error']:.1f}%, used as the budget margin)")
+               f"{100 * model['relative_error']:.1f}%; budget margins per net follow from it)")
+    if model["relative_error"] > POOR_FIT:
+        click.echo(f"warning: these {model['n_calibration']} timings fit no latency model well (cross-validated "
+                   f"{int(model['relative_error_quantile'] * 100)}% relative error {100 * model['relative_error']:.0f}%"
+                   f"); profile the device op by op instead: pomonag-edge profile --host USER@DEVICE", err=True)

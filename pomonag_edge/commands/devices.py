@@ -7,9 +7,12 @@ import click
 
 @click.command(short_help="List device descriptors and reference profiles.")
 @click.option("--detect/--no-detect", default=True, show_default=True, help="Also show what this machine is.")
-def command(detect):
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="json: the same lists on stdout, for scripts.")
+def command(detect, fmt):
     """Descriptors say how `profile --device NAME` measures; reference profiles (`--profile NAME`) are
-    published device settings' measured latency tables, per search space."""
+    published device settings' measured latency tables, per search space. The names you type are never cut:
+    on a narrow terminal the other columns wrap."""
     from rich.console import Console
     from rich.table import Table
 
@@ -18,11 +21,18 @@ def command(detect):
     from ..profile import PROFILES_DIR, load_profile
     from ..spaces import get_space, space_names
 
+    if fmt == "json":
+        import json
+        import sys
+
+        json.dump(_listing(detect), sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+        return
     console = Console()
     table = Table(title="Device descriptors (profile --device NAME)")
     for col in ("name", "description", "backends (first usable wins)", "--host runner", "precision", "batch",
                 "threads"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "name")
     for name in descriptor_names():
         d = load_descriptor(name)
         table.add_row(d.name, d.description, ", ".join(d.backends), d.runner, d.precision, str(d.batch),
@@ -43,7 +53,7 @@ def command(detect):
     if mine:
         own = Table(title=f"Measured profiles in ./{PROFILES_DIR} (--profile PATH)")
         for col in ("file", "device", "runtime", "LUT entries", "calibration nets", "created"):
-            own.add_column(col)
+            own.add_column(col, no_wrap=col == "file")
         for path in mine:
             try:
                 p = load_profile(path)
@@ -53,7 +63,8 @@ def command(detect):
             rt = p.runtime
             own.add_row(str(path), p.device.get("name", p.name),
                         f"{rt.get('backend')} {rt.get('precision')} b{rt.get('batch')} t{rt.get('threads')}",
-                        str(len(p.lut)), str(len(p.calibration)), p.created)
+                        str(len(p.lut)), str(len(p.calibration)),
+                        "partial (never a default)" if p.partial else p.created)
         console.print(own)
 
     for name in space_names():
@@ -66,3 +77,26 @@ def command(detect):
         for device, info in devices.items():
             refs.add_row(device, info["source"], str(info["batch"]), f"{info['measured']:,}")
         console.print(refs)
+
+
+def _listing(detect: bool) -> dict:
+    """What the tables show, as plain data."""
+    from ..errors import ProfileError
+    from ..hardware.devices import descriptor_names, detect_device, load_descriptor
+    from ..profile import PROFILES_DIR, load_profile
+    from ..spaces import get_space, space_names
+
+    profiles = []
+    for path in sorted(PROFILES_DIR.glob("*.json")):
+        try:
+            p = load_profile(path)
+        except ProfileError as e:
+            profiles.append({"path": str(path), "error": str(e)})
+            continue
+        profiles.append({"path": str(path), "name": p.name, "space": p.space, "runtime": p.runtime.get("backend"),
+                         "lut_entries": len(p.lut), "calibration_nets": len(p.calibration), "created": p.created,
+                         "partial": p.partial, "parent": p.parent})
+    return {"descriptors": [load_descriptor(n).to_dict() for n in descriptor_names()],
+            "machine": detect_device() if detect else None,
+            "profiles": profiles,
+            "reference_profiles": {name: get_space(name).reference_devices() for name in space_names()}}

@@ -36,14 +36,17 @@ from .options import make_ssh_options, profile_option, ssh_options
               help="Measure on this device over SSH through the device runner (it needs python3 and trtexec or "
                    "onnxruntime there); TensorRT engines are built there and brought back beside the ONNX files.")
 @ssh_options
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (per net: rank, arch, status, files, "
+              "median ms) on stdout instead of the table, for scripts.")
 @click.pass_context
 def command(ctx, run_dir, top, fmt, profile, precision, opset, dynamic_batch, weights, allow_over_budget, measure,
-            feedback, quick, seed, drift_nets, host, ssh_config, remote_python, remote_dir):
-    """Export the top nets of RUN_DIR (default: the newest under ./runs) to RUN_DIR/export/.
+            feedback, quick, seed, drift_nets, host, ssh_config, remote_python, remote_dir, as_json):
+    """Export the top nets of RUN_DIR (default: the run generated last under ./runs) to RUN_DIR/export/.
 
     Each net's ONNX Runtime outputs are checked against PyTorch within a stated relative tolerance, then
     timed with the profile's runtime and protocol and tested against the run's latency budget. Writes
     RUN_DIR/export/report.json. Exit status 1 if any net fails its check or measures over budget.
+    Each export replaces RUN_DIR/export/ whole; measured latencies go into a new revision of the profile.
 
     A few of the profile's calibration nets are timed again beside them: the report gives each net's
     measured / predicted ratio raw and corrected for how much slower or faster the device runs now than
@@ -57,9 +60,18 @@ def command(ctx, run_dir, top, fmt, profile, precision, opset, dynamic_batch, we
                             dynamic_batch=dynamic_batch, weights=weights, allow_over_budget=allow_over_budget,
                             measure=measure, feedback=feedback, quick=quick, seed=seed, drift_nets=drift_nets,
                             host=host, ssh=make_ssh_options(ssh_config, remote_python, remote_dir))
-    console = Console(stderr=False)
+    console = Console(stderr=as_json)
     with console.status("exporting") as status:
         report = export_run(resolve_run_dir(run_dir), options, progress=lambda msg: status.update(msg))
-    render(report, console)
+    if as_json:
+        import json
+        import sys
+
+        from ..export.report import summary_json
+
+        json.dump(summary_json(report), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        render(report, console)
     if not report["summary"]["ok"]:
         ctx.exit(1)

@@ -13,18 +13,20 @@ from .options import dataset_option, profile_option, space_option
 
 @click.command(short_help="Objectives for archs from a file.")
 @space_option
-@click.option("--archs", "archs_file", type=click.File("r"), required=True,
+@click.option("--archs", "archs_file", metavar="PATH", required=True,
               help="File with one arch string per line; '-' reads standard input.")
 @dataset_option
 @profile_option
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
 def command(space, archs_file, dataset, profile, fmt):
     """Print exact params and MACs (and predicted latency_ms / accuracy) for each arch, in input order."""
+    from ..files import read_user_text
     from ..predictors import predict_rows
     from ..spaces import get_space, parse_lines
 
     sp = get_space(space)
-    archs = parse_lines(sp, archs_file, source=archs_file.name)
+    text = read_user_text(archs_file, "archs file")
+    archs = parse_lines(sp, text.splitlines(), source="<stdin>" if archs_file == "-" else archs_file)
     rows = predict_rows(sp, archs, dataset=dataset, profile=profile)
     if rows and "accuracy" in rows[0]:
         from ..dataset_profile import resolve_dataset

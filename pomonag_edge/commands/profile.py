@@ -113,7 +113,8 @@ def command(device, space, dataset, quick, calibration, threads, precision, batc
                       else "interrupted before anything was measured")
         raise SystemExit(130) from None
     finally:
-        bar.stop()
+        if tasks:  # Progress.stop prints a blank line off a terminal even when never started
+            bar.stop()
 
     failed = [(r, e) for r, (result, e) in zip(reqs, outcomes) if e is not None]
     for req, (result, error) in zip(reqs, outcomes):

@@ -67,7 +67,8 @@ def load_weights(path: str | Path, arch) -> dict:
     except FileNotFoundError:
         raise UserError(f"--weights {path} does not exist") from None
     except Exception as e:  # pickle errors, non-tensor content: the user's file, not our bug
-        raise UserError(f"cannot read --weights {path}: {e}") from None
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
+        raise UserError(f"cannot read --weights {path} as a PyTorch state_dict file: {why}") from None
     if isinstance(obj, dict) and obj and all(isinstance(k, str) and k.startswith(ARCH_KEY_PREFIXES) for k in obj):
         if str(arch) not in obj:
             raise UserError(f"--weights {path} holds no state_dict for {arch}")

@@ -2,8 +2,11 @@
 
 Per net, in order: build (seeded random init or ``--weights``), export ONNX, check ONNX Runtime outputs
 against PyTorch, optionally build and check a TensorRT engine, then time with the profile's backend and
-timing protocol and test the budget. Every step's outcome lands in ``RUN_DIR/export/report.json``,
-rewritten after each net so an interrupted export leaves what it finished.
+timing protocol and test the budget. Every step's outcome lands in ``RUN_DIR/export/report.json``.
+
+An export is built in a hidden folder beside ``RUN_DIR/export`` (its report rewritten after each net, so an
+interrupted export leaves what it finished there) and then replaces ``export/`` whole: the folder only ever
+holds the files of one export, listed in its report's ``files``. Feedback goes into a new profile revision.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import UserError
+from ..files import replace_dir, staging_dir
 from ..hardware.backends import PRECISIONS
 from ..profile import Profile, resolve_profile
 from ..spaces import get_space
@@ -180,7 +184,8 @@ def export_run(run_dir: str | Path, options: ExportOptions,
     run = load_run(run_dir)
     space = get_space(run.space)
     spec = options.profile or profile_spec_for(run)
-    profile = resolve_profile(spec, space=run.space)
+    profile = resolve_profile(spec, space=run.space,
+                              hint=f"{run.path} is a run of space {run.space}: pass a --profile of space {run.space}")
     profile_path = None if profile.reference else Path(spec)
 
     runtime = profile.runtime or {}
@@ -258,7 +263,10 @@ def export_run(run_dir: str | Path, options: ExportOptions,
         raise UserError(f"{run.path / 'pareto.json'} holds no net within budget (pass --allow-over-budget to export "
                         "infeasible ones)")
 
-    ctx = _Context(run, space, profile, profile_path, options, run.path / "export", backend_name, measure_precision,
+    final_dir = run.path / "export"
+    existing = _existing_files(final_dir) if options.measure else {}
+    ctx = _Context(run, space, profile, profile_path, options, staging_dir(final_dir, "export folder"), backend_name,
+                   measure_precision,
                    precision, threads, batch, measure, tensorrt, notes, clock=runtime.get("clock") or "wall",
                    informative=informative, timer=timer)
     if options.weights is None:
@@ -266,7 +274,6 @@ def export_run(run_dir: str | Path, options: ExportOptions,
 
         ctx.trained = trained_results(run.path)
     predicted, predicted_by = _predicted_ms(space, profile, run, candidates)
-    existing = _existing_files(ctx.out_dir)
     report = {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "complete": False,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -286,34 +293,63 @@ def export_run(run_dir: str | Path, options: ExportOptions,
     }
     report_path = ctx.out_dir / "report.json"
     timings = []
-    for position, (item, pred) in enumerate(zip(candidates, predicted), start=1):
-        say(f"net {position}/{len(candidates)}: {item['arch']}")
-        rank = int(item.get("rank") or position)  # the run's rank (infeasible nets may have been skipped)
-        entry, timing = _export_one(ctx, rank, item, pred, existing)
-        report["nets"].append(entry)
-        if timing is not None:
-            timings.append(timing)
-        write_report(report_path, report)
+    try:
+        for position, (item, pred) in enumerate(zip(candidates, predicted), start=1):
+            say(f"net {position}/{len(candidates)}: {item['arch']}")
+            rank = int(item.get("rank") or position)  # the run's rank (infeasible nets may have been skipped)
+            entry, timing = _export_one(ctx, rank, item, pred, existing)
+            report["nets"].append(entry)
+            if timing is not None:
+                timings.append(timing)
+            write_report(report_path, report)
 
-    if timings:
-        probes = _drift_probes(ctx)
-        _measure_all(ctx, timings, probes, say)
-        factor = report["drift"] = _drift(probes, ctx.backend_name)
-        for t in timings:
-            _judge(t.entry, ctx, (factor or {}).get("factor"))
-        write_report(report_path, report)
+        if timings:
+            probes = _drift_probes(ctx)
+            _measure_all(ctx, timings, probes, say)
+            factor = report["drift"] = _drift(probes, ctx.backend_name)
+            for t in timings:
+                _judge(t.entry, ctx, (factor or {}).get("factor"))
+            write_report(report_path, report)
+    except UserError:  # a refusal, not an interruption: nothing half-made is left behind
+        import shutil
+
+        shutil.rmtree(ctx.out_dir, ignore_errors=True)
+        raise
 
     if measure and options.feedback and not mismatch and not informative:
         report["feedback"] = _feedback(ctx, report["nets"])
     report["summary"] = summarize(report["nets"], options.allow_over_budget, report["drift"])
     report["complete"] = True
+    _relocate(report, ctx.out_dir, final_dir)
+    report["files"] = sorted({p.name for p in ctx.out_dir.iterdir()} | {"report.json"})
     write_report(report_path, report)
-    report["path"] = str(report_path)
+    replace_dir(ctx.out_dir, final_dir, "export folder")
+    report["path"] = str(final_dir / "report.json")
     return report
+
+
+def _relocate(report: dict, staged: Path, final: Path) -> None:
+    """Paths recorded while building in the staging folder, as they will be once it is put in place."""
+    for net in report["nets"]:
+        for info in net["files"].values():
+            if isinstance(info, dict) and isinstance(info.get("path"), str):
+                p = Path(info["path"])
+                if p.parent == staged:
+                    info["path"] = str(final / p.name)
 
 
 def _existing_files(out_dir: Path) -> dict[str, Path]:
     return {p.stem: p for p in out_dir.glob("*.onnx")} if out_dir.is_dir() else {}
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    import os
+    import shutil
+
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def _export_one(ctx: _Context, rank: int, item: dict, predicted_ms: float | None, existing: dict) -> dict:
@@ -341,10 +377,12 @@ def _export_one(ctx: _Context, rank: int, item: dict, predicted_ms: float | None
     input_shape = space.input_shape(arch, dataset, batch=ctx.batch)
     batches = sorted({1, 2, ctx.batch}) if options.dynamic_batch else [ctx.batch]
     onnx_path = ctx.out_dir / f"{stem}.onnx"
+    reuse = bool(options.measure) and stem in existing
+    if reuse:  # --measure re-times the previous export's file: it moves into this export, labelled as reused
+        _link_or_copy(existing[stem], onnx_path)
 
     t0 = time.perf_counter()
     model = build_model(space, arch, dataset, weights, seed=options.seed)
-    reuse = bool(options.measure) and stem in existing
     try:
         if not reuse:
             export_onnx(model, input_shape, onnx_path, opset=options.opset, dynamic_batch=options.dynamic_batch)
@@ -405,9 +443,13 @@ def _drift_probes(ctx: _Context) -> list[_Timing]:
         path = ctx.out_dir / "drift" / f"{stem}.onnx"
         shape = ctx.space.input_shape(arch, ctx.run.space_dataset, batch=ctx.batch)
         model = build_model(ctx.space, arch, ctx.run.space_dataset, None, seed=ctx.options.seed)
+        previous = ctx.run.path / "export" / "drift" / path.name  # the same net, exported the same way before
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            export_onnx(model, shape, path, opset=ctx.options.opset)
+            if previous.is_file():
+                _link_or_copy(previous, path)
+            else:
+                export_onnx(model, shape, path, opset=ctx.options.opset)
         probes.append(_Timing(stem, None, path, model, {INPUT_NAME: random_inputs(shape, ctx.options.seed)}, {},
                               probe=record))
     return probes
@@ -549,7 +591,8 @@ def _feedback(ctx: _Context, nets: list[dict]) -> dict | None:
                 "why": f"all {noisy} timings were noisy" if noisy else "nothing measured"}
     from ..profile import load_profile
 
-    profile = load_profile(ctx.profile_path)  # fresh: never write back a stale copy
+    parent = load_profile(ctx.profile_path)  # fresh: never build on a stale copy
+    profile = load_profile(ctx.profile_path)
     new = {arch for arch, _ in rows}
     profile.calibration = [c for c in profile.calibration if c["arch"] not in new] + [
         {"arch": arch, "latency_ms": m["median_ms"], **m, "source": "export",
@@ -562,6 +605,10 @@ def _feedback(ctx: _Context, nets: list[dict]) -> dict | None:
         refit = True
     except (ImportError, UserError) as e:
         why = f"latency model not refit: {e}"
-    profile.save(ctx.profile_path)
-    return {"applied": True, "profile": str(ctx.profile_path), "added": len(rows), "skipped_noisy": noisy,
+    try:  # a new revision: the profile the run was generated with stays as it was
+        path = profile.save_revision(ctx.profile_path, parent)
+    except UserError as e:
+        return {"applied": False, "added": 0, "skipped_noisy": noisy, "why": f"revision not written: {e}"}
+    return {"applied": True, "profile": str(path), "parent": str(ctx.profile_path), "added": len(rows),
+            "skipped_noisy": noisy,
             "calibration_size": len(profile.calibration), "refit": refit, "why": why}

@@ -62,6 +62,17 @@ def write_report(path: str | Path, report: dict) -> Path:
     return atomic_write_json(path, report)
 
 
+def summary_json(report: dict) -> dict:
+    """The part of the report a script acts on: where it is, the verdict, and per net its status and files."""
+    runtime = report["environment"]["runtime"]
+    nets = [{"rank": n["rank"], "arch": n["arch"], "status": n["status"], "reasons": n["reasons"],
+             "files": {k: v.get("path") for k, v in n["files"].items() if isinstance(v, dict)},
+             "predicted_ms": n["predicted"]["latency_ms"],
+             "measured_ms": (n["measured"].get(runtime) or {}).get("median_ms")} for n in report["nets"]]
+    return {"report": report.get("path"), "run_dir": report["run_dir"], "profile": report["profile"]["name"],
+            "summary": report["summary"], "feedback": report.get("feedback"), "notes": report["notes"], "nets": nets}
+
+
 def _pct(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 

@@ -17,10 +17,10 @@ SCALE_FACTOR = 3.0  # distilled guidance takes 3x the exact path's scale (chosen
 
 
 def distilled_predictor(problem, sde, *, nets: int = DISTILL_NETS, steps: int = 1500, progress=None):
-    """(NoiseAwarePredictor over the problem's four objectives, info, the sampled nets) for ``problem.space``,
+    """(NoiseAwarePredictor over the problem's guided columns (objectives + budgeted latency), info, the sampled nets) for ``problem.space``,
     distilled from ``nets`` sampled nets. The caller adds those nets to its candidates: they were scored (and
     counted) anyway, so leaving them out would waste paid calls."""
-    from ..problem import OBJECTIVES
+    from ..problem import GUIDED
     from .noise_aware import PosteriorFeatures, cached_distill
 
     space = problem.space
@@ -28,10 +28,10 @@ def distilled_predictor(problem, sde, *, nets: int = DISTILL_NETS, steps: int = 
         progress("scoring nets for the noise-aware predictor", 0, 1)
     archs = list(dict.fromkeys(space.sample(nets, DISTILL_SEED)))
     s = problem.evaluate(archs)  # counted: real predictor calls
-    targets = np.stack([s[k] for k in OBJECTIVES], axis=1)
+    targets = np.stack([s[k] for k in GUIDED], axis=1)
     features = PosteriorFeatures(sde, space.categorical_groups(), space.slot_usage())
     if progress is not None:
         progress("distilling noise-aware predictors", 0, 1)
-    nap, info = cached_distill(sde, space.encode(archs), targets, OBJECTIVES, steps=steps, features=features)
+    nap, info = cached_distill(sde, space.encode(archs), targets, GUIDED, steps=steps, features=features)
     info.update(kind="distilled", nets=len(archs), features=features.config["kind"], scale_factor=SCALE_FACTOR)
     return nap, info, archs

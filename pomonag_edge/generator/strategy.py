@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..problem import DEFAULT_WEIGHTS, OBJECTIVES, WEIGHT_KEYS
+from ..problem import DEFAULT_WEIGHTS, GUIDED, WEIGHT_KEYS
 from .guidance import make_guidance, make_tilted_guidance, trade_off_directions
 from .noise_aware import PosteriorMeanPredictor, cached_distill
 from .sampled import DISTILL_NETS, distilled_predictor
@@ -54,16 +54,16 @@ class Diffusion:
         everything = [] if large else list(space.enumerate())
         scored: list = []  # large spaces: the distillation sample, paid for in calls, joins the candidates
         s = problem.evaluate(everything)  # the exact posterior reads every net's predictions: counted calls
-        targets = np.stack([s[k] for k in OBJECTIVES], axis=1)
+        targets = np.stack([s[k] for k in GUIDED], axis=1)
         if large:
             nap, info, scored = distilled_predictor(problem, sde, nets=self.distill_nets, steps=self.distill_steps,
                                                     progress=progress)
         elif self.noise_aware == "exact":
-            nap, info = PosteriorMeanPredictor(sde, space.encode(everything), targets, OBJECTIVES), {"kind": "exact"}
+            nap, info = PosteriorMeanPredictor(sde, space.encode(everything), targets, GUIDED), {"kind": "exact"}
         elif self.noise_aware == "distilled":
             if progress is not None:
                 progress("distilling noise-aware predictors", 0, 1)
-            nap, info = cached_distill(sde, space.encode(everything), targets, OBJECTIVES, steps=self.distill_steps)
+            nap, info = cached_distill(sde, space.encode(everything), targets, GUIDED, steps=self.distill_steps)
             info["kind"] = "distilled"
         else:
             raise ValueError(f"noise_aware must be 'exact', 'distilled' or 'sampled', got {self.noise_aware!r}")
@@ -86,9 +86,7 @@ class Diffusion:
                     w = w * (1.0 + self.spread * (2 * torch.rand(samples, generator=gen) - 1))
                 if (w != 0).any() if torch.is_tensor(w) else w:
                     weights[WEIGHT_KEYS[k]] = w
-        b = problem.budget
-        limits = {"latency_ms": problem.latency_limit_ms, "params": b.max_params, "macs": b.max_macs} \
-            if self.use_budget else {}
+        limits = problem.limits() if self.use_budget else {}
         guidance = make_guidance(nap, weights, limits, scale=self.scale * info.get("scale_factor", 1.0),
                                  penalty=self.penalty)
         x = sample(sde, score_fn_from(model, sde), (samples, *space.encoding_shape), steps=self.steps,
@@ -111,9 +109,7 @@ class Diffusion:
 
         space = problem.space
         gen = torch.Generator().manual_seed(int(seed))
-        b = problem.budget
-        limits = {"latency_ms": problem.latency_limit_ms, "params": b.max_params, "macs": b.max_macs} \
-            if self.use_budget else {}
+        limits = problem.limits() if self.use_budget else {}
         dirs = trade_off_directions({WEIGHT_KEYS[k]: w for k, w in self.weights.items()}, self.directions,
                                     seed=int(seed))
         members: dict = {}  # function -> its nets: a further round steers away from every member of one seen

@@ -17,6 +17,7 @@ from importlib import metadata, resources
 from pathlib import Path
 
 from ..errors import UserError
+from ..files import read_user_text
 
 try:
     import tomllib
@@ -64,7 +65,7 @@ def load_descriptor(name: str) -> Descriptor:
     if name in files:
         source, text = f"device {name!r}", files[name].read_text(encoding="utf-8")
     elif name.endswith(".toml") and Path(name).is_file():
-        source, text = f"device file {name}", Path(name).read_text(encoding="utf-8")
+        source, text = f"device file {name}", read_user_text(name, "device file")
     else:
         raise UserError(f"unknown device {name!r}; known devices: {', '.join(sorted(files))} (or a path to a .toml)")
     try:

@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import UserError
+from ..files import check_writable
 from ..profile import PROFILES_DIR, Profile, load_profile
 from ..spaces import get_space
 from .backends import BACKENDS
@@ -159,7 +160,7 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
     if batch < 1:
         raise UserError(f"--batch must be 1 or more, got {batch}")
     protocol = req.protocol or PROTOCOLS["quick" if req.quick else "default"]
-    path = profile_path(req)
+    path = check_writable(profile_path(req), "profile")  # before any measuring
     timer, backend_name, skipped, facts = _timer_for(req, descriptor, protocol, precision, threads, path)
 
     runtime = {"backend": backend_name, "precision": precision, "batch": batch, "threads": threads,
@@ -168,7 +169,7 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
                "calibration_count": req.calibration, "calibration_seed": req.seed, "timed_by": timer.where}
     plan = space.lut_plan(dataset, req.quick, req.resolutions)
     runtime.update(plan.facts)
-    fresh = Profile(name=descriptor.name, space=space.name, dataset=dataset,
+    fresh = Profile(name=descriptor.name, space=space.name, dataset=dataset, partial=True,
                     device={"name": descriptor.name, "descriptor": descriptor.to_dict(), **facts}, runtime=runtime)
     profile, resumed = fresh, False
     if path.exists() and not req.fresh:
@@ -261,6 +262,7 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
     # 3. latency model
     note = fit_latency_model(space, profile) if fit_model else "not asked for"
     profile.created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    profile.partial = False
     profile.save(path)
     shutil.rmtree(_graph_cache(path), ignore_errors=True)
     return ProfileResult(profile, path, resumed, skipped, measured, time.perf_counter() - started, note, warnings)

@@ -2,9 +2,9 @@
 from the space's predictor.
 
 Public API: ``fit_profile_model``, ``latency_model_for`` -> a ``latency.LatencyModel`` (``predict_ms``,
-``relative_error``, ``margin_ms``, ``log_ms_torch``), ``load_accuracy_predictor`` (``predict(archs, dataset)``
-in percent, ``describe(dataset)``), ``accuracy_predictor_for`` (the same for a shipped dataset or a user task's
-dataset profile), and ``predict_rows`` for the ``predict`` command. Submodules import torch
+``relative_error``, ``log_sigma``, ``quantile_ms``, ``log_ms_torch``), ``load_accuracy_predictor``
+(``predict(archs, dataset)`` in percent, ``describe(dataset)``), ``accuracy_predictor_for`` (the same for a
+shipped dataset or a user task's dataset profile), and ``predict_rows`` for the ``predict`` command. Submodules import torch
 lazily, so importing this package stays cheap.
 """
 
@@ -55,9 +55,9 @@ def accuracy_predictor_for(space: SearchSpace, dataset):
 
 
 def search_predictors(space, profile, dataset):
-    """The product's predictors for a search: the profile's latency model (its relative error is the margin) and
-    the space's accuracy predictor. A predictor's range caveat is stated once, in the source, not warned about
-    on every scoring call."""
+    """The product's predictors for a search: the profile's latency model (its per-net sigma of log-ms sets
+    each net's margin; its relative error is the summary) and the space's accuracy predictor. A predictor's
+    range caveat is stated once, in the source, not warned about on every scoring call."""
     import warnings
 
     import numpy as np
@@ -81,7 +81,8 @@ def search_predictors(space, profile, dataset):
     if hasattr(accp, "note"):  # what the column is, when it is not a plain prediction (OFA's ImageNet estimate)
         source["accuracy_label"], source["accuracy_note"] = accp.column_label, accp.note()
     return Predictors(accuracy=accuracy, latency_ms=lambda archs: np.asarray(lat.predict_ms(archs), dtype=np.float64),
-                      margin=margin, source=source)
+                      margin=margin, source=source,
+                      latency_log_sigma=lambda archs: np.asarray(lat.log_sigma(archs), dtype=np.float64))
 
 
 def table_predictors(space, dataset: str, device: str):

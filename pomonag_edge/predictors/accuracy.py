@@ -8,6 +8,7 @@ normal scores of the accuracy ranks, mapped back to percent by a monotone piecew
 loss weights the best nets more: the generator picks the best net within a budget, so the order at the
 top matters most (numbers in ``train_accuracy_checkpoint``). ``AccuracyNet(noise_aware=True)`` adds a
 diffusion-time input: the generator can train such a copy by distillation from this clean one.
+A task no shipped table covers (a dataset profile) is served by ``accuracy_fewshot`` instead.
 """
 
 from __future__ import annotations

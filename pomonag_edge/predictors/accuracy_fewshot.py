@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import UserError
 
-MODEL_KIND = "nb201-accuracy-fewshot"
+MODEL_KIND = "accuracy-fewshot"
 MODEL_VERSION = 1
 MIN_MEASUREMENTS = 5
 SIBLING_MIX = 0.5
@@ -36,46 +36,52 @@ HEAD_COV = 0.02  # narrow components: isotropic variance around each candidate h
 POPULATION_VAR = 1.0  # broad component: isotropic variance around the mean head
 
 
+def supports_tasks(space) -> bool:
+    """Whether ``space`` can take a user task: every net enumerable, and measured accuracy tables of at least
+    two shipped datasets to learn what a task looks like (``space.accuracy_table``; rows in ``enumerate`` order)."""
+    size = space.size()
+    return size is not None and size <= 10**6 and len(space.datasets) >= 2
+
+
 @lru_cache(maxsize=None)
-def _table_scores(dataset: str) -> np.ndarray:
-    """Normal scores of the ranks of one shipped table's accuracies, all 15,625 nets, index order."""
+def _archs(space) -> tuple:
+    return tuple(space.enumerate())
+
+
+@lru_cache(maxsize=None)
+def _table_scores(space, dataset: str) -> np.ndarray:
+    """Normal scores of the ranks of one shipped table's accuracies, every net of the space, table order."""
     from scipy.stats import norm, rankdata
 
-    from ..data import nb201_accuracy
-
-    acc = nb201_accuracy(dataset)
+    acc = space.accuracy_table(dataset)
     return norm.ppf((rankdata(acc) - 0.5) / len(acc))
 
 
-@lru_cache(maxsize=1)
-def _log_params() -> np.ndarray:
-    from ..spaces.nb201 import SPACE
-
-    logp = np.log(np.array([SPACE.params(a, "cifar10") for a in SPACE.enumerate()], dtype=np.float64))
+@lru_cache(maxsize=None)
+def _log_params(space) -> np.ndarray:
+    logp = np.log(np.array([space.params(a) for a in _archs(space)], dtype=np.float64))
     return (logp - logp.mean()) / logp.std()
 
 
 @lru_cache(maxsize=None)
-def task_features(datasets: tuple[str, ...]) -> np.ndarray:
-    """(15625, D + 2): normal score on each table of ``datasets``, standardised log params, 1."""
-    cols = [_table_scores(d) for d in datasets] + [_log_params(), np.ones(15625)]
+def task_features(space, datasets: tuple[str, ...]) -> np.ndarray:
+    """(nets, D + 2): normal score on each table of ``datasets``, standardised log params, 1."""
+    cols = [_table_scores(space, d) for d in datasets] + [_log_params(space), np.ones(len(_archs(space)))]
     return np.stack(cols, axis=1)
 
 
-@lru_cache(maxsize=1)
-def _connected() -> np.ndarray:
-    from ..spaces.nb201 import SPACE
-
-    return np.array([SPACE.is_valid(a) for a in SPACE.enumerate()])
+@lru_cache(maxsize=None)
+def _connected(space) -> np.ndarray:
+    return np.array([space.is_valid(a) for a in _archs(space)])
 
 
 @lru_cache(maxsize=None)
-def task_heads(datasets: tuple[str, ...]) -> np.ndarray:
+def task_heads(space, datasets: tuple[str, ...]) -> np.ndarray:
     """Candidate heads over ``task_features(datasets)``: each shipped task explained by the *other* tables and
     params (least squares over connected nets; zero on its own column: a new task has no column of its own),
     each single table (identity), and params alone (least squares of each task, averaged)."""
-    feats = task_features(datasets)
-    ok = _connected()
+    feats = task_features(space, datasets)
+    ok = _connected(space)
     d = len(datasets)
     heads = []
     for t in range(d):
@@ -96,8 +102,8 @@ def task_heads(datasets: tuple[str, ...]) -> np.ndarray:
     return np.array(heads)
 
 
-def prior_components(datasets: tuple[str, ...]) -> list:
-    heads = task_heads(datasets)
+def prior_components(space, datasets: tuple[str, ...]) -> list:
+    heads = task_heads(space, datasets)
     p = heads.shape[1]
     comps = [(POPULATION_WEIGHT, heads.mean(axis=0), POPULATION_VAR * np.eye(p))]
     comps += [((1 - POPULATION_WEIGHT) / len(heads), h, HEAD_COV * np.eye(p)) for h in heads]
@@ -120,8 +126,8 @@ def _predict(feats: np.ndarray, theta, coef, shift) -> np.ndarray:
 class FewShotAccuracyModel:
     """``predict(archs)`` in percent for one task; ``state`` is its JSON form (stored in a dataset profile)."""
 
-    def __init__(self, state: dict):
-        self.state = state
+    def __init__(self, space, state: dict):
+        self.space, self.state = space, state
         self.datasets = tuple(state["tables"])
         self.theta = np.asarray(state["head"], dtype=np.float64)
         self.coef = np.asarray(state["sibling"]["coef"], dtype=np.float64)
@@ -139,13 +145,13 @@ class FewShotAccuracyModel:
         the lowest prediction of any connected net: a linear model fitted to a few noisy probes can otherwise
         rank such nets first, and guidance would steer toward nets the search then drops."""
         index = np.asarray(index, dtype=np.int64)
-        pred = np.clip(self.y_mean + self.y_std * _predict(task_features(self.datasets)[index], self.theta,
-                                                            self.coef, self.shift), 0.0, 100.0)
-        return np.where(_connected()[index], pred, self._floor())
+        pred = np.clip(self.y_mean + self.y_std * _predict(task_features(self.space, self.datasets)[index],
+                                                            self.theta, self.coef, self.shift), 0.0, 100.0)
+        return np.where(_connected(self.space)[index], pred, self._floor())
 
     def _floor(self) -> float:
         if getattr(self, "_floor_value", None) is None:
-            feats = task_features(self.datasets)[_connected()]
+            feats = task_features(self.space, self.datasets)[_connected(self.space)]
             self._floor_value = float(np.clip(self.y_mean + self.y_std * _predict(feats, self.theta, self.coef,
                                                                                   self.shift).min(), 0.0, 100.0))
         return self._floor_value
@@ -155,38 +161,37 @@ class FewShotAccuracyModel:
                 f"({self.state['n_measurements']} measured nets, no image encoder)")
 
     def predict(self, archs: Sequence, dataset=None) -> np.ndarray:
-        from ..spaces.nb201 import SPACE
-
         archs = list(archs)
         if not archs:
             return np.zeros(0)
-        return self.predict_index(np.array([SPACE.index(a) for a in archs]))
+        return self.predict_index(np.array([self.space.table_index(a) for a in archs]))
 
     def to_dict(self) -> dict:
         return self.state
 
 
-def fit_fewshot(archs: Sequence, accuracy_percent: Sequence[float], datasets: Sequence[str] | None = None,
+def fit_fewshot(space, archs: Sequence, accuracy_percent: Sequence[float], datasets: Sequence[str] | None = None,
                 task: str = "task", folds: int = 20) -> FewShotAccuracyModel:
-    """Adapt to measured (arch, accuracy %) pairs; cross-validated (leave-one-out up to ``folds``)."""
+    """Adapt to measured (arch, accuracy %) pairs of ``space`` (its shipped tables of ``datasets``, default all,
+    as the prior); cross-validated (leave-one-out up to ``folds``)."""
     from scipy.stats import spearmanr
 
-    from ..data import NB201_DATASETS
-    from ..spaces.nb201 import SPACE
-
-    datasets = tuple(datasets or NB201_DATASETS)
+    if not supports_tasks(space):
+        raise UserError(f"the {space.name} space cannot take a user task (it needs every net enumerable and "
+                        "measured accuracy tables of several datasets)")
+    datasets = tuple(datasets or space.datasets)
     y = np.asarray(accuracy_percent, dtype=np.float64)
     if len(y) < MIN_MEASUREMENTS:
         raise UserError(f"the accuracy model needs at least {MIN_MEASUREMENTS} measured nets, got {len(y)}")
-    index = np.array([SPACE.index(a) for a in archs])
+    index = np.array([space.table_index(a) for a in archs])
     if len(set(index.tolist())) < MIN_MEASUREMENTS:
         raise UserError(f"the accuracy model needs at least {MIN_MEASUREMENTS} distinct nets, got {len(set(index))}")
-    feats = task_features(datasets)[index]
+    feats = task_features(space, datasets)[index]
     mean, std = float(y.mean()), float(y.std())
     if std < 1e-9:
         raise UserError(f"all {len(y)} measured accuracies are equal ({mean:g}): they say nothing about which "
                         "net is better (train the probes longer?)")
-    comps = prior_components(datasets)
+    comps = prior_components(space, datasets)
     theta, coef, shift = _fit(feats, (y - mean) / std, comps)
     group = np.arange(len(y)) % min(folds, len(y))
     cv = np.empty(len(y))
@@ -197,7 +202,7 @@ def fit_fewshot(archs: Sequence, accuracy_percent: Sequence[float], datasets: Se
         cv[held] = ym + ys * _predict(feats[held], t, c, s)
     err = np.abs(cv - y)
     state = {
-        "kind": MODEL_KIND, "version": MODEL_VERSION, "task": task, "tables": list(datasets),
+        "kind": MODEL_KIND, "version": MODEL_VERSION, "space": space.name, "task": task, "tables": list(datasets),
         "features": [f"normal score on {d}" for d in datasets] + ["log params (standardised)", "bias"],
         "y_mean": mean, "y_std": std, "head": [float(v) for v in theta],
         "sibling": {"mix": SIBLING_MIX, "coef": [float(v) for v in coef], "shift": float(shift)},
@@ -207,22 +212,20 @@ def fit_fewshot(archs: Sequence, accuracy_percent: Sequence[float], datasets: Se
                "predictions": [round(float(v), 4) for v in cv]},
         "n_measurements": int(len(y)),
     }
-    return FewShotAccuracyModel(state)
+    return FewShotAccuracyModel(space, state)
 
 
-def choose_probes(n: int, seed: int = 0, datasets: Sequence[str] | None = None, pool: int = 2000,
+def choose_probes(space, n: int, seed: int = 0, datasets: Sequence[str] | None = None, pool: int = 2000,
                   top_fraction: float = 0.5) -> list:
-    """``n`` probe nets that inform the model: distinct functions, spread over the features the model reads
-    (shipped-table scores and params) by greedy max-min distance from a seeded pool, starting from the net
-    the shipped tables rank best. Spreading the design steadies a fit of a few coefficients; random probes
-    cluster in the middle of the space, where most nets are."""
-    from ..data import NB201_DATASETS
-    from ..spaces.nb201 import SPACE
-
-    datasets = tuple(datasets or NB201_DATASETS)
-    feats = task_features(datasets)[:, :-1]
+    """``n`` probe nets that inform the model: distinct connected functions from the upper ``top_fraction`` of
+    the shipped tables' mean ranking, spread over the features the model reads (table scores and params) by
+    greedy max-min distance within a seeded pool, starting from the net the tables rank best. Why: a pick
+    under a budget is decided among good nets, and a spread design steadies a fit of a few coefficients;
+    random probes cluster where most nets are. ``benchmarks/accuracy_fewshot.py`` compares the two."""
+    datasets = tuple(datasets or space.datasets)
+    feats = task_features(space, datasets)[:, :-1]
     rng = np.random.default_rng(seed)
-    unique = _unique_functions()
+    unique = unique_functions(space)
     prior = feats[unique, : len(datasets)].mean(axis=1)
     unique = unique[prior >= np.quantile(prior, 1 - top_fraction)]
     cand = rng.choice(unique, size=min(pool, len(unique)), replace=False)
@@ -233,13 +236,12 @@ def choose_probes(n: int, seed: int = 0, datasets: Sequence[str] | None = None, 
         k = int(np.argmax(dist))
         chosen.append(k)
         dist = np.minimum(dist, np.linalg.norm(x - x[k], axis=1))
-    return [SPACE.from_index(int(cand[k])) for k in chosen]
+    archs = _archs(space)
+    return [archs[int(cand[k])] for k in chosen]
 
 
-@lru_cache(maxsize=1)
-def _unique_functions() -> np.ndarray:
-    """Indices of one connected net per function (the smallest index), the pool probes are drawn from."""
-    from ..spaces.nb201 import SPACE
-
-    out = sorted({SPACE.index(SPACE.canonical(a)) for a in SPACE.enumerate() if SPACE.is_valid(a)})
+@lru_cache(maxsize=None)
+def unique_functions(space) -> np.ndarray:
+    """Table rows of one connected net per function (its canonical net), the pool probes are drawn from."""
+    out = sorted({space.table_index(space.canonical(a)) for a in _archs(space) if space.is_valid(a)})
     return np.array(out)

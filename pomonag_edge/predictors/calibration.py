@@ -33,17 +33,43 @@ def read_measurements(space, path: str | os.PathLike) -> list[dict]:
         try:
             arch = space.parse(arch_text)
         except ArchParseError as e:
-            raise UserError(f"{path}, line {line}: {e}") from None
+            from ..spaces import other_space_hint
+
+            raise UserError(f"{path}, line {line}: {e}{other_space_hint(space.name, arch_text)}") from None
         try:
             ms = float(ms_text)
         except ValueError:
             raise UserError(f"{path}, line {line}: latency_ms {ms_text!r} is not a number") from None
         if not math.isfinite(ms) or ms <= 0:
             raise UserError(f"{path}, line {line}: latency_ms must be a positive number of milliseconds, got {ms_text!r}")
-        items.append({"arch": str(arch), "latency_ms": ms})
+        items.append({"arch": str(arch), "latency_ms": ms, "_key": str(space.canonical(arch)), "_line": line})
     if len(items) < MIN_ROWS:
         raise UserError(f"{path}: {len(items)} measurement row(s); calibration needs at least {MIN_ROWS}")
-    return items
+    merged = merge_repeats(items)
+    if len(merged) < MIN_ROWS:
+        raise UserError(f"{path}: {len(items)} rows but only {len(merged)} distinct net(s) (repeated or functionally "
+                        f"identical archs count once); calibration needs at least {MIN_ROWS} distinct nets")
+    return merged
+
+
+def merge_repeats(items: list[dict]) -> list[dict]:
+    """One item per distinct net: repeated rows of one arch, or of functionally identical archs (the same
+    canonical form), become one timing, their median, with ``repeats`` and ``lines`` saying what was merged.
+    Repeats would otherwise weigh one net several times and make the model's error look smaller than it is."""
+    import statistics
+
+    groups: dict[str, list[dict]] = {}
+    for item in items:
+        groups.setdefault(item["_key"], []).append(item)
+    out = []
+    for group in groups.values():
+        first = {k: v for k, v in group[0].items() if not k.startswith("_")}
+        if len(group) > 1:
+            first["latency_ms"] = statistics.median(i["latency_ms"] for i in group)
+            first["repeats"] = len(group)
+            first["lines"] = [i["_line"] for i in group]
+        out.append(first)
+    return out
 
 
 def calibrate_profile(space, items: list[dict], name: str, base=None, source: str = ""):

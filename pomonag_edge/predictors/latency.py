@@ -9,16 +9,23 @@ Where the shipped tables hold every net of the space, a *sibling-table* model (`
 log space with the head: a sibling device's table carries structure no low-rank embedding keeps. What is
 space-specific (the embedding network, its inputs, the tables) is the space's ``latency_recipe``.
 
+A device unlike every shipped one must not be forced into their mould: the adapted model weighs candidate
+explanations (the head, the sibling tables, their average, and the cost proxies: log-linear in MACs, params
+or both) by how well each predicts the K timings held out one at a time (``fit_candidates``,
+``candidate_weights``). Few timings or a foreign device lean on the proxies; many timings of a familiar
+kind lean on the tables. Where the candidates disagree, or a net is unlike the timed ones, its own sigma of
+log-ms widens (``blend_log_sigma``): the budget test uses a per-net quantile, not one global margin.
+
 Each kind of fitted model is a small class with ``to_state``/``from_state``:
 
-- ``HeadModel``: the embedding head (+ sibling tables), for timings without a LUT, or a reference setting
-  whose table does not cover the space (its error measured on held-out nets);
+- ``HeadModel``: the weighed candidates, for timings without a LUT, or a reference setting whose table does
+  not cover the space (its training head; its error measured on held-out nets);
 - ``TableModel``: a reference profile whose table covers the space: an exact lookup, zero error;
 - ``LutModel``: a profile with its own per-op LUT: ``scale x LUT-cost ^ power``;
 - ``ProxyModel``: a space with no pretrained embedding: log-linear in MACs and params.
 
-Every model knows its own error: cross-validated relative errors on the calibration timings give the quantile
-that ``generate`` adds to predictions as a budget margin.
+Every model knows its own error: ``log_sigma`` per net (a constant from the cross-validated q90 relative error
+where nothing better is known), and ``quantile_ms`` the latency a net stays under at a given probability.
 """
 
 from __future__ import annotations
@@ -39,6 +46,9 @@ ERROR_QUANTILE = 0.9
 MIN_CALIBRATION = 3
 MIN_POWER_FIT = 8  # timings needed before the LUT cost's exponent is fitted too
 NOISE_GRID = np.geomspace(0.005, 0.5, 41)  # candidate noise std of log-ms
+Z90 = 1.2815515655446004  # standard normal quantile at ERROR_QUANTILE: a constant sigma's margin is its q90
+MIN_LOG_SIGMA = 0.02  # a per-net sigma never below this: re-timing the same net differs by a few percent
+PROXIES = {"macs": (0,), "params": (1,), "macs+params": (0, 1)}  # cost-proxy candidates: columns of log (MACs, params)
 POPULATION_WEIGHT = 0.2  # prior weight of the broad population Gaussian; the rest is split over device heads
 DEVICE_COV_SCALE = 0.03  # each training device's component: its head, covariance 0.03 x the population's
 
@@ -100,6 +110,12 @@ def embed(space, emb, archs) -> np.ndarray:
         return emb(*space.latency_recipe.inputs(list(archs))).double().numpy()
 
 
+def proxy_features(space, archs) -> np.ndarray:
+    """(n, 2) log MACs and log params: the cost proxies every space has (``space.macs``/``params``)."""
+    return np.array([[math.log(max(space.macs(a), 1)), math.log(max(space.params(a), 1))] for a in archs],
+                    dtype=np.float64).reshape(-1, 2)
+
+
 def _design(phi: np.ndarray) -> np.ndarray:
     return np.hstack([phi, np.ones((len(phi), 1))])
 
@@ -151,6 +167,8 @@ class PretrainedEmbedding:
     _phi_all: np.ndarray | None = field(default=None, repr=False)
     _tables_ms: np.ndarray | None = field(default=None, repr=False)
     _fill: np.ndarray | None = field(default=None, repr=False)
+    _proxies_all: np.ndarray | None = field(default=None, repr=False)
+    _features_all: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
     def from_checkpoint(cls, space, ckpt: dict, sha256: str = "", file: str = "") -> "PretrainedEmbedding":
@@ -195,6 +213,42 @@ class PretrainedEmbedding:
         if self._phi_all is None:
             self._phi_all = embed(self.space, self.embedding, list(self.space.enumerate()))
         return self._phi_all[[self.space.table_index(a) for a in archs]]
+
+    def proxies(self, archs) -> np.ndarray:
+        """(n, 2) log MACs and log params of ``archs``: the cost-proxy candidates' inputs (whole-space table once
+        where the tables cover the space)."""
+        archs = list(archs)
+        if not self.covers_space:
+            return proxy_features(self.space, archs)
+        if self._proxies_all is None:
+            self._proxies_all = proxy_features(self.space, list(self.space.enumerate()))
+        return self._proxies_all[[self.space.table_index(a) for a in archs]]
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names())
+
+    def feature_names(self) -> list[str]:
+        """Names of the joint features every adapted model is linear in: embedding, bias, sibling tables (where
+        they cover the space), log MACs, log params."""
+        dim = self.heads.shape[1] - 1
+        tables = [f"table:{n}" for n in self.devices] if self.covers_space else []
+        return [f"phi{i}" for i in range(dim)] + ["bias"] + tables + ["log_macs", "log_params"]
+
+    def joint_features(self, archs) -> np.ndarray:
+        """(n, n_features) joint features of ``archs`` (see ``feature_names``)."""
+        archs = list(archs)
+        if self.covers_space:
+            return self.features_all()[[self.space.table_index(a) for a in archs]]
+        return np.hstack([_design(self.phi(archs)), self.proxies(archs)])
+
+    def features_all(self) -> np.ndarray:
+        """Joint features of every net in ``table_index`` order (only where the tables cover the space), once."""
+        if self._features_all is None:
+            everything = list(self.space.enumerate())
+            self._features_all = np.hstack([_design(self.phi(everything)), self.sibling_tables(),
+                                            self.proxies(everything)])
+        return self._features_all
 
     def sibling_tables(self) -> np.ndarray:
         """(space size, D) log-ms of the training devices in ``table_index`` order, unmeasured cells filled by
@@ -287,16 +341,23 @@ def mixture_head(design: np.ndarray, y: np.ndarray, components) -> tuple[np.ndar
     Gaussian a broad one, and the few timings weigh them by marginal likelihood (noise std marginalised
     over ``NOISE_GRID``). Returns (theta, posterior-mean noise std).
     """
-    logs, thetas, noises = [], [], []
+    theta, noise, _ = _mixture(design, y, components)
+    return theta, noise
+
+
+def _mixture(design, y, components) -> tuple[np.ndarray, float, np.ndarray]:
+    """``mixture_head``'s (theta, noise std) and the prior covariance its components weigh to (for leverage)."""
+    logs, thetas, noises, covs = [], [], [], []
     for weight, mean, cov in components:
         for sd in NOISE_GRID[::4]:
             logs.append(math.log(weight) + _log_evidence(design, y, mean, cov, sd))
             thetas.append(_posterior_mean(design, y, mean, cov, sd))
             noises.append(sd)
+            covs.append(cov)
     logs = np.array(logs)
     w = np.exp(logs - logs.max())
     w /= w.sum()
-    return w @ np.array(thetas), float(w @ np.array(noises))
+    return w @ np.array(thetas), float(w @ np.array(noises)), np.einsum("k,kij->ij", w, np.array(covs))
 
 
 def sibling_fit(tables: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
@@ -330,32 +391,134 @@ def sibling_fit(tables: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
     return coef, shift
 
 
-def _fit_head(design, tables, y, components):
-    """The adapted model: (theta of the embedding head, sibling coef, sibling shift, noise std)."""
-    theta, noise = mixture_head(design, y, components)
-    return (theta, *sibling_fit(tables, y), noise)
+def _proxy_design(proxies: np.ndarray, cols) -> np.ndarray:
+    return np.hstack([proxies[:, list(cols)], np.ones((len(proxies), 1))])
 
 
-def _predict_log(design, tables, theta, coef, shift) -> np.ndarray:
-    return (1 - SIBLING_MIX) * (design @ theta) + SIBLING_MIX * (tables @ coef + shift)
+def _ols_loo(design: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least squares: (coef, leave-one-out predictions through the hat matrix, (X^T X)^-1 for leverage)."""
+    pinv = np.linalg.pinv(design)
+    coef = pinv @ y
+    hat = np.clip(np.einsum("ij,ji->i", design, pinv), 0, 1 - 1e-9)
+    fit = design @ coef
+    return coef, y + (fit - y) / (1 - hat), pinv @ pinv.T
 
 
-def cv_relative_errors(design: np.ndarray, y: np.ndarray, components, folds: int = 10,
-                       tables: np.ndarray | None = None) -> np.ndarray:
-    """|predicted / measured - 1| for each calibration net, predicted by a head fitted without it.
+def fit_candidates(design: np.ndarray, tables: np.ndarray | None, proxies: np.ndarray, y: np.ndarray,
+                   components, folds: int = 10) -> list[dict]:
+    """Every candidate model of a device's log-ms, each fitted on all K timings, with its held-out predictions.
 
-    Leave-one-out up to ``folds`` timings, ``folds``-fold cross-validation beyond (bounded cost)."""
-    group = np.arange(len(y)) % min(folds, len(y))
-    out = np.empty(len(y))
+    Candidates: the embedding head (``mixture_head``), the sibling tables (``sibling_fit``) and their
+    ``SIBLING_MIX`` average where tables cover the space, and the cost proxies (log-linear in log MACs, log
+    params, both). Each is a vector ``coef`` over the joint features ``[phi, 1, tables..., log MACs, log
+    params]`` (see ``joint_features``), plus ``loo`` (each timing predicted by a fit without it: leave-one-out
+    up to ``folds`` timings, ``folds``-fold beyond) and ``lev`` (columns and inverse Gram matrix for the
+    leverage of a new net). Why: 31 shipped devices say what a device usually looks like; K timings say which
+    of these explanations this device supports, and a device unlike all of them falls back to its costs.
+    """
+    n, de = design.shape
+    dt = 0 if tables is None else tables.shape[1]
+    nf = de + dt + proxies.shape[1]
+    group = np.arange(n) % min(folds, n)
+    emb = ["head"] + ([] if tables is None else ["siblings", "head+siblings"])
+    loo = {name: np.empty(n) for name in emb}
     for g in np.unique(group):
-        held = group == g
-        if tables is None:
-            theta, _ = mixture_head(design[~held], y[~held], components)
-            out[held] = np.abs(np.expm1(design[held] @ theta - y[held]))
-        else:
-            theta, coef, shift, _ = _fit_head(design[~held], tables[~held], y[~held], components)
-            out[held] = np.abs(np.expm1(_predict_log(design[held], tables[held], theta, coef, shift) - y[held]))
+        held, keep = group == g, group != g
+        theta, _ = mixture_head(design[keep], y[keep], components)
+        head = design[held] @ theta
+        loo["head"][held] = head
+        if tables is not None:
+            coef, shift = sibling_fit(tables[keep], y[keep])
+            sib = tables[held] @ coef + shift
+            loo["siblings"][held] = sib
+            loo["head+siblings"][held] = (1 - SIBLING_MIX) * head + SIBLING_MIX * sib
+    theta, noise, cov = _mixture(design, y, components)
+    gram_inv = np.linalg.inv(design.T @ design + noise**2 * np.linalg.inv(cov))
+    lev = {"columns": list(range(de)), "gram_inv": gram_inv, "loo": _loo_leverage(design, gram_inv)}
+    head_coef = np.zeros(nf)
+    head_coef[:de] = theta
+    out = [{"name": "head", "coef": head_coef, "loo": loo["head"], "lev": lev, "noise": noise}]
+    if tables is not None:
+        coef, shift = sibling_fit(tables, y)
+        sib_coef = np.zeros(nf)
+        sib_coef[de - 1], sib_coef[de:de + dt] = shift, coef  # the bias column of ``design`` carries the shift
+        out.append({"name": "siblings", "coef": sib_coef, "loo": loo["siblings"], "lev": lev})
+        out.append({"name": "head+siblings", "coef": (1 - SIBLING_MIX) * head_coef + SIBLING_MIX * sib_coef,
+                    "loo": loo["head+siblings"], "lev": lev})
+    for name, cols in PROXIES.items():
+        pd = _proxy_design(proxies, cols)
+        coef, pred, gi = _ols_loo(pd, y)
+        full = np.zeros(nf)
+        full[[de + dt + c for c in cols]] = coef[:-1]
+        full[de - 1] = coef[-1]
+        out.append({"name": name, "coef": full, "loo": pred,
+                    "lev": {"columns": [de + dt + c for c in cols] + [de - 1], "gram_inv": gi,
+                            "loo": _loo_leverage(pd, gi)}})
     return out
+
+
+def _loo_leverage(x: np.ndarray, gram_inv: np.ndarray) -> np.ndarray:
+    """Leverage of each timed net with respect to the others, h / (1 - h): what ``1 + leverage`` of a new
+    net is to the fit, its held-out counterpart."""
+    h = np.clip(np.einsum("ni,ij,nj->n", x, gram_inv, x), 0, 1 - 1e-6)
+    return h / (1 - h)
+
+
+def candidate_weights(candidates: list[dict], y: np.ndarray) -> np.ndarray:
+    """Pseudo-Bayesian model averaging on held-out predictions: weight ~ prior x (held-out MSE)^(-K/2).
+
+    Each candidate's K held-out residuals are scored as Gaussian with its own held-out variance, so the weight
+    sharpens with K: with 5 timings a 2x larger error costs a factor 5.7, with 20 a factor 1000. The prior is
+    uniform over candidates, not over devices: 31 shipped devices are one explanation among several, and
+    cannot outvote the device's own timings."""
+    mse = np.array([max(float(np.mean((c["loo"] - y) ** 2)), 1e-8) for c in candidates])
+    logw = -0.5 * len(y) * np.log(mse)
+    w = np.exp(logw - logw.max())
+    return w / w.sum()
+
+
+def _blend(candidates: list[dict], weights: np.ndarray, y: np.ndarray, min_weight: float = 1e-4) -> dict:
+    """The weighted model: joint coef, the kept candidates (weight, held-out RMS, leverage), the held-out
+    relative errors of the blend, and ``kappa``, the factor that makes its per-net sigma match its held-out
+    residuals (never below 1) times a small-sample inflation (Student t over normal at the 90% level). Why
+    not a quantile of the K held-out errors: matched that way, the bound covered 70-90% of the nets of devices
+    unlike the shipped ones, below the level asked for."""
+    from scipy.stats import t as student_t
+
+    keep = [i for i in np.argsort(-weights) if weights[i] >= min_weight]
+    w = weights[keep] / weights[keep].sum()
+    cands = [candidates[i] for i in keep]
+    loo = np.array([c["loo"] for c in cands])  # (C, K)
+    mse = np.mean((loo - y) ** 2, axis=1)
+    blend_loo = w @ loo
+    lev = np.array([c["lev"]["loo"] for c in cands])
+    var = w @ (mse[:, None] * (1 + lev) + (loo - blend_loo) ** 2)
+    kappa = max(1.0, float(np.sqrt(np.mean((blend_loo - y) ** 2 / var))))
+    kappa *= float(student_t.ppf(ERROR_QUANTILE, max(len(y) - 1, 1))) / Z90
+    return {"coef": w @ np.array([c["coef"] for c in cands]), "kappa": kappa,
+            "errors": np.abs(np.expm1(blend_loo - y)),
+            "candidates": [{"name": c["name"], "weight": float(wi), "rms_log": float(np.sqrt(m)),
+                            "coef": [float(v) for v in c["coef"]],
+                            "leverage": {"columns": list(c["lev"]["columns"]),
+                                         "gram_inv": np.asarray(c["lev"]["gram_inv"]).tolist()}}
+                           for c, wi, m in zip(cands, w, mse)]}
+
+
+def blend_log_sigma(features: np.ndarray, candidates: list[dict], kappa: float) -> np.ndarray:
+    """Per-net sigma of log-ms: kappa x sqrt(sum_c w_c [rms_c^2 (1 + leverage_c(x)) + (f_c(x) - f(x))^2]),
+    at least ``MIN_LOG_SIGMA`` (timings that one table fits exactly still meet re-measurement noise).
+
+    Narrow where the candidates agree and the net sits among the timed ones (small leverage); wide where the
+    explanations the timings could not tell apart disagree, or the net is unlike anything timed."""
+    w = np.array([c["weight"] for c in candidates])
+    preds = features @ np.array([c["coef"] for c in candidates]).T  # (n, C)
+    mean = preds @ w
+    var = np.zeros(len(features))
+    for j, c in enumerate(candidates):
+        x = features[:, c["leverage"]["columns"]]
+        lev = np.einsum("ni,ij,nj->n", x, np.asarray(c["leverage"]["gram_inv"]), x)
+        var += w[j] * (c["rms_log"] ** 2 * (1 + np.clip(lev, 0, None)) + (preds[:, j] - mean) ** 2)
+    return np.maximum(kappa * np.sqrt(var), MIN_LOG_SIGMA)
 
 
 def fit_lut_scale(lut_ms: np.ndarray, latency_ms: np.ndarray) -> tuple[float, np.ndarray]:
@@ -393,7 +556,8 @@ def _error_state(errors: np.ndarray) -> dict:
 
 class LatencyModel:
     """Predicts ms for any net of a profile's target and knows its error. ``predict_ms`` (ms per forward pass),
-    ``relative_error`` (the budget margin), ``margin_ms``, ``log_ms_torch`` (differentiable log-ms over the
+    ``relative_error`` (q90 of cross-validated errors), ``log_sigma`` (per-net std of log-ms: the budget margin),
+    ``quantile_ms``, ``log_ms_torch`` (differentiable log-ms over the
     space's encoding, for guidance), ``to_state``; ``from_state`` returns None for a state it cannot use."""
 
     kind = ""
@@ -407,8 +571,20 @@ class LatencyModel:
         return self.predict_ms(archs)
 
     def margin_ms(self, pred_ms) -> np.ndarray:
-        """How much to add to a prediction so it is an upper bound ~90% of the time."""
+        """One global margin: ``relative_error`` (q90 of cross-validated errors) of each prediction."""
         return np.asarray(pred_ms, dtype=np.float64) * self.relative_error
+
+    def log_sigma(self, archs) -> np.ndarray:
+        """Per-net std of log-ms around ``predict_ms``. Default: one constant, the q90 relative error read as a
+        one-sided 90% bound (so ``quantile_ms(.., 0.9)`` is the global margin); models that know better override."""
+        return np.full(len(list(archs)), math.log1p(self.relative_error) / Z90)
+
+    def quantile_ms(self, archs, level: float = ERROR_QUANTILE) -> np.ndarray:
+        """The latency each net stays under with probability ``level`` (log-normal around the prediction)."""
+        from scipy.stats import norm
+
+        archs = list(archs)
+        return self.predict_ms(archs) * np.exp(norm.ppf(level) * self.log_sigma(archs))
 
     def log_ms_torch(self, x):
         raise NotImplementedError(f"a {self.kind} latency model has no differentiable form")
@@ -444,39 +620,38 @@ def _soft_table_lookup(space, values: np.ndarray, x):
 
 
 class HeadModel(LatencyModel):
-    """The pretrained embedding's head fitted to a device (``theta``), averaged in log space with the
-    sibling-table model (``sibling`` = (coef over the training devices, shift)) where the tables cover the space."""
+    """A device's model from K timings: the candidates of ``fit_candidates`` (embedding head, sibling tables and
+    their average where tables cover the space, cost proxies) weighed by ``candidate_weights``, collapsed into
+    one linear map ``coef`` of the joint features; the kept candidates give each net its own sigma
+    (``blend_log_sigma``). Also the shape of a reference setting whose table does not cover the space (its
+    training head, the held-out error of an identical fit)."""
 
     kind = "embedding-head"
-    version = 4
+    version = 5
 
-    def __init__(self, pretrained: PretrainedEmbedding, theta, relative_error: float, state: dict,
-                 sibling: tuple | None = None):
-        self.pretrained, self.theta = pretrained, np.asarray(theta, dtype=np.float64)
-        self.sibling = None if sibling is None else (np.asarray(sibling[0], dtype=np.float64), float(sibling[1]))
+    def __init__(self, pretrained: PretrainedEmbedding, coef, relative_error: float, state: dict,
+                 candidates: list | None = None, kappa: float = 1.0):
+        self.pretrained = pretrained
+        coef = np.asarray(coef, dtype=np.float64)
+        self.coef = np.zeros(pretrained.n_features)
+        self.coef[:len(coef)] = coef  # a head alone (theta over [phi, 1]) is the joint map with zeros beyond
         self.relative_error, self.state = float(relative_error), state
-        self._sibling_all = None
+        self.candidates, self.kappa = candidates, float(kappa)
+        self._log_all = None
 
     @classmethod
     def fit(cls, pre: PretrainedEmbedding, archs, latency_ms) -> "HeadModel":
         archs = list(archs)
         y = np.log(np.asarray(latency_ms, dtype=np.float64))
-        components = pre.prior_components()
         design = _design(pre.phi(archs))
-        if pre.covers_space:
-            tables = pre.sibling_tables()[[pre.space.table_index(a) for a in archs]]
-            theta, coef, shift, noise = _fit_head(design, tables, y, components)
-            sibling = (coef, shift)
-        else:
-            tables, sibling = None, None
-            theta, noise = mixture_head(design, y, components)
-        errors = cv_relative_errors(design, y, components, tables=tables)
+        tables = pre.sibling_tables()[[pre.space.table_index(a) for a in archs]] if pre.covers_space else None
+        cands = fit_candidates(design, tables, pre.proxies(archs), y, pre.prior_components())
+        blend = _blend(cands, candidate_weights(cands, y), y)
         state = {"kind": cls.kind, "version": cls.version, "embedding": _embedding_ref(pre),
-                 "coef": [float(v) for v in theta], "noise_log_std": noise, **_error_state(errors)}
-        if sibling is not None:
-            state["sibling"] = {"mix": SIBLING_MIX, "devices": list(pre.devices),
-                                "coef": [float(v) for v in sibling[0]], "shift": sibling[1]}
-        return cls(pre, theta, state["relative_error"], state, sibling)
+                 "features": pre.feature_names(), "coef": [float(v) for v in blend["coef"]],
+                 "noise_log_std": cands[0]["noise"], "kappa": blend["kappa"], "candidates": blend["candidates"],
+                 **_error_state(blend["errors"])}
+        return cls(pre, blend["coef"], state["relative_error"], state, blend["candidates"], blend["kappa"])
 
     @classmethod
     def reference(cls, pre: PretrainedEmbedding, name: str) -> "HeadModel":
@@ -496,37 +671,43 @@ class HeadModel(LatencyModel):
     def from_state(cls, pre: PretrainedEmbedding, state: dict) -> "HeadModel | None":
         if state.get("kind") != cls.kind or state.get("version") != cls.version:
             return None
-        if state.get("embedding", {}).get("sha256") != pre.sha256:
+        if state.get("embedding", {}).get("sha256") != pre.sha256 or state.get("features") != pre.feature_names():
             return None
-        sib = state.get("sibling")
-        if pre.covers_space != (sib is not None):
-            return None
-        if sib is not None and (sib.get("devices") != list(pre.devices) or sib.get("mix") != SIBLING_MIX):
-            return None
-        return cls(pre, state["coef"], state["relative_error"], state,
-                   None if sib is None else (sib["coef"], sib["shift"]))
+        return cls(pre, state["coef"], state["relative_error"], state, state["candidates"], state["kappa"])
+
+    def _log_table(self) -> np.ndarray:
+        """log-ms of every net in ``table_index`` order (spaces whose tables cover them), computed once."""
+        if self._log_all is None:
+            self._log_all = self.pretrained.features_all() @ self.coef
+        return self._log_all
 
     def predict_ms(self, archs) -> np.ndarray:
         archs = list(archs)
         if not archs:
             return np.zeros(0)
-        design = _design(self.pretrained.phi(archs))
-        if self.sibling is None:
-            return np.exp(design @ self.theta)
-        tables = self.pretrained.sibling_tables()[[self.pretrained.space.table_index(a) for a in archs]]
-        return np.exp(_predict_log(design, tables, self.theta, *self.sibling))
+        if self.pretrained.covers_space:
+            return np.exp(self._log_table()[[self.pretrained.space.table_index(a) for a in archs]])
+        return np.exp(self.pretrained.joint_features(archs) @ self.coef)
+
+    def log_sigma(self, archs) -> np.ndarray:
+        archs = list(archs)
+        if not self.candidates:
+            return super().log_sigma(archs)
+        return blend_log_sigma(self.pretrained.joint_features(archs), self.candidates, self.kappa)
 
     def log_ms_torch(self, x):
+        """Differentiable log-ms over the encoding: the whole-space table's multilinear extension where the
+        tables cover the space, else the embedding head (a model leaning on cost proxies has no such form there)."""
         import torch
 
-        w = torch.as_tensor(self.theta, dtype=x.dtype)
-        out = self.pretrained.embedding(x.float()).to(x.dtype) @ w[:-1] + w[-1]
-        if self.sibling is None:
-            return out
-        if self._sibling_all is None:
-            coef, shift = self.sibling
-            self._sibling_all = self.pretrained.sibling_tables() @ coef + shift
-        return (1 - SIBLING_MIX) * out + SIBLING_MIX * _soft_table_lookup(self.pretrained.space, self._sibling_all, x)
+        if self.pretrained.covers_space:
+            return _soft_table_lookup(self.pretrained.space, self._log_table(), x)
+        de = self.pretrained.heads.shape[1]
+        if np.any(self.coef[de:] != 0):
+            raise NotImplementedError("this latency model leans on cost proxies, which have no differentiable form "
+                                      f"over {self.pretrained.space.name}'s encoding")
+        w = torch.as_tensor(self.coef[:de], dtype=x.dtype)
+        return self.pretrained.embedding(x.float()).to(x.dtype) @ w[:-1] + w[-1]
 
 
 class TableModel(LatencyModel):

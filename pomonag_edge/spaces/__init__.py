@@ -15,7 +15,7 @@ BUILTIN = {"nb201": "pomonag_edge.spaces.nb201:SPACE", "mbv3": "pomonag_edge.spa
 ENTRY_POINT_GROUP = "pomonag_edge.spaces"
 
 __all__ = ["Arch", "SearchSpace", "SpaceBase", "LatencyRecipe", "GeneratorRecipe", "get_space", "space_names",
-           "parse_lines"]
+           "parse_lines", "other_space_hint"]
 
 
 def _registered() -> dict[str, object]:
@@ -51,3 +51,18 @@ def get_space(name: str) -> SearchSpace:
     if name not in registered:
         raise UserError(f"unknown search space {name!r}; choose one of {', '.join(sorted(registered))}")
     return _load(name, registered[name])
+
+
+def other_space_hint(space_name: str, text: str) -> str:
+    """' (an arch of space X: pass --space X)' when ``text`` parses in another shipped space, else ''."""
+    from ..errors import ArchParseError
+
+    for name in BUILTIN:
+        if name == space_name:
+            continue
+        try:
+            get_space(name).parse(text)
+        except (ArchParseError, UserError):
+            continue
+        return f" (an arch of space {name}: pass --space {name})"
+    return ""

@@ -258,5 +258,7 @@ def parse_lines(space: SearchSpace, lines: Iterable[str], source: str = "input")
         try:
             archs.append(space.parse(text))
         except ArchParseError as e:
-            raise ArchParseError(f"{source}, line {number}: {e}") from None
+            from . import other_space_hint
+
+            raise ArchParseError(f"{source}, line {number}: {e}{other_space_hint(space.name, text)}") from None
     return archs

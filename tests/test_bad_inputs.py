@@ -1,0 +1,353 @@
+"""Hostile inputs and situations: each ends in one line on stderr and exit status 2, never a traceback,
+or is handled as stated (runs never overwritten silently, exports never mixed, defaults announced).
+
+Tests run as root, where permissions do not stop writes: unwritable places are a path under an existing
+file, /proc and /sys.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pomonag_edge.cli import cli
+from pomonag_edge.errors import UserError
+from pomonag_edge.profile import Profile, default_profile, resolve_profile
+
+NB = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+ARCHS = [NB,
+         "|nor_conv_1x1~0|+|nor_conv_3x3~0|skip_connect~1|+|nor_conv_3x3~0|skip_connect~1|nor_conv_1x1~2|",
+         "|avg_pool_3x3~0|+|nor_conv_3x3~0|nor_conv_1x1~1|+|nor_conv_1x1~0|nor_conv_3x3~1|skip_connect~2|",
+         "|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|",
+         "|skip_connect~0|+|nor_conv_1x1~0|nor_conv_3x3~1|+|avg_pool_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|",
+         "|nor_conv_1x1~0|+|nor_conv_1x1~0|nor_conv_1x1~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|"]
+
+
+def invoke(*args, input=None):
+    return CliRunner().invoke(cli, [str(a) for a in args], input=input)
+
+
+def assert_one_line_exit_2(r, *words):
+    assert r.exit_code == 2, (r.exit_code, r.output)
+    assert "Traceback" not in r.output and r.exception is None or isinstance(r.exception, SystemExit), r.output
+    lines = r.stderr.rstrip("\n").splitlines()
+    said = [line for line in lines if line.startswith(("profile: ", "run: "))]  # a default's announcement
+    lines = lines[len(said):]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), r.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+@pytest.fixture
+def here(tmp_path, monkeypatch):
+    """A working folder with a plain file (to put paths under), text inputs and profiles of both spaces."""
+    monkeypatch.chdir(tmp_path)
+    return hostile_folder(tmp_path)
+
+
+def hostile_folder(tmp_path: Path) -> Path:
+    (tmp_path / "afile").write_text("not a folder\n")
+    (tmp_path / "archs.txt").write_text(NB + "\n")
+    (tmp_path / "binary.txt").write_bytes(NB.encode()[:10] + b"\xff\xfe\x00junk\n")
+    (tmp_path / "utf16.csv").write_bytes("arch,latency_ms\n".encode("utf-16"))
+    (tmp_path / "m.csv").write_text("arch,latency_ms\n" + "".join(f"{a},{1 + i / 4}\n" for i, a in enumerate(ARCHS)))
+    (tmp_path / "notjson.json").write_text("{not json")
+    os.mkfifo(tmp_path / "fifo")
+    np.savez(tmp_path / "d.npz", x=np.zeros((20, 8, 8, 3), np.uint8), y=np.arange(20) % 2)
+    (tmp_path / "binary.toml").write_bytes((tmp_path / "binary.txt").read_bytes())
+    (tmp_path / "calib5.json").write_text('{"schema": "pomonag-edge/profile", "schema_version": 1, "name": "x", '
+                                          '"calibration": 5}')
+    Profile(name="nb", space="nb201", dataset="cifar10").save(tmp_path / "nb201.json")
+    Profile(name="mb", space="mbv3").save(tmp_path / "mbv3.json")
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "pareto.json").write_text(json.dumps([{"arch": NB, "feasible": True, "latency_ms": 1.0}]))
+    (run / "manifest.json").write_text(json.dumps({"space": "nb201", "dataset": "cifar10", "created": "2026-01-01",
+                                                   "profile": {"spec": "pixel3"}, "budget": {}}))
+    return tmp_path
+
+
+# ------------------------------------------------------------------ every command, hostile inputs and paths
+
+GEN = ("generate", "--profile", "pixel3", "--strategy", "random", "--samples", "8", "--num", "1")
+HOSTILE = [
+    # unwritable outputs, refused before any long work
+    (GEN + ("--out", "afile/run"), ["afile is a file"]),
+    (GEN + ("--out", "afile"), ["it is a file"]),
+    (GEN + ("--out", "/proc/run"), ["/proc/run"]),
+    (GEN + ("--out", "/sys/run"), ["/sys/run"]),
+    (GEN + ("--out", ".", "--force"), ["not a run", "only run folders"]),
+    (("calibrate", "--measurements", "m.csv", "--name", "x", "--out", "afile/x.json"), ["afile is a file"]),
+    (("calibrate", "--measurements", "m.csv", "--name", "x", "--out", "/proc/x.json"), ["/proc/x.json"]),
+    (("calibrate", "--measurements", "m.csv", "--name", "x", "--out", "/sys/x.json"), ["/sys/x.json"]),
+    (("calibrate", "--measurements", "m.csv", "--name", "x", "--out", "."), ["is a directory"]),
+    (("calibrate", "--measurements", "m.csv", "--name", "x", "--out", "fifo"), ["device, pipe or socket"]),
+    (("profile", "--quick", "--calibration", "0", "--out", "afile/p.json"), ["afile is a file"]),
+    (("profile", "--quick", "--calibration", "0", "--out", "/proc/p.json"), ["/proc/p.json"]),
+    (("profile", "--device", "binary.toml"), ["not UTF-8", "offset 10"]),
+    (GEN + ("--out", "x" * 300), ["name is too long"]),
+    # names are names
+    (("calibrate", "--measurements", "m.csv", "--name", "../escape"), ["plain name"]),
+    (("calibrate", "--measurements", "m.csv", "--name", "a/b"), ["plain name"]),
+    (("calibrate", "--measurements", "m.csv", "--name", ".hidden"), ["plain name"]),
+    # input files: missing, a folder, not UTF-8 (the byte offset named), not JSON
+    (("predict", "--archs", "nothere.txt"), ["does not exist"]),
+    (("predict", "--archs", "."), ["is a folder"]),
+    (("predict", "--archs", "binary.txt"), ["not UTF-8", "offset 10"]),
+    (("calibrate", "--measurements", "utf16.csv", "--name", "x"), ["not UTF-8", "offset 0"]),
+    (("calibrate", "--measurements", "binary.txt", "--name", "x"), ["not UTF-8"]),
+    (("calibrate", "--measurements", "m.csv", "--name", "x", "--base", "notjson.json"), ["not JSON"]),
+    (("predict", "--archs", "archs.txt", "--profile", "binary.txt"), ["not UTF-8"]),
+    (("predict", "--archs", "archs.txt", "--profile", "notjson.json"), ["not JSON"]),
+    (("predict", "--archs", "archs.txt", "--profile", "/proc/none.json"), ["does not exist"]),
+    (("predict", "--archs", "archs.txt", "--profile", "calib5.json"), ["malformed", "calibration"]),
+    (("export", "runs/r", "--weights", "afile", "--no-measure"), ["cannot read --weights"]),
+    (GEN + ("--profile", "afile/p.json"), ["afile/p.json", "is a file"]),
+    # another space's profile, by file or by reference name: the hint names the flag
+    (("predict", "--archs", "archs.txt", "--profile", "mbv3.json"), ["--space mbv3"]),
+    (("predict", "--archs", "archs.txt", "--profile", "v100_1"), ["--space mbv3"]),
+    (("predict", "--space", "mbv3", "--archs", "archs.txt"), ["line 1", "an arch of space nb201: pass --space nb201"]),
+    (("calibrate", "--space", "mbv3", "--measurements", "m.csv", "--name", "x"), ["pass --space nb201"]),
+    (GEN + ("--profile", "mbv3.json"), ["--space mbv3"]),
+    (("generate", "--space", "mbv3", "--profile", "nb201.json"), ["--space nb201"]),
+    (("calibrate", "--measurements", "m.csv", "--name", "x", "--base", "mbv3.json"), ["--space mbv3"]),
+    # runs
+    (("export", "nothere"), ["does not exist"]),
+    (("export", "afile"), ["is a file"]),
+    (("export", "."), ["pareto.json does not exist"]),
+    (("export", "runs/r", "--profile", "mbv3.json", "--no-measure"), ["space nb201"]),
+    (("export", "runs/r", "--weights", "nothere.pt", "--no-measure"), ["does not exist"]),
+    (("devices", "--format", "yaml"), ["Invalid value"]),
+    (("nosuch",), ["No such command"]),
+    (("generate", "--num", "0"), ["--num", "--help"]),
+    (("export", "--top", "x"), ["--top"]),
+    (("pretrain", "latency", "--space", "nope"), ["unknown search space"]),
+    (("train", "runs/r", "--data", "nothere"), ["does not exist"]),
+    (("probe", "--data", "afile"), ["neither a folder"]),
+    (("probe", "--data", "d.npz", "--out", "afile/x.json"), ["afile is a file"]),
+    (("probe", "--data", "d.npz", "--name", "../x"), ["plain name"]),
+    (GEN + ("--dataset", "binary.txt"), ["not UTF-8", "offset 10"]),
+]
+
+
+@pytest.mark.parametrize("args, words", HOSTILE, ids=[" ".join(a[:1] + a[1:][-2:]) for a, _ in HOSTILE])
+def test_hostile_input_is_one_line_exit_2(here, args, words):
+    r = invoke(*args)
+    assert_one_line_exit_2(r, *words)
+    assert not list(here.glob("runs/.*")), "a refused run left a staging folder behind"
+
+
+@pytest.mark.parametrize("name, text", [("manifest.json", "[1, 2]"), ("manifest.json", "{oops"),
+                                        ("manifest.json", '{"budget": [1]}'), ("pareto.json", '{"arch": 1}'),
+                                        ("pareto.json", "\xff"), ("pareto.json", '[{"arch": "ks=3:e=4"}]')])
+def test_corrupt_run_files(here, name, text):
+    (here / "runs" / "r" / name).write_text(text, encoding="latin-1")
+    assert_one_line_exit_2(invoke("export", "runs/r", "--no-measure"), str(Path("runs/r") / name))
+
+
+# ------------------------------------------------------------------ text files: BOM and line endings
+
+
+@pytest.mark.parametrize("encode", [lambda t: t.encode(), lambda t: b"\xef\xbb\xbf" + t.replace("\n", "\r\n").encode(),
+                                    lambda t: t.replace("\n", "\r").encode()], ids=["plain", "bom-crlf", "cr"])
+def test_utf8_with_or_without_bom_and_any_line_ending(here, encode):
+    (here / "a.txt").write_bytes(encode(NB + "\n" + ARCHS[1] + "\n"))
+    r = invoke("predict", "--archs", "a.txt", "--format", "json")
+    assert r.exit_code == 0, r.output
+    assert [row["arch"] for row in json.loads(r.stdout)] == [NB, ARCHS[1]]
+    from pomonag_edge.predictors.calibration import read_measurements
+    from pomonag_edge.spaces import get_space
+
+    (here / "m2.csv").write_bytes(encode((here / "m.csv").read_text()))
+    assert len(read_measurements(get_space("nb201"), here / "m2.csv")) == len(ARCHS)
+
+
+# ------------------------------------------------------------------ runs are never overwritten silently
+
+
+def test_generate_refuses_an_existing_run_and_force_replaces_it_whole(here):
+    out = here / "runs" / "r"
+    (out / "export").mkdir()
+    (out / "export" / "old.onnx").write_text("an earlier generation")
+    assert_one_line_exit_2(invoke(*GEN, "--max-latency", "50ms", "--out", out), "--force", "with its export/")
+    assert (out / "export" / "old.onnx").exists()
+    r = invoke(*GEN, "--max-latency", "50ms", "--out", out, "--force")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "pareto.csv", "pareto.json", "pareto.png"]
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_files_replace_dir_never_mixes(tmp_path):
+    from pomonag_edge.files import replace_dir, staging_dir
+
+    final = tmp_path / "x"
+    final.mkdir()
+    (final / "old").write_text("1")
+    staged = staging_dir(final)
+    (staged / "new").write_text("2")
+    replace_dir(staged, final)
+    assert [p.name for p in final.iterdir()] == ["new"] and [p.name for p in tmp_path.iterdir()] == ["x"]
+
+
+def test_export_replaces_its_folder_whole_and_lists_its_files(here):
+    run = here / "runs" / "r"
+    pareto = [{"rank": i + 1, "arch": a, "feasible": True, "latency_ms": 1.0} for i, a in enumerate(ARCHS[:2])]
+    (run / "pareto.json").write_text(json.dumps(pareto))
+    (run / "export").mkdir()
+    (run / "export" / "stray.onnx").write_text("from an earlier export")
+    r = invoke("export", run, "--top", "2", "--no-measure", "--json")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    report = json.loads((run / "export" / "report.json").read_text())
+    assert sorted(report["files"]) == sorted(p.name for p in (run / "export").iterdir())
+    assert "stray.onnx" not in report["files"] and len(summary["nets"]) == 2
+    assert all(Path(n["files"]["onnx"]).parent == run / "export" and Path(n["files"]["onnx"]).exists()
+               for n in summary["nets"])
+    from rich.console import Console
+
+    from pomonag_edge.export.report import render
+
+    console = Console(width=80, record=True, file=open(os.devnull, "w"))
+    render(report | {"path": summary["report"]}, console)
+    table = console.export_text().split("\nnote: ")[0].split(" passed, ")[0]  # notes, summary: prose, soft-wrapped
+    assert max(len(line) for line in table.splitlines()) <= 80 and "checked" in table
+    r = invoke("export", run, "--top", "1", "--no-measure")  # a smaller export leaves no earlier file beside it
+    assert r.exit_code == 0, r.output
+    assert len(list((run / "export").glob("*.onnx"))) == 1
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]
+
+
+# ------------------------------------------------------------------ explicit, announced defaults
+
+
+def _profile(folder: Path, name: str, created: str, **kw) -> Path:
+    path = folder / f"{name}.json"
+    Profile(name=name, created=created, **kw).save(path)
+    return path
+
+
+def test_default_profile_is_the_newest_finished_one_of_the_space_not_the_newest_file(tmp_path):
+    new = _profile(tmp_path, "b", "2026-03-01T00:00:00+0000")
+    _profile(tmp_path, "a", "2026-01-01T00:00:00+0000")  # written last: newest by modification time
+    _profile(tmp_path, "partial", "2026-05-01T00:00:00+0000", partial=True)
+    _profile(tmp_path, "other", "2026-06-01T00:00:00+0000", space="mbv3")
+    path, why = default_profile(tmp_path, "nb201")
+    assert path == new and "newest finished nb201 profile" in why and "1 partial skipped" in why
+    said = []
+    assert resolve_profile(None, tmp_path, space="nb201", say=said.append).name == "b"
+    assert said[0].startswith(f"profile: {new}") and "--profile chooses another" in said[0]
+    with pytest.raises(UserError, match="--space mbv3"):
+        default_profile(_only(tmp_path, "other"), "nb201")
+
+
+def _only(folder: Path, name: str) -> Path:
+    sub = folder / f"only-{name}"
+    sub.mkdir()
+    (sub / f"{name}.json").write_bytes((folder / f"{name}.json").read_bytes())
+    return sub
+
+
+def test_a_partial_profile_is_never_a_default(tmp_path):
+    _profile(tmp_path, "cpu", "2026-01-01T00:00:00+0000", partial=True)
+    with pytest.raises(UserError, match="partial ones are never chosen"):
+        default_profile(tmp_path, "nb201")
+
+
+def test_generate_announces_the_default_profile_on_its_first_line(here):
+    os.mkdir("profiles")
+    Profile(name="nb", space="nb201", dataset="cifar10").save("profiles/nb.json")
+    r = invoke("generate", "--max-latency", "5ms")  # refused later (no timings), after the choice is said
+    assert r.exit_code == 2
+    first, error = r.stderr.splitlines()
+    assert first.startswith("profile: profiles/nb.json (newest finished nb201 profile"), r.stderr
+    assert error.startswith("Error: profile 'nb' has no calibration timings")
+
+
+def test_profile_revision_records_its_parent_and_keeps_both_writers(tmp_path):
+    parent_path = _profile(tmp_path, "cpu", "2026-01-01T00:00:00+0000", space="nb201")
+    parent = Profile(name="cpu", created="2026-01-01T00:00:00+0000")
+    a = Profile(name="cpu", calibration=[{"arch": NB, "latency_ms": 1.0}]).save_revision(parent_path, parent)
+    b = Profile(name="cpu", calibration=[{"arch": NB, "latency_ms": 2.0}]).save_revision(parent_path, parent)
+    assert (a.name, b.name) == ("cpu.r2.json", "cpu.r3.json")  # two writers, two revisions: nothing lost
+    assert json.loads(a.read_text())["parent"]["path"] == str(parent_path)
+    assert "parent" not in json.loads(parent_path.read_text())
+
+
+# ------------------------------------------------------------------ calibrate: repeated and identical nets
+
+
+def test_calibrate_refuses_repeats_of_one_net(here):
+    (here / "rep.csv").write_text("arch,latency_ms\n" + "".join(f"{NB},{1 + i / 10}\n" for i in range(6)))
+    assert_one_line_exit_2(invoke("calibrate", "--measurements", "rep.csv", "--name", "x"), "1 distinct net")
+
+
+def test_calibrate_merges_functionally_identical_nets():
+    from pomonag_edge.predictors.calibration import merge_repeats
+    from pomonag_edge.spaces import get_space
+
+    sp = get_space("nb201")
+    twin = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+    dead = "|nor_conv_3x3~0|+|none~0|none~1|+|nor_conv_3x3~0|none~1|none~2|"
+    dead_twin = "|nor_conv_1x1~0|+|none~0|none~1|+|nor_conv_3x3~0|none~1|none~2|"  # edge 1 never reaches the output
+    assert str(sp.canonical(sp.parse(dead))) == str(sp.canonical(sp.parse(dead_twin)))
+    items = [{"arch": a, "latency_ms": ms, "_key": str(sp.canonical(sp.parse(a))), "_line": i}
+             for i, (a, ms) in enumerate([(twin, 1.0), (twin, 3.0), (dead, 5.0), (dead_twin, 7.0)], start=2)]
+    merged = merge_repeats(items)
+    assert [(m["latency_ms"], m["repeats"]) for m in merged] == [(2.0, 2), (6.0, 2)]
+
+
+# ------------------------------------------------------------------ 80 columns
+
+
+def test_generate_table_fits_80_columns():
+    from rich.console import Console
+
+    from pomonag_edge.commands.generate import render_table
+
+    rows = [{"rank": i + 1, "arch": a, "accuracy": 93.5, "latency_ms": 12.345, "params": 1_234_567,
+             "macs": 123_456_789, "feasible": i % 2 == 0} for i, a in enumerate(ARCHS)]
+    console = Console(width=80, record=True, file=open(os.devnull, "w"))
+    console.print(render_table(rows, None, title="nets", width=80))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "within budget" in text and text.count(" yes ") == 3 and text.count(" no ") == 3
+    assert "…" in text  # arch strings abbreviated; the files hold them whole
+
+
+def test_devices_never_cuts_the_names_to_type(monkeypatch):
+    from pomonag_edge.spaces import get_space, space_names
+
+    monkeypatch.setenv("COLUMNS", "80")
+    r = invoke("devices", "--no-detect")
+    assert r.exit_code == 0, r.output
+    names = [n for s in space_names() for n in get_space(s).reference_devices()] + ["cpu", "gpu", "jetson"]
+    cells = {c.strip() for line in r.stdout.splitlines() for c in line.split("│")}
+    assert not [n for n in names if n not in cells]
+    listing = json.loads(invoke("devices", "--no-detect", "--format", "json").stdout)
+    assert {d["name"] for d in listing["descriptors"]} >= {"cpu"} and "nb201" in listing["reference_profiles"]
+
+
+def test_calibrate_does_not_overwrite_a_profile_without_force(here):
+    (here / "mine.json").write_text("a profile someone made")
+    assert_one_line_exit_2(invoke("calibrate", "--measurements", "m.csv", "--name", "x", "--out", "mine.json"),
+                           "already exists", "--force")
+    assert (here / "mine.json").read_text() == "a profile someone made"
+
+
+@pytest.mark.parametrize("err, words", [(28, "no space left on the disk; free some space"),
+                                        (30, "read-only; choose a folder you can write to"),
+                                        (13, "permission denied")])
+def test_write_failures_say_what_failed_where_and_what_to_do(tmp_path, monkeypatch, err, words):
+    from pomonag_edge import files
+
+    def fail(*a, **k):
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(files.os, "replace", fail)
+    with pytest.raises(UserError) as e:
+        files.atomic_write_json(tmp_path / "p.json", {}, "profile")
+    assert str(e.value).startswith(f"cannot write profile {tmp_path / 'p.json'}: ") and words in str(e.value)
+    assert list(tmp_path.iterdir()) == []  # no temp file left behind
