@@ -122,6 +122,12 @@ class SearchProblem:
         rows = np.array([self._cache[a] for a in archs], dtype=np.float64).reshape(-1, 6)
         return {name: rows[:, j] for j, name in enumerate(GUIDED + ("latency_log_sigma",))}
 
+    def _bound(self, scores: dict) -> np.ndarray:
+        """The budgeted latency column; scores made by hand without it get the global margin."""
+        if "latency_bound_ms" in scores:
+            return scores["latency_bound_ms"]
+        return scores["latency_ms"] * (1 + self.margin)
+
     def p_within_budget(self, scores: dict) -> np.ndarray:
         """Probability that each net's measured latency fits the budget (1 where unconstrained; with one global
         margin, 1 or 0 by whether prediction x (1 + margin) fits)."""
@@ -131,10 +137,10 @@ class SearchProblem:
         lat = scores["latency_ms"]
         if b is None:
             return np.ones_like(lat)
-        sigma = scores["latency_log_sigma"]
+        sigma = scores.get("latency_log_sigma", np.zeros_like(lat))
         with np.errstate(divide="ignore", invalid="ignore"):
             z = (np.log(b) - np.log(np.maximum(lat, 1e-12))) / sigma
-        return np.where(sigma > 0, norm.cdf(z), (scores["latency_bound_ms"] <= b).astype(np.float64))
+        return np.where(sigma > 0, norm.cdf(z), (self._bound(scores) <= b).astype(np.float64))
 
     def F(self, scores: dict) -> np.ndarray:
         """Objective matrix, every column minimised."""
@@ -144,7 +150,7 @@ class SearchProblem:
         """Relative budget excess per constraint (<= 0 feasible; 0 where unconstrained)."""
         b = self.budget
         cols = []
-        for value, limit in ((scores["latency_bound_ms"], b.max_latency_ms),
+        for value, limit in ((self._bound(scores), b.max_latency_ms),
                              (scores["params"], b.max_params), (scores["macs"], b.max_macs)):
             cols.append(np.zeros_like(value) if limit is None else value / limit - 1.0)
         return np.stack(cols, axis=1)

@@ -52,7 +52,7 @@ def read_measurements(space, path: str | os.PathLike) -> list[dict]:
     return merged
 
 
-def merge_repeats(items: list[dict]) -> list[dict]:
+def merge_repeats(items: list[dict], value: str = "latency_ms") -> list[dict]:
     """One item per distinct net: repeated rows of one arch, or of functionally identical archs (the same
     canonical form), become one timing, their median, with ``repeats`` and ``lines`` saying what was merged.
     Repeats would otherwise weigh one net several times and make the model's error look smaller than it is."""
@@ -65,7 +65,7 @@ def merge_repeats(items: list[dict]) -> list[dict]:
     for group in groups.values():
         first = {k: v for k, v in group[0].items() if not k.startswith("_")}
         if len(group) > 1:
-            first["latency_ms"] = statistics.median(i["latency_ms"] for i in group)
+            first[value] = statistics.median(i[value] for i in group)
             first["repeats"] = len(group)
             first["lines"] = [i["_line"] for i in group]
         out.append(first)
@@ -109,7 +109,8 @@ def read_accuracy_measurements(space, path: str | os.PathLike) -> tuple[list[dic
     """Rows of ``arch,accuracy`` (optional ``epochs``, ``seed``) as (items with accuracy in percent, scale).
 
     Higher is better, on either scale: all values within 0..1 are read as fractions ("fraction", stored x100),
-    otherwise as percent ("percent", each within 0..100). The first bad row raises naming its line."""
+    otherwise as percent ("percent", each within 0..100). Repeats of one net (or of functionally identical
+    archs) become one measurement, their median (``merge_repeats``). The first bad row raises naming its line."""
     path = Path(path)
     text = read_user_text(path, "measurements file", encoding="utf-8-sig")
     reader = csv.DictReader(text.splitlines())
@@ -119,7 +120,7 @@ def read_accuracy_measurements(space, path: str | os.PathLike) -> tuple[list[dic
         raise UserError(f"{path}: header must have columns arch,accuracy; missing {', '.join(missing)} "
                         f"(got {','.join(header) or 'nothing'})")
     reader.fieldnames = header
-    items, seen = [], {}
+    items = []
     for row in reader:
         line = reader.line_num
         arch_text, acc_text = (row.get("arch") or "").strip(), (row.get("accuracy") or "").strip()
@@ -136,11 +137,7 @@ def read_accuracy_measurements(space, path: str | os.PathLike) -> tuple[list[dic
         if not math.isfinite(acc) or not 0 <= acc <= 100:
             raise UserError(f"{path}, line {line}: accuracy must be a percent (0..100) or a fraction (0..1), "
                             f"got {acc_text!r}")
-        if str(arch) in seen:
-            raise UserError(f"{path}, line {line}: {arch} is measured twice (first on line {seen[str(arch)]}); "
-                            "keep one row per net (average repeats yourself)")
-        seen[str(arch)] = line
-        item = {"arch": str(arch), "accuracy": acc}
+        item = {"arch": str(arch), "accuracy": acc, "_key": str(space.canonical(arch)), "_line": line}
         for key in ("epochs", "seed"):
             value = (row.get(key) or "").strip()
             if value:
@@ -151,6 +148,11 @@ def read_accuracy_measurements(space, path: str | os.PathLike) -> tuple[list[dic
         items.append(item)
     if len(items) < MIN_ROWS:
         raise UserError(f"{path}: {len(items)} measurement row(s); calibration needs at least {MIN_ROWS}")
+    rows = len(items)
+    items = merge_repeats(items, "accuracy")
+    if len(items) < MIN_ROWS:
+        raise UserError(f"{path}: {rows} rows but only {len(items)} distinct net(s) (repeated or functionally "
+                        f"identical archs count once); calibration needs at least {MIN_ROWS} distinct nets")
     scale = "fraction" if all(i["accuracy"] <= 1.0 for i in items) else "percent"
     if scale == "fraction":
         for i in items:

@@ -169,6 +169,7 @@ class PretrainedEmbedding:
     _fill: np.ndarray | None = field(default=None, repr=False)
     _proxies_all: np.ndarray | None = field(default=None, repr=False)
     _features_all: np.ndarray | None = field(default=None, repr=False)
+    _proxy_memo: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_checkpoint(cls, space, ckpt: dict, sha256: str = "", file: str = "") -> "PretrainedEmbedding":
@@ -218,8 +219,10 @@ class PretrainedEmbedding:
         """(n, 2) log MACs and log params of ``archs``: the cost-proxy candidates' inputs (whole-space table once
         where the tables cover the space)."""
         archs = list(archs)
-        if not self.covers_space:
-            return proxy_features(self.space, archs)
+        if not self.covers_space:  # memoised per arch: exact MACs of a large space cost ~1 ms a net
+            todo = [a for a in dict.fromkeys(archs) if a not in self._proxy_memo]
+            self._proxy_memo.update(zip(todo, proxy_features(self.space, todo)))
+            return np.array([self._proxy_memo[a] for a in archs], dtype=np.float64).reshape(-1, 2)
         if self._proxies_all is None:
             self._proxies_all = proxy_features(self.space, list(self.space.enumerate()))
         return self._proxies_all[[self.space.table_index(a) for a in archs]]
@@ -468,11 +471,14 @@ def candidate_weights(candidates: list[dict], y: np.ndarray) -> np.ndarray:
     """Pseudo-Bayesian model averaging on held-out predictions: weight ~ prior x (held-out MSE)^(-K/2).
 
     Each candidate's K held-out residuals are scored as Gaussian with its own held-out variance, so the weight
-    sharpens with K: with 5 timings a 2x larger error costs a factor 5.7, with 20 a factor 1000. The prior is
-    uniform over candidates, not over devices: 31 shipped devices are one explanation among several, and
-    cannot outvote the device's own timings."""
+    sharpens with K: with 5 timings a 2x larger error costs a factor 5.7, with 20 a factor 1000. The prior
+    gives each family of explanations one unit, split over its candidates (the shipped devices' head and
+    tables; the cost proxies), not one unit per device: 31 shipped devices are one explanation, and cannot
+    outvote the device's own timings."""
     mse = np.array([max(float(np.mean((c["loo"] - y) ** 2)), 1e-8) for c in candidates])
-    logw = -0.5 * len(y) * np.log(mse)
+    family = [c["name"] in PROXIES for c in candidates]
+    prior = np.array([1.0 / family.count(f) for f in family])  # each family (shipped devices, proxies) one unit
+    logw = np.log(prior) - 0.5 * len(y) * np.log(mse)
     w = np.exp(logw - logw.max())
     return w / w.sum()
 
