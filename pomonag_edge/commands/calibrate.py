@@ -26,7 +26,7 @@ def command(space, measurements, name, base, out, force):
     """Fit the latency model to timings measured on another machine and write a device profile, or the
     accuracy model to accuracies measured on your task and write a dataset profile (for --dataset PATH).
 
-    Repeated timings of one net (or of functionally identical archs) are merged into their median: each
+    Repeated rows of one net (or of functionally identical archs) are merged into their median: each
     distinct net counts once."""
     from pathlib import Path
 
