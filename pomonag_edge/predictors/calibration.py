@@ -13,22 +13,21 @@ from ..files import read_user_text
 MIN_ROWS = 5
 
 
-def read_measurements(space, path: str | os.PathLike) -> list[dict]:
-    """Rows of ``arch,latency_ms`` as calibration items; the first bad row raises naming its line."""
-    path = Path(path)
+def _rows(space, path: Path, column: str):
+    """(line, arch, value text, row) of every non-empty row of a CSV with columns ``arch`` and ``column``; a bad
+    header or arch raises naming its line."""
     text = read_user_text(path, "measurements file", encoding="utf-8-sig")
     reader = csv.DictReader(text.splitlines())
     header = [h.strip() for h in (reader.fieldnames or [])]
-    missing = [c for c in ("arch", "latency_ms") if c not in header]
+    missing = [c for c in ("arch", column) if c not in header]
     if missing:
-        raise UserError(f"{path}: header must have columns arch,latency_ms; missing {', '.join(missing)} "
+        raise UserError(f"{path}: header must have columns arch,{column}; missing {', '.join(missing)} "
                         f"(got {','.join(header) or 'nothing'})")
     reader.fieldnames = header
-    items = []
     for row in reader:
         line = reader.line_num
-        arch_text, ms_text = (row.get("arch") or "").strip(), (row.get("latency_ms") or "").strip()
-        if not arch_text and not ms_text:
+        arch_text, value_text = (row.get("arch") or "").strip(), (row.get(column) or "").strip()
+        if not arch_text and not value_text:
             continue
         try:
             arch = space.parse(arch_text)
@@ -36,6 +35,25 @@ def read_measurements(space, path: str | os.PathLike) -> list[dict]:
             from ..spaces import other_space_hint
 
             raise UserError(f"{path}, line {line}: {e}{other_space_hint(space.name, arch_text)}") from None
+        yield line, arch, value_text, row
+
+
+def _distinct(path: Path, items: list[dict], value: str) -> list[dict]:
+    """``merge_repeats`` of at least ``MIN_ROWS`` rows, leaving at least ``MIN_ROWS`` distinct nets."""
+    if len(items) < MIN_ROWS:
+        raise UserError(f"{path}: {len(items)} measurement row(s); calibration needs at least {MIN_ROWS}")
+    merged = merge_repeats(items, value)
+    if len(merged) < MIN_ROWS:
+        raise UserError(f"{path}: {len(items)} rows but only {len(merged)} distinct net(s) (repeated or functionally "
+                        f"identical archs count once); calibration needs at least {MIN_ROWS} distinct nets")
+    return merged
+
+
+def read_measurements(space, path: str | os.PathLike) -> list[dict]:
+    """Rows of ``arch,latency_ms`` as calibration items (repeats merged); the first bad row raises naming its line."""
+    path = Path(path)
+    items = []
+    for line, arch, ms_text, _ in _rows(space, path, "latency_ms"):
         try:
             ms = float(ms_text)
         except ValueError:
@@ -43,13 +61,7 @@ def read_measurements(space, path: str | os.PathLike) -> list[dict]:
         if not math.isfinite(ms) or ms <= 0:
             raise UserError(f"{path}, line {line}: latency_ms must be a positive number of milliseconds, got {ms_text!r}")
         items.append({"arch": str(arch), "latency_ms": ms, "_key": str(space.canonical(arch)), "_line": line})
-    if len(items) < MIN_ROWS:
-        raise UserError(f"{path}: {len(items)} measurement row(s); calibration needs at least {MIN_ROWS}")
-    merged = merge_repeats(items)
-    if len(merged) < MIN_ROWS:
-        raise UserError(f"{path}: {len(items)} rows but only {len(merged)} distinct net(s) (repeated or functionally "
-                        f"identical archs count once); calibration needs at least {MIN_ROWS} distinct nets")
-    return merged
+    return _distinct(path, items, "latency_ms")
 
 
 def merge_repeats(items: list[dict], value: str = "latency_ms") -> list[dict]:
@@ -112,24 +124,8 @@ def read_accuracy_measurements(space, path: str | os.PathLike) -> tuple[list[dic
     otherwise as percent ("percent", each within 0..100). Repeats of one net (or of functionally identical
     archs) become one measurement, their median (``merge_repeats``). The first bad row raises naming its line."""
     path = Path(path)
-    text = read_user_text(path, "measurements file", encoding="utf-8-sig")
-    reader = csv.DictReader(text.splitlines())
-    header = [h.strip() for h in (reader.fieldnames or [])]
-    missing = [c for c in ("arch", "accuracy") if c not in header]
-    if missing:
-        raise UserError(f"{path}: header must have columns arch,accuracy; missing {', '.join(missing)} "
-                        f"(got {','.join(header) or 'nothing'})")
-    reader.fieldnames = header
     items = []
-    for row in reader:
-        line = reader.line_num
-        arch_text, acc_text = (row.get("arch") or "").strip(), (row.get("accuracy") or "").strip()
-        if not arch_text and not acc_text:
-            continue
-        try:
-            arch = space.parse(arch_text)
-        except ArchParseError as e:
-            raise UserError(f"{path}, line {line}: {e}") from None
+    for line, arch, acc_text, row in _rows(space, path, "accuracy"):
         try:
             acc = float(acc_text)
         except ValueError:
@@ -146,13 +142,7 @@ def read_accuracy_measurements(space, path: str | os.PathLike) -> tuple[list[dic
                 except ValueError:
                     raise UserError(f"{path}, line {line}: {key} {value!r} is not an integer") from None
         items.append(item)
-    if len(items) < MIN_ROWS:
-        raise UserError(f"{path}: {len(items)} measurement row(s); calibration needs at least {MIN_ROWS}")
-    rows = len(items)
-    items = merge_repeats(items, "accuracy")
-    if len(items) < MIN_ROWS:
-        raise UserError(f"{path}: {rows} rows but only {len(items)} distinct net(s) (repeated or functionally "
-                        f"identical archs count once); calibration needs at least {MIN_ROWS} distinct nets")
+    items = _distinct(path, items, "accuracy")
     scale = "fraction" if all(i["accuracy"] <= 1.0 for i in items) else "percent"
     if scale == "fraction":
         for i in items:
