@@ -28,21 +28,15 @@ COMMANDS = {
 }
 
 
-def available_commands() -> list[str]:
-    from importlib.util import find_spec
-
-    return [name for name in COMMANDS if find_spec(f"pomonag_edge.commands.{name}") is not None]
-
-
 class LazyGroup(click.Group):
     """Loads a subcommand's module on first use; turns ``UserError`` and a bad option into one line and exit
     status 2."""
 
     def list_commands(self, ctx):
-        return available_commands()
+        return list(COMMANDS)
 
     def get_command(self, ctx, name):
-        if name not in COMMANDS or name not in available_commands():
+        if name not in COMMANDS:
             return None
         return import_module(f"pomonag_edge.commands.{name}").command
 
