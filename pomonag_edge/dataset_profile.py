@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import UserError
-from .files import atomic_write_json, read_user_text
+from .files import atomic_write_json, read_user_json
 
 SCHEMA = "pomonag-edge/dataset-profile"
 SCHEMA_VERSION = 1
@@ -103,11 +103,7 @@ class DatasetProfile:
 
 def load_dataset_profile(path: str | os.PathLike) -> DatasetProfile:
     path = Path(path)
-    text = read_user_text(path, "dataset profile", DatasetProfileError)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DatasetProfileError(f"dataset profile {path} is corrupt (not JSON: {e.msg} at line {e.lineno})") from None
+    data = read_user_json(path, "dataset profile", DatasetProfileError)
     return DatasetProfile.from_dict(data, source=f"dataset profile {path}")
 
 

@@ -10,8 +10,10 @@ installs Debian's openssh-server).
 import getpass
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,25 @@ class SSHServer:
                     found.append(int(pid))
                     todo.append(int(pid))
         return found
+
+    def cut_when(self, ready, timeout_s: float = 60.0, poll_s: float = 0.05) -> threading.Thread:
+        """A started thread that kills every connection once ``ready()`` is true (a dropped link mid-run)."""
+
+        def cut():
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                if ready():
+                    for pid in self.connections():
+                        try:
+                            os.kill(pid, signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
+                    return
+                time.sleep(poll_s)
+
+        thread = threading.Thread(target=cut)
+        thread.start()
+        return thread
 
 
 def _free_port() -> int:

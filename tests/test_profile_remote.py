@@ -4,10 +4,7 @@ Most use the 4-slot toy space of ``test_toy_space`` (8 small graphs: fast to exp
 NB201 there and compares its calibration timings with this process's."""
 
 import json
-import os
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -71,21 +68,11 @@ def test_profile_cut_mid_run_resumes_without_retiming(registered, sshd, ssh_host
             *_ssh(config, tmp_path), "--out", out]
     remote = tmp_path / "remote"
 
-    def cut_after_four_rounds():
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            logs = list(remote.glob("*/result.json.rounds.jsonl"))
-            if logs and len(logs[0].read_text().splitlines()) >= 4:
-                for pid in sshd.connections():
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                return
-            time.sleep(0.02)
+    def four_rounds_logged():
+        logs = list(remote.glob("*/result.json.rounds.jsonl"))
+        return bool(logs) and len(logs[0].read_text().splitlines()) >= 4
 
-    cutter = threading.Thread(target=cut_after_four_rounds)
-    cutter.start()
+    cutter = sshd.cut_when(four_rounds_logged, timeout_s=120, poll_s=0.02)
     result = _cli(*args)
     cutter.join()
     assert result.exit_code == 2 and "lost the connection" in result.output, result.output

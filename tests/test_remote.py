@@ -1,9 +1,6 @@
 """Timing through the device runner, locally and over SSH to a real sshd on 127.0.0.1 (``conftest.sshd``)."""
 
-import os
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -98,20 +95,7 @@ def test_connection_cut_mid_run_resumes_without_retiming(sshd, ssh_host, tmp_pat
     timer.facts()
     log = next((tmp_path / "remote").glob("*")) / "result.json.rounds.jsonl"
 
-    def cut_after_two_rounds():
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if log.exists() and len(log.read_text().splitlines()) >= 2:
-                for pid in sshd.connections():
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                return
-            time.sleep(0.05)
-
-    cutter = threading.Thread(target=cut_after_two_rounds)
-    cutter.start()
+    cutter = sshd.cut_when(lambda: log.exists() and len(log.read_text().splitlines()) >= 2)
     with pytest.raises(RemoteError, match="lost the connection"):
         timer.time(_graphs(4))
     cutter.join()

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from pomonag_edge.hardware import runner as R
+from tests.test_hardware import tiny_onnx
 
 RUNNER = Path(R.__file__)
 DATA = Path(__file__).parent / "data" / "trtexec"
@@ -188,18 +189,6 @@ def test_trtexec_flags_follow_the_protocol_and_what_trtexec_offers():
 
 
 # ----------------------------------------------------------------------------- runs
-
-
-def tiny_onnx(w: np.ndarray) -> bytes:
-    """y = relu(x @ w), x of shape (2, w.shape[0])."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])], "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, w.shape[0]])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, w.shape[1]])],
-        [numpy_helper.from_array(w.astype(np.float32), "w")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
 def _models(folder: Path, n=3):
