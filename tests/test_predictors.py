@@ -11,8 +11,8 @@ from pomonag_edge.data import nb201_accuracy, nb201_latency_ms
 from pomonag_edge.predictors import latency_model_for, load_accuracy_predictor
 from pomonag_edge.predictors.accuracy import make_accuracy_net, noise_aware_copy, train_accuracy_checkpoint, training_indices
 from pomonag_edge.spaces.nb201.features import soft_live
-from pomonag_edge.predictors.latency import (HeadModel, PretrainedEmbedding, _soft_table_lookup, fit_calibration,
-                                             fit_lut_scale, load_pretrained, sibling_fit)
+from pomonag_edge.predictors.latency import (PROXIES, HeadModel, PretrainedEmbedding, _soft_table_lookup,
+                                             fit_calibration, fit_lut_scale, load_pretrained, sibling_fit)
 from pomonag_edge.spaces.lut import lut_cost
 from pomonag_edge.spaces import get_space
 from pomonag_edge.profile import Profile, reference_profile
@@ -227,7 +227,7 @@ def test_model_falls_back_to_cost_proxies_on_a_macs_driven_device(tiny_pretraine
     shots, rest = _shots_and_rest(table, 10, seed=0)
     model = fit_calibration(SPACE, [ALL[i] for i in shots], table[shots], tiny_pretrained)
     weights = {c["name"]: c["weight"] for c in model.to_state()["candidates"]}
-    assert sum(w for n, w in weights.items() if n in ("macs", "params", "macs+params")) > 0.9, weights
+    assert sum(w for n, w in weights.items() if n in PROXIES) > 0.9, weights
     sp_model = spearmanr(model.predict_ms([ALL[i] for i in rest]), table[rest])[0]
     assert sp_model >= spearmanr(macs[rest], table[rest])[0] - 0.01
 
@@ -269,3 +269,23 @@ def test_an_old_model_state_is_refitted_on_load(tiny_pretrained):
     profile.latency_model = old
     some = [ALL[i] for i in rest[:50]]
     assert np.allclose(latency_model_for(SPACE, profile, tiny_pretrained).predict_ms(some), model.predict_ms(some))
+
+
+def _two_candidates(y, spread, residual):
+    """Two equally weighted candidates whose held-out predictions straddle ``y + residual`` by +-``spread``."""
+    lev = {"loo": np.zeros(len(y)), "columns": [0], "gram_inv": [[0.0]]}
+    return [{"name": n, "coef": np.zeros(1), "loo": y + residual + s * spread, "lev": lev} for n, s in
+            (("a", 1.0), ("b", -1.0))]
+
+
+def test_kappa_narrows_a_disagreeing_blend_only_as_far_as_the_timings_justify():
+    """Candidates that disagree while their blend is exact: the per-net sigma (which counts their disagreement)
+    narrows below the model's own variance, but the model's variance still counts as KAPPA_PRIOR_TIMINGS
+    timings, so 10 lucky timings cannot shrink it to nothing."""
+    from pomonag_edge.predictors.latency import KAPPA_PRIOR_TIMINGS, _blend
+
+    y = np.log(np.linspace(2.0, 9.0, 10))
+    t_factor = _blend(_two_candidates(y, 0.0, 0.1), np.array([0.5, 0.5]), y)["kappa"]  # z = 1: t inflation only
+    assert t_factor == pytest.approx(1.383 / 1.2816, abs=1e-3)  # Student t, 9 degrees of freedom, over normal
+    exact = _blend(_two_candidates(y, 0.2, 0.0), np.array([0.5, 0.5]), y)["kappa"]
+    assert exact == pytest.approx(t_factor * np.sqrt(KAPPA_PRIOR_TIMINGS / (KAPPA_PRIOR_TIMINGS + len(y))))

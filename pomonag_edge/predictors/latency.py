@@ -10,8 +10,8 @@ log space with the head: a sibling device's table carries structure no low-rank 
 space-specific (the embedding network, its inputs, the tables) is the space's ``latency_recipe``.
 
 A device unlike every shipped one must not be forced into their mould: the adapted model weighs candidate
-explanations (the head, the sibling tables, their average, and the cost proxies: log-linear in MACs, params
-or both) by how well each predicts the K timings held out one at a time (``fit_candidates``,
+explanations (the head, the sibling tables, their average, and a cost proxy: log-linear in MACs, so that a
+model falling back entirely ranks nets as MACs-only does) by how well each predicts the K timings held out one at a time (``fit_candidates``,
 ``candidate_weights``). Few timings or a foreign device lean on the proxies; many timings of a familiar
 kind lean on the tables. Where the candidates disagree, or a net is unlike the timed ones, its own sigma of
 log-ms widens (``blend_log_sigma``): the budget test uses a per-net quantile, not one global margin.
@@ -48,7 +48,10 @@ MIN_POWER_FIT = 8  # timings needed before the LUT cost's exponent is fitted too
 NOISE_GRID = np.geomspace(0.005, 0.5, 41)  # candidate noise std of log-ms
 Z90 = 1.2815515655446004  # standard normal quantile at ERROR_QUANTILE: a constant sigma's margin is its q90
 MIN_LOG_SIGMA = 0.02  # a per-net sigma never below this: re-timing the same net differs by a few percent
-PROXIES = {"macs": (0,), "params": (1,), "macs+params": (0, 1)}  # cost-proxy candidates: columns of log (MACs, params)
+# Cost-proxy candidates: name -> columns of (log MACs, log params). MACs alone: a fall-back that ranks exactly as
+# MACs-only does. Each extra explanation is one more chance for a few noisy timings to crown a wrong one.
+PROXIES = {"macs": (0,)}
+KAPPA_PRIOR_TIMINGS = 5  # the blend's own variance counts as this many held-out timings when kappa is fitted
 POPULATION_WEIGHT = 0.2  # prior weight of the broad population Gaussian; the rest is split over device heads
 DEVICE_COV_SCALE = 0.03  # each training device's component: its head, covariance 0.03 x the population's
 
@@ -412,8 +415,8 @@ def fit_candidates(design: np.ndarray, tables: np.ndarray | None, proxies: np.nd
     """Every candidate model of a device's log-ms, each fitted on all K timings, with its held-out predictions.
 
     Candidates: the embedding head (``mixture_head``), the sibling tables (``sibling_fit``) and their
-    ``SIBLING_MIX`` average where tables cover the space, and the cost proxies (log-linear in log MACs, log
-    params, both). Each is a vector ``coef`` over the joint features ``[phi, 1, tables..., log MACs, log
+    ``SIBLING_MIX`` average where tables cover the space, and the cost proxies (``PROXIES``: log-linear in log
+    MACs). Each is a vector ``coef`` over the joint features ``[phi, 1, tables..., log MACs, log
     params]`` (see ``joint_features``), plus ``loo`` (each timing predicted by a fit without it: leave-one-out
     up to ``folds`` timings, ``folds``-fold beyond) and ``lev`` (columns and inverse Gram matrix for the
     leverage of a new net). Why: 31 shipped devices say what a device usually looks like; K timings say which
@@ -486,9 +489,10 @@ def candidate_weights(candidates: list[dict], y: np.ndarray) -> np.ndarray:
 def _blend(candidates: list[dict], weights: np.ndarray, y: np.ndarray, min_weight: float = 1e-4) -> dict:
     """The weighted model: joint coef, the kept candidates (weight, held-out RMS, leverage), the held-out
     relative errors of the blend, and ``kappa``, the factor that makes its per-net sigma match its held-out
-    residuals (never below 1) times a small-sample inflation (Student t over normal at the 90% level). Why
-    not a quantile of the K held-out errors: matched that way, the bound covered 70-90% of the nets of devices
-    unlike the shipped ones, below the level asked for."""
+    residuals, times a small-sample inflation (Student t over normal at the 90% level). kappa^2 is the mean
+    squared held-out z-score shrunk towards 1 as a conjugate (inverse-gamma) prior would, the model's own variance
+    counting as ``KAPPA_PRIOR_TIMINGS`` timings: K z-scores alone can be lucky, and a floor at 1 left margins
+    wider than the nets needed (94% covered where 90% was asked)."""
     from scipy.stats import t as student_t
 
     keep = [i for i in np.argsort(-weights) if weights[i] >= min_weight]
@@ -499,7 +503,8 @@ def _blend(candidates: list[dict], weights: np.ndarray, y: np.ndarray, min_weigh
     blend_loo = w @ loo
     lev = np.array([c["lev"]["loo"] for c in cands])
     var = w @ (mse[:, None] * (1 + lev) + (loo - blend_loo) ** 2)
-    kappa = max(1.0, float(np.sqrt(np.mean((blend_loo - y) ** 2 / var))))
+    z2 = (blend_loo - y) ** 2 / var
+    kappa = math.sqrt((KAPPA_PRIOR_TIMINGS + float(z2.sum())) / (KAPPA_PRIOR_TIMINGS + len(y)))
     kappa *= float(student_t.ppf(ERROR_QUANTILE, max(len(y) - 1, 1))) / Z90
     return {"coef": w @ np.array([c["coef"] for c in cands]), "kappa": kappa,
             "errors": np.abs(np.expm1(blend_loo - y)),
@@ -633,7 +638,7 @@ class HeadModel(LatencyModel):
     training head, the held-out error of an identical fit)."""
 
     kind = "embedding-head"
-    version = 5
+    version = 6
 
     def __init__(self, pretrained: PretrainedEmbedding, coef, relative_error: float, state: dict,
                  candidates: list | None = None, kappa: float = 1.0):
