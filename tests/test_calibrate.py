@@ -118,3 +118,5 @@ def test_timings_no_model_fits_say_so_in_one_line(tmp_path):
     assert r.exit_code == 0, r.output
     warn = [line for line in r.stderr.splitlines() if "fit no latency model well" in line]
     assert len(warn) == 1 and "profile --host" in warn[0] and "relative error" in warn[0]
+    leans = [line for line in r.output.splitlines() if line.startswith("leans on: ")]
+    assert len(leans) == 1 and leans[0].startswith("leans on: MACs"), r.output  # no shipped device explains noise

@@ -8,6 +8,9 @@ import click
 from .options import space_option
 
 POOR_FIT = 0.25  # cross-validated q90 relative error above which the timings fit no model well
+# what each latency-model candidate is, in the words of the line saying how much the timings trust it
+EXPLANATIONS = {"head": "shipped-device embedding", "siblings": "shipped devices' tables",
+                "head+siblings": "embedding and tables averaged", "macs": "MACs"}
 
 
 @click.command(short_help="Profile from a CSV of arch,latency_ms or arch,accuracy.")
@@ -71,6 +74,9 @@ def command(space, measurements, name, base, out, force):
                f"{Path(measurements).name}), latency model fitted "
                f"(cross-validated {int(model['relative_error_quantile'] * 100)}% relative error "
                f"{100 * model['relative_error']:.1f}%; budget margins per net follow from it)")
+    if model.get("candidates"):
+        click.echo("leans on: " + ", ".join(f"{EXPLANATIONS.get(c['name'], c['name'])} {100 * c['weight']:.0f}%"
+                                            for c in model["candidates"] if c["weight"] >= 0.01))
     if model["relative_error"] > POOR_FIT:
         click.echo(f"warning: these {model['n_calibration']} timings fit no latency model well (cross-validated "
                    f"{int(model['relative_error_quantile'] * 100)}% relative error {100 * model['relative_error']:.0f}%"
