@@ -11,8 +11,8 @@ space-specific (the embedding network, its inputs, the tables) is the space's ``
 
 A device unlike every shipped one must not be forced into their mould: the adapted model weighs candidate
 explanations (the head, the sibling tables, their average, and a cost proxy: log-linear in MACs, so that a
-model falling back entirely ranks nets as MACs-only does) by how well each predicts the K timings held out one at a time (``fit_candidates``,
-``candidate_weights``). Few timings or a foreign device lean on the proxies; many timings of a familiar
+model falling back entirely ranks nets as MACs-only does) by how well each predicts the K timings held out
+one at a time (``fit_candidates``, ``candidate_weights``). Few timings or a foreign device lean on the proxies; many timings of a familiar
 kind lean on the tables. Where the candidates disagree, or a net is unlike the timed ones, its own sigma of
 log-ms widens (``blend_log_sigma``): the budget test uses a per-net quantile, not one global margin.
 
@@ -48,8 +48,8 @@ MIN_POWER_FIT = 8  # timings needed before the LUT cost's exponent is fitted too
 NOISE_GRID = np.geomspace(0.005, 0.5, 41)  # candidate noise std of log-ms
 Z90 = 1.2815515655446004  # standard normal quantile at ERROR_QUANTILE: a constant sigma's margin is its q90
 MIN_LOG_SIGMA = 0.02  # a per-net sigma never below this: re-timing the same net differs by a few percent
-# Cost-proxy candidates: name -> columns of (log MACs, log params). MACs alone: a fall-back that ranks exactly as
-# MACs-only does. Each extra explanation is one more chance for a few noisy timings to crown a wrong one.
+# Cost-proxy candidates: name -> columns of ``proxy_features`` (log MACs). MACs alone: a fall-back that ranks
+# exactly as MACs-only does. Each extra explanation is one more chance for a few noisy timings to crown a wrong one.
 PROXIES = {"macs": (0,)}
 KAPPA_PRIOR_TIMINGS = 5  # the blend's own variance counts as this many held-out timings when kappa is fitted
 POPULATION_WEIGHT = 0.2  # prior weight of the broad population Gaussian; the rest is split over device heads
@@ -114,9 +114,8 @@ def embed(space, emb, archs) -> np.ndarray:
 
 
 def proxy_features(space, archs) -> np.ndarray:
-    """(n, 2) log MACs and log params: the cost proxies every space has (``space.macs``/``params``)."""
-    return np.array([[math.log(max(space.macs(a), 1)), math.log(max(space.params(a), 1))] for a in archs],
-                    dtype=np.float64).reshape(-1, 2)
+    """(n, 1) log MACs: the cost proxy every space has (``space.macs``), the input of the ``PROXIES`` candidates."""
+    return np.array([[math.log(max(space.macs(a), 1))] for a in archs], dtype=np.float64).reshape(-1, 1)
 
 
 def _design(phi: np.ndarray) -> np.ndarray:
@@ -219,13 +218,12 @@ class PretrainedEmbedding:
         return self._phi_all[[self.space.table_index(a) for a in archs]]
 
     def proxies(self, archs) -> np.ndarray:
-        """(n, 2) log MACs and log params of ``archs``: the cost-proxy candidates' inputs (whole-space table once
-        where the tables cover the space)."""
+        """``proxy_features`` of ``archs`` (whole-space table once where the tables cover the space)."""
         archs = list(archs)
         if not self.covers_space:  # memoised per arch: exact MACs of a large space cost ~1 ms a net
             todo = [a for a in dict.fromkeys(archs) if a not in self._proxy_memo]
             self._proxy_memo.update(zip(todo, proxy_features(self.space, todo)))
-            return np.array([self._proxy_memo[a] for a in archs], dtype=np.float64).reshape(-1, 2)
+            return np.array([self._proxy_memo[a] for a in archs], dtype=np.float64).reshape(-1, 1)
         if self._proxies_all is None:
             self._proxies_all = proxy_features(self.space, list(self.space.enumerate()))
         return self._proxies_all[[self.space.table_index(a) for a in archs]]
@@ -236,10 +234,10 @@ class PretrainedEmbedding:
 
     def feature_names(self) -> list[str]:
         """Names of the joint features every adapted model is linear in: embedding, bias, sibling tables (where
-        they cover the space), log MACs, log params."""
+        they cover the space), log MACs."""
         dim = self.heads.shape[1] - 1
         tables = [f"table:{n}" for n in self.devices] if self.covers_space else []
-        return [f"phi{i}" for i in range(dim)] + ["bias"] + tables + ["log_macs", "log_params"]
+        return [f"phi{i}" for i in range(dim)] + ["bias"] + tables + ["log_macs"]
 
     def joint_features(self, archs) -> np.ndarray:
         """(n, n_features) joint features of ``archs`` (see ``feature_names``)."""
@@ -416,8 +414,8 @@ def fit_candidates(design: np.ndarray, tables: np.ndarray | None, proxies: np.nd
 
     Candidates: the embedding head (``mixture_head``), the sibling tables (``sibling_fit``) and their
     ``SIBLING_MIX`` average where tables cover the space, and the cost proxies (``PROXIES``: log-linear in log
-    MACs). Each is a vector ``coef`` over the joint features ``[phi, 1, tables..., log MACs, log
-    params]`` (see ``joint_features``), plus ``loo`` (each timing predicted by a fit without it: leave-one-out
+    MACs). Each is a vector ``coef`` over the joint features ``[phi, 1, tables..., log MACs]`` (see
+    ``joint_features``), plus ``loo`` (each timing predicted by a fit without it: leave-one-out
     up to ``folds`` timings, ``folds``-fold beyond) and ``lev`` (columns and inverse Gram matrix for the
     leverage of a new net). Why: 31 shipped devices say what a device usually looks like; K timings say which
     of these explanations this device supports, and a device unlike all of them falls back to its costs.
