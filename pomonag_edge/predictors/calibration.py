@@ -14,8 +14,9 @@ MIN_ROWS = 5
 
 
 def _rows(space, path: Path, column: str):
-    """(line, arch, value text, row) of every non-empty row of a CSV with columns ``arch`` and ``column``; a bad
-    header or arch raises naming its line."""
+    """(item, value text, row) of every non-empty row of a CSV with columns ``arch`` and ``column``: ``item`` is
+    ``{"arch", column: the value as a float, "_key": canonical arch, "_line"}``. A bad header, arch or number
+    raises naming its line; the range of the value is the caller's to check."""
     text = read_user_text(path, "measurements file", encoding="utf-8-sig")
     reader = csv.DictReader(text.splitlines())
     header = [h.strip() for h in (reader.fieldnames or [])]
@@ -35,7 +36,11 @@ def _rows(space, path: Path, column: str):
             from ..spaces import other_space_hint
 
             raise UserError(f"{path}, line {line}: {e}{other_space_hint(space.name, arch_text)}") from None
-        yield line, arch, value_text, row
+        try:
+            value = float(value_text)
+        except ValueError:
+            raise UserError(f"{path}, line {line}: {column} {value_text!r} is not a number") from None
+        yield {"arch": str(arch), column: value, "_key": str(space.canonical(arch)), "_line": line}, value_text, row
 
 
 def _distinct(path: Path, items: list[dict], value: str) -> list[dict]:
@@ -53,14 +58,11 @@ def read_measurements(space, path: str | os.PathLike) -> list[dict]:
     """Rows of ``arch,latency_ms`` as calibration items (repeats merged); the first bad row raises naming its line."""
     path = Path(path)
     items = []
-    for line, arch, ms_text, _ in _rows(space, path, "latency_ms"):
-        try:
-            ms = float(ms_text)
-        except ValueError:
-            raise UserError(f"{path}, line {line}: latency_ms {ms_text!r} is not a number") from None
-        if not math.isfinite(ms) or ms <= 0:
-            raise UserError(f"{path}, line {line}: latency_ms must be a positive number of milliseconds, got {ms_text!r}")
-        items.append({"arch": str(arch), "latency_ms": ms, "_key": str(space.canonical(arch)), "_line": line})
+    for item, ms_text, _ in _rows(space, path, "latency_ms"):
+        if not math.isfinite(item["latency_ms"]) or item["latency_ms"] <= 0:
+            raise UserError(f"{path}, line {item['_line']}: latency_ms must be a positive number of milliseconds, "
+                            f"got {ms_text!r}")
+        items.append(item)
     return _distinct(path, items, "latency_ms")
 
 
@@ -125,15 +127,11 @@ def read_accuracy_measurements(space, path: str | os.PathLike) -> tuple[list[dic
     archs) become one measurement, their median (``merge_repeats``). The first bad row raises naming its line."""
     path = Path(path)
     items = []
-    for line, arch, acc_text, row in _rows(space, path, "accuracy"):
-        try:
-            acc = float(acc_text)
-        except ValueError:
-            raise UserError(f"{path}, line {line}: accuracy {acc_text!r} is not a number") from None
-        if not math.isfinite(acc) or not 0 <= acc <= 100:
+    for item, acc_text, row in _rows(space, path, "accuracy"):
+        line = item["_line"]
+        if not math.isfinite(item["accuracy"]) or not 0 <= item["accuracy"] <= 100:
             raise UserError(f"{path}, line {line}: accuracy must be a percent (0..100) or a fraction (0..1), "
                             f"got {acc_text!r}")
-        item = {"arch": str(arch), "accuracy": acc, "_key": str(space.canonical(arch)), "_line": line}
         for key in ("epochs", "seed"):
             value = (row.get(key) or "").strip()
             if value:
