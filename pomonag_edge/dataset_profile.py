@@ -9,8 +9,6 @@ Accuracies are stored and predicted in percent; ``scale`` says whether the user 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,7 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import UserError
-from .files import atomic_write_json, read_user_json
+from .files import atomic_write_json, json_sha256, read_user_json
 
 SCHEMA = "pomonag-edge/dataset-profile"
 SCHEMA_VERSION = 1
@@ -97,8 +95,8 @@ class DatasetProfile:
 
     @property
     def sha256(self) -> str:
-        text = json.dumps(self.to_dict(), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        """Content hash, recorded by runs and exports so a result names the exact profile it used."""
+        return json_sha256(self.to_dict())
 
 
 def load_dataset_profile(path: str | os.PathLike) -> DatasetProfile:

@@ -216,6 +216,14 @@ def atomic_write_json(path: str | os.PathLike, obj, what: str = "file") -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n", what)
 
 
+def json_sha256(obj) -> str:
+    """16 hex digits of the SHA-256 of ``obj`` as canonical JSON (sorted keys): the content hash runs and exports
+    record to name the exact profile they used, unchanged by key order or indentation on disk."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def create_new_json(path: str | os.PathLike, obj, what: str = "file") -> bool:
     """Write ``path`` only if no file of that name exists (atomic: two writers never both succeed).
     Returns False when it existed."""

@@ -7,8 +7,6 @@ latency tables: no LUT, but every net's measured latency.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -16,7 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ProfileError
-from .files import atomic_write_json, check_writable, create_new_json, read_user_json
+from .files import atomic_write_json, check_writable, create_new_json, json_sha256, read_user_json
 
 SCHEMA = "pomonag-edge/profile"
 SCHEMA_VERSION = 1
@@ -104,8 +102,7 @@ class Profile:
     @property
     def sha256(self) -> str:
         """Content hash, recorded by runs and exports so a result names the exact profile it used."""
-        text = json.dumps(self.to_dict(), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return json_sha256(self.to_dict())
 
 
 def load_profile(path: str | os.PathLike) -> Profile:
