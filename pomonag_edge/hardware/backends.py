@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import MissingDependencyError, UserError
 from .runnable import OPSET, Runnable, _is_module, _read_onnx, random_inputs
+from .runner import ORT_PROVIDERS, ort_session_options
 from .timing import CLOCKS, wall_clock
 
 PRECISIONS = ("fp32", "fp16")
@@ -94,9 +95,6 @@ def backend_available(name: str) -> tuple[bool, str]:
 
 # ----------------------------------------------------------------------------- ONNX Runtime
 
-_ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-                  "trt": "TensorrtExecutionProvider"}
-
 
 class OnnxRuntimeBackend:
     """ONNX Runtime with a fixed intra-op thread count and sequential execution.
@@ -115,7 +113,7 @@ class OnnxRuntimeBackend:
                             "with --threads 1")
         self.clock = clock
         self.name = "onnxruntime" if provider == "cpu" else f"onnxruntime-{provider}"
-        wanted = _ORT_PROVIDERS[provider]
+        wanted = ORT_PROVIDERS[provider]
         if wanted not in ort.get_available_providers():
             raise MissingDependencyError(
                 f"this onnxruntime ({ort.__version__}) has no {wanted} (it offers "
@@ -152,19 +150,14 @@ class OnnxRuntimeBackend:
         except UserError:
             raise
         except Exception as e:  # onnxruntime raises its own Fail / RuntimeException types
-            raise MissingDependencyError(f"onnxruntime could not start {_ORT_PROVIDERS[self.provider]} here "
+            raise MissingDependencyError(f"onnxruntime could not start {ORT_PROVIDERS[self.provider]} here "
                                          f"({type(e).__name__}: {str(e)[:200]})") from None
 
     def load(self, model, inputs: dict[str, np.ndarray] | None = None) -> "OnnxRuntimeRunnable":
         ort = self.ort
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        session = ort.InferenceSession(_read_onnx(model, inputs), options, providers=self._providers())
-        wanted = _ORT_PROVIDERS[self.provider]
+        session = ort.InferenceSession(_read_onnx(model, inputs), ort_session_options(ort, self.threads),
+                                       providers=self._providers())
+        wanted = ORT_PROVIDERS[self.provider]
         if wanted not in session.get_providers():  # onnxruntime falls back to the CPU silently
             raise MissingDependencyError(f"onnxruntime could not start {wanted} on this machine (CUDA libraries "
                                          "missing?); choose another --backend")

@@ -290,11 +290,27 @@ def wait_while_hot(limit_c, timeout_s, say, root="/", poll_s=2.0, sleep=time.sle
 # ----------------------------------------------------------------------------- onnxruntime
 
 
+ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "trt": "TensorrtExecutionProvider"}
+
+
+def ort_session_options(ort, threads):
+    """The ONNX Runtime session options every timing uses: ``threads`` intra-op threads, one inter-op thread,
+    sequential execution, all graph optimisations, errors only. Defined here, in the file that runs on the
+    device without the package, so the host backend (``backends.py``) imports the same options."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return options
+
+
 class OnnxRuntime(object):
     """onnxruntime's Python package: fixed threads, sequential execution, all graph optimisations."""
 
     name = "onnxruntime"
-    PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "trt": "TensorrtExecutionProvider"}
+    PROVIDERS = ORT_PROVIDERS
 
     def __init__(self, threads=1, precision="fp32", provider="cpu", clock="wall"):
         try:
@@ -319,12 +335,7 @@ class OnnxRuntime(object):
 
     def load(self, path):
         ort, np = self.ort, self.np
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
+        options = ort_session_options(ort, self.threads)
         providers = [self.PROVIDERS[self.provider]]
         if self.provider == "trt":
             providers = [("TensorrtExecutionProvider", {"trt_fp16_enable": self.precision == "fp16"}),
