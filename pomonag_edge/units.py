@@ -13,15 +13,22 @@ _TIME_MS = {"ms": 1.0, "s": 1000.0, "us": 1e-3, "µs": 1e-3}
 _NUMBER = r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 
 
+def _number_and_unit(text: str | float | int, unit_pattern: str, unreadable: str) -> tuple[float, str]:
+    """(number, unit) of ``text``: a number followed by an optional unit matching ``unit_pattern`` ("" when
+    absent); a bare int or float has no unit. Anything else raises ``BudgetError(unreadable)``."""
+    if isinstance(text, (int, float)):
+        return float(text), ""
+    m = re.fullmatch(_NUMBER + r"\s*(" + unit_pattern + ")", str(text).strip())
+    if not m:
+        raise BudgetError(unreadable)
+    return float(m.group(1)), m.group(2)
+
+
 def parse_count(text: str | float | int, what: str = "count") -> float:
     """``'1.5M'`` -> 1.5e6, ``'300k'`` -> 3e5, ``'200'`` -> 200. Must be positive and finite."""
-    if isinstance(text, (int, float)):
-        value = float(text)
-    else:
-        m = re.fullmatch(_NUMBER + r"\s*([kKmMgGbB]?)", str(text).strip())
-        if not m:
-            raise BudgetError(f"cannot read {what} {text!r}: expected a number with an optional k/M/G suffix, e.g. 1.5M")
-        value = float(m.group(1)) * _SCALE[m.group(2)]
+    number, unit = _number_and_unit(text, "[kKmMgGbB]?", f"cannot read {what} {text!r}: expected a number with an "
+                                    "optional k/M/G suffix, e.g. 1.5M")
+    value = number * _SCALE[unit]
     if not math.isfinite(value) or value <= 0:
         raise BudgetError(f"{what} must be a positive number, got {text!r}")
     return value
@@ -29,13 +36,9 @@ def parse_count(text: str | float | int, what: str = "count") -> float:
 
 def parse_latency_ms(text: str | float | int) -> float:
     """``'5ms'`` -> 5.0, ``'0.5s'`` -> 500.0, ``'800us'`` -> 0.8, a bare number is milliseconds."""
-    if isinstance(text, (int, float)):
-        value = float(text)
-    else:
-        m = re.fullmatch(_NUMBER + r"\s*(ms|s|us|µs)?", str(text).strip())
-        if not m:
-            raise BudgetError(f"cannot read latency {text!r}: expected e.g. 5ms, 0.5s or 800us")
-        value = float(m.group(1)) * _TIME_MS[m.group(2) or "ms"]
+    number, unit = _number_and_unit(text, "(?:ms|s|us|µs)?", f"cannot read latency {text!r}: expected e.g. 5ms, "
+                                    "0.5s or 800us")
+    value = number * _TIME_MS[unit or "ms"]
     if not math.isfinite(value) or value <= 0:
         raise BudgetError(f"latency budget must be positive, got {text!r}")
     return value
@@ -43,13 +46,8 @@ def parse_latency_ms(text: str | float | int) -> float:
 
 def parse_probability(text: str | float, what: str = "probability") -> float:
     """``'90%'`` -> 0.9, ``'0.95'`` -> 0.95; must lie in [0.5, 1) (below a coin toss is no guarantee)."""
-    if isinstance(text, (int, float)):
-        value = float(text)
-    else:
-        m = re.fullmatch(_NUMBER + r"\s*(%?)", str(text).strip())
-        if not m:
-            raise BudgetError(f"cannot read {what} {text!r}: expected e.g. 90% or 0.9")
-        value = float(m.group(1)) / (100.0 if m.group(2) else 1.0)
+    number, unit = _number_and_unit(text, "%?", f"cannot read {what} {text!r}: expected e.g. 90% or 0.9")
+    value = number / (100.0 if unit else 1.0)
     if not math.isfinite(value) or not 0.5 <= value < 1:
         raise BudgetError(f"{what} must be at least 50% and below 100%, got {text!r}")
     return value
