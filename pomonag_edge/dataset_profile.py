@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import UserError
-from .files import atomic_write_json, json_sha256, read_user_json
+from .files import atomic_write_json, from_versioned_json, json_sha256, read_user_json
 
 SCHEMA = "pomonag-edge/dataset-profile"
 SCHEMA_VERSION = 1
@@ -68,23 +68,10 @@ class DatasetProfile:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "dataset profile") -> "DatasetProfile":
-        if not isinstance(d, dict) or d.get("schema") != SCHEMA:
-            hint = " (it is a device profile: pass it as --profile)" if isinstance(d, dict) and \
-                d.get("schema") == "pomonag-edge/profile" else ""
-            raise DatasetProfileError(f"{source} is not a pomonag-edge dataset profile (no '{SCHEMA}' schema tag){hint}")
-        version = d.get("schema_version")
-        if not isinstance(version, int) or version < 1:
-            raise DatasetProfileError(f"{source} has an invalid schema_version {version!r}")
-        if version > SCHEMA_VERSION:
-            raise DatasetProfileError(f"{source} uses dataset-profile schema {version}, newer than this pomonag-edge "
-                                      f"({__version__}): upgrade pomonag-edge")
-        fields = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        if "name" not in fields:
-            raise DatasetProfileError(f"{source} is missing the 'name' field")
-        try:
-            profile = cls(**fields)
-        except TypeError as e:
-            raise DatasetProfileError(f"{source} is malformed: {e}") from None
+        hint = " (it is a device profile: pass it as --profile)" if isinstance(d, dict) and \
+            d.get("schema") == "pomonag-edge/profile" else ""
+        profile = from_versioned_json(cls, d, source, schema=SCHEMA, schema_version=SCHEMA_VERSION,
+                                      kind="dataset profile", error=DatasetProfileError, hint=hint)
         for item in profile.measurements:
             if not isinstance(item, dict) or "arch" not in item or "accuracy" not in item:
                 raise DatasetProfileError(f"{source}: every measurement needs 'arch' and 'accuracy'")

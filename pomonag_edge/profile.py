@@ -14,7 +14,8 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ProfileError
-from .files import atomic_write_json, check_writable, create_new_json, json_sha256, read_user_json
+from .files import (atomic_write_json, check_writable, create_new_json, from_versioned_json, json_sha256,
+                    read_user_json)
 
 SCHEMA = "pomonag-edge/profile"
 SCHEMA_VERSION = 1
@@ -54,22 +55,8 @@ class Profile:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "profile") -> "Profile":
-        if not isinstance(d, dict) or d.get("schema") != SCHEMA:
-            raise ProfileError(f"{source} is not a pomonag-edge profile (no '{SCHEMA}' schema tag)")
-        version = d.get("schema_version")
-        if not isinstance(version, int) or version < 1:
-            raise ProfileError(f"{source} has an invalid schema_version {version!r}")
-        if version > SCHEMA_VERSION:
-            raise ProfileError(f"{source} uses profile schema {version}, newer than this pomonag-edge "
-                               f"({__version__}, schema {SCHEMA_VERSION}): upgrade pomonag-edge")
-        known = set(cls.__dataclass_fields__)
-        fields = {k: v for k, v in d.items() if k in known}
-        if "name" not in fields:
-            raise ProfileError(f"{source} is missing the 'name' field")
-        try:
-            profile = cls(**fields)
-        except TypeError as e:
-            raise ProfileError(f"{source} is malformed: {e}") from None
+        profile = from_versioned_json(cls, d, source, schema=SCHEMA, schema_version=SCHEMA_VERSION, kind="profile",
+                                      error=ProfileError)
         types = {"name": str, "space": str, "device": dict, "runtime": dict, "lut": dict, "calibration": list,
                  "latency_model": (dict, type(None)), "partial": bool, "parent": (dict, type(None))}
         for key, kind in types.items():
