@@ -9,7 +9,7 @@ from scipy.stats import spearmanr
 
 from pomonag_edge.data import nb201_accuracy, nb201_latency_ms
 from pomonag_edge.predictors import latency_model_for, load_accuracy_predictor
-from pomonag_edge.predictors.accuracy import make_accuracy_net, noise_aware_copy, train_accuracy_checkpoint, training_indices
+from pomonag_edge.predictors.accuracy import make_accuracy_net, train_accuracy_checkpoint, training_indices
 from pomonag_edge.spaces.nb201.features import soft_live
 from pomonag_edge.predictors.latency import (PROXIES, HeadModel, PretrainedEmbedding, _soft_table_lookup,
                                              fit_calibration, fit_lut_scale, load_pretrained, sibling_fit)
@@ -187,7 +187,7 @@ def test_shipped_accuracy_predictor_is_calibrated_at_the_top():
         assert abs(pred.predict(ALL, dataset).max() - nb201_accuracy(dataset).max()) < 1.5  # percent
 
 
-def test_accuracy_module_trains_conditions_on_dataset_and_has_noise_aware_form():
+def test_accuracy_module_trains_and_conditions_on_dataset():
     torch.set_num_threads(1)
     ckpt = train_accuracy_checkpoint(SPACE, seed=3, steps=40, hidden=16)
     net = make_accuracy_net(**ckpt["config"])
@@ -197,11 +197,6 @@ def test_accuracy_module_trains_conditions_on_dataset_and_has_noise_aware_form()
     assert a10.shape == (8,) and not torch.allclose(a10, a100)
     a10.sum().backward()
     assert torch.isfinite(x.grad).all()
-    noisy = noise_aware_copy(net)
-    out = noisy(x.detach(), torch.zeros(8, dtype=torch.long), t=torch.rand(8))
-    assert torch.allclose(out, a10.detach(), atol=1e-5)  # starts as the clean net, ready for distillation
-    with pytest.raises(ValueError, match="diffusion time"):
-        noisy(torch.randn(2, 6, 5), 0)
 
 
 def test_lut_scale_is_robust_to_one_noisy_timing():

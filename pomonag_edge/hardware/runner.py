@@ -115,7 +115,7 @@ def round_budget(protocol):
             max(protocol["max_time_s"], protocol["min_time_s"]) / r, int(math.ceil(protocol["floor_runs"] / float(r))))
 
 
-def timed_loop(run_once, protocol, clock=time.perf_counter):
+def timed_loop(run_once, protocol):
     """Warm up, then time one round: at least ``runs`` AND ``seconds``, capped, never below the floor.
 
     ``run_once()`` returns its duration in milliseconds."""

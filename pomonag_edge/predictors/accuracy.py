@@ -7,7 +7,7 @@ correlated) over the differentiable structure features of the (n, 6, 5) encoding
 normal scores of the accuracy ranks, mapped back to percent by a monotone piecewise-linear map, and the
 loss weights the best nets more: the generator picks the best net within a budget, so the order at the
 top matters most (numbers in ``train_accuracy_checkpoint``). ``AccuracyNet(noise_aware=True)`` adds a
-diffusion-time input: the generator can train such a copy by distillation from this clean one.
+diffusion-time input; the shipped generator distils its own noise-aware predictors (generator/noise_aware.py).
 A task no shipped table covers (a dataset profile) is served by ``accuracy_fewshot`` instead.
 """
 
@@ -135,20 +135,6 @@ def _module_classes():
 
 def make_accuracy_net(**config):
     return _module_classes()(**config)
-
-
-def noise_aware_copy(net, time_dim: int = 16):
-    """A noise-aware ``AccuracyNet`` that starts as ``net``: same weights, zero weights on the time input,
-    so it predicts exactly what the clean one does until distillation on noised encodings trains it."""
-    import torch
-
-    copy = make_accuracy_net(**{**net.config(), "noise_aware": True, "time_dim": time_dim})
-    state = {k: v.clone() for k, v in net.state_dict().items()}
-    for k in range(net.members):
-        w = state[f"nets.{k}.0.weight"]
-        state[f"nets.{k}.0.weight"] = torch.cat([w, torch.zeros(w.shape[0], copy.time_dim)], dim=1)
-    copy.load_state_dict(state)
-    return copy
 
 
 def training_indices(seed: int, fraction: float = TRAIN_FRACTION, size: int = 15625) -> np.ndarray:

@@ -590,10 +590,10 @@ class LatencyModel:
 
     def quantile_ms(self, archs, level: float = ERROR_QUANTILE) -> np.ndarray:
         """The latency each net stays under with probability ``level`` (log-normal around the prediction)."""
-        from scipy.stats import norm
+        from statistics import NormalDist
 
         archs = list(archs)
-        return self.predict_ms(archs) * np.exp(norm.ppf(level) * self.log_sigma(archs))
+        return self.predict_ms(archs) * np.exp(NormalDist().inv_cdf(level) * self.log_sigma(archs))
 
     def log_ms_torch(self, x):
         raise NotImplementedError(f"a {self.kind} latency model has no differentiable form")

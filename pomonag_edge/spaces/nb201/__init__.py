@@ -89,9 +89,6 @@ class NB201Space(SpaceBase):
     def is_valid(self, arch: NB201Arch) -> bool:
         return is_valid(arch)
 
-    def live_edges(self, arch: NB201Arch) -> tuple[bool, ...]:
-        return live_edges(arch)
-
     def canonical(self, arch: NB201Arch) -> NB201Arch:
         """The smallest-index arch computing the same function (all disconnected nets share one)."""
         return self.from_index(int(_canonical_index()[self.index(arch)]))
