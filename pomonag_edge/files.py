@@ -3,7 +3,8 @@
 Writes are atomic (temp file + rename): a reader never sees half a file, an interrupted run never
 corrupts one. An operating-system failure (read-only or system folder, a path under a file, disk full,
 permission denied) becomes a ``UserError``: one line saying what failed, on which path, and what to do.
-Writable outputs can be checked before any long work starts (``check_writable``). Text files the user
+Writable outputs can be checked before any long work starts (``check_writable``), and nothing is ever written
+inside the installed package (``refuse_shipped``): its shipped data is read-only to the tool. Text files the user
 gives are UTF-8 with or without a byte-order mark, with any line endings.
 """
 
@@ -15,6 +16,7 @@ import os
 import shutil
 import sys
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 
 from .errors import UserError
@@ -150,6 +152,25 @@ def _refuse_special(path: Path, what: str) -> None:
         raise UserError(f"cannot write {what} {path}: it is a device, pipe or socket, not a file; name a file")
 
 
+@lru_cache(maxsize=1)
+def _package_dir() -> str:
+    """The installed package's folder, links resolved: its shipped data is read-only to the tool."""
+    from importlib.resources import files
+
+    return os.path.realpath(str(files("pomonag_edge")))
+
+
+def refuse_shipped(path: str | os.PathLike, what: str) -> None:
+    """A write into the installed package (shipped checkpoints, tables, descriptors) is refused with one line:
+    every later command reads that data, and a stray overwrite would change their answers silently. The real
+    path is compared, so a link or a relative path into the package does not slip through."""
+    real = os.path.realpath(os.path.abspath(path))
+    package = _package_dir()
+    if real == package or real.startswith(package + os.sep):
+        raise UserError(f"cannot write {what} {path}: it is inside the installed pomonag-edge package ({package}), "
+                        "whose shipped data is read-only to the tool; choose a path outside it")
+
+
 def _nearest_existing(path: Path) -> Path:
     path = Path(os.path.abspath(path))
     while not os.path.lexists(path) and path != path.parent:
@@ -162,6 +183,7 @@ def check_writable(path: str | os.PathLike, what: str, folder: bool = False) -> 
 
     Creates nothing that stays: a probe file is made and removed in the nearest existing folder."""
     path = Path(path)
+    refuse_shipped(path, what)
     try:
         if folder and path.exists() and not path.is_dir():
             raise UserError(f"cannot write {what} {path}: it is a file, not a folder; choose another path")
@@ -208,6 +230,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, what: str = "file")
     """Write to a temp file beside ``path``, then rename; the file gets the usual umask permissions
     (mkstemp alone would leave it readable by its owner only)."""
     path = Path(path)
+    refuse_shipped(path, what)
     _refuse_special(path, what)
     make_dir(path.parent, f"folder of {what}")
     tmp = None
@@ -253,6 +276,7 @@ def create_new_json(path: str | os.PathLike, obj, what: str = "file") -> bool:
     """Write ``path`` only if no file of that name exists (atomic: two writers never both succeed).
     Returns False when it existed."""
     path = Path(path)
+    refuse_shipped(path, what)
     make_dir(path.parent, f"folder of {what}")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -283,6 +307,7 @@ def create_new_json(path: str | os.PathLike, obj, what: str = "file") -> bool:
 def staging_dir(final: str | os.PathLike, what: str = "folder") -> Path:
     """A fresh hidden folder beside ``final`` to build its next contents in (see ``replace_dir``)."""
     final = Path(final)
+    refuse_shipped(final, what)
     make_dir(final.parent, f"folder of {what}")
     try:
         staged = Path(tempfile.mkdtemp(prefix=f".{final.name}.new-", dir=final.parent))

@@ -56,7 +56,7 @@ def probe_task(data_path, space_name: str = "nb201", probes: int = 20, epochs: i
         ckpt = work / f"{hashlib.sha256(str(arch).encode()).hexdigest()[:12]}.pt"
         label = f"probe {i + 1}/{len(archs)}"
         result = train_net(space, arch, data, recipe, checkpoint=ckpt, device=device,
-                           progress=None if progress is None else (lambda e, n, loss: progress(label, e, n)))
+                           progress=None if progress is None else (lambda e, n, loss: progress(label, e, n, loss)))
         rows.append({"arch": str(arch), "accuracy": result["accuracy"], "epochs": epochs, "seed": seed,
                      "data": fingerprint, "seconds": result["seconds"], "device": result["device"]})
         _write_rows(csv_path, rows)

@@ -186,7 +186,7 @@ def train_run(run_dir, data_path, top: int = 1, epochs: int = 200, seed: int = 0
 
     from .dataset_profile import check_takes_tasks, task_input_hw
     from .export.runs import load_run
-    from .files import atomic_write_json
+    from .files import atomic_write_json, check_writable
     from .spaces import get_space
     from .userdata import load_user_data
 
@@ -202,8 +202,8 @@ def train_run(run_dir, data_path, top: int = 1, epochs: int = 200, seed: int = 0
     if task is not None and task.source.get("classes") and task.num_classes != data.num_classes:
         raise UserError(f"the run was generated for {task.name} ({task.num_classes} classes) but {data_path} holds "
                         f"{data.num_classes}: pass the data the run's dataset profile was made from")
-    out = Path(run.path) / TRAIN_DIR
-    results_path = out / RESULTS_FILE
+    out = check_writable(Path(run.path) / TRAIN_DIR, "training folder", folder=True)  # before any training
+    results_path = check_writable(out / RESULTS_FILE, "training results")
     recipe = Recipe(epochs=epochs, seed=seed)
     previous = {}
     if results_path.is_file():
@@ -230,7 +230,7 @@ def train_run(run_dir, data_path, top: int = 1, epochs: int = 200, seed: int = 0
             results["nets"].append(previous[str(arch)])
             continue
         r = train_net(space, arch, data, recipe, checkpoint=ckpt, device=device,
-                      progress=None if progress is None else (lambda e, n, loss: progress(label, e, n)))
+                      progress=None if progress is None else (lambda e, n, loss: progress(label, e, n, loss)))
         results["nets"].append({"rank": rank, "arch": str(arch), "accuracy_predicted": item.get("accuracy"),
                                 "accuracy_measured": r["accuracy"], "split": "validation",
                                 "n_val": int(len(data.y_val)), "recipe": asdict(recipe), "checkpoint": str(ckpt),

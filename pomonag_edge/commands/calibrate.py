@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 
+from ..predictors.calibration import ACCURACY_SCALES
 from .options import space_option
 
 POOR_FIT = 0.25  # cross-validated q90 relative error above which the timings fit no model well
@@ -25,7 +26,10 @@ EXPLANATIONS = {"head": "shipped-device embedding", "siblings": "shipped devices
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Where to write the profile [default: profiles/NAME.json; datasets/NAME.json for accuracy].")
 @click.option("--force", is_flag=True, help="Replace the profile already at the output path.")
-def command(space, measurements, name, base, out, force):
+@click.option("--accuracy-scale", type=click.Choice(ACCURACY_SCALES), default="auto", show_default=True,
+              help="Scale of an arch,accuracy CSV: auto reads all values within 0..1 as fractions, others as "
+                   "percent, and refuses a mix; percent or fraction says so outright.")
+def command(space, measurements, name, base, out, force, accuracy_scale):
     """Fit the latency model to timings measured on another machine and write a device profile, or the
     accuracy model to accuracies measured on your task and write a dataset profile (for --dataset PATH).
 
@@ -48,7 +52,7 @@ def command(space, measurements, name, base, out, force):
         if base:
             raise UserError("--base refines a device profile; an arch,accuracy CSV makes a dataset profile on its own")
         path = check_profile_out(out or DATASETS_DIR / f"{name}.json", force)
-        items, scale = read_accuracy_measurements(sp, measurements)
+        items, scale = read_accuracy_measurements(sp, measurements, accuracy_scale)
         dprofile = fit_dataset_profile(sp, [dict(i, source=Path(measurements).name) for i in items], name,
                                        source={"kind": "measured elsewhere", "measurements": Path(measurements).name,
                                                "num_classes": 10, "num_classes_note": "assumed (costs only); "

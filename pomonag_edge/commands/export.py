@@ -5,18 +5,19 @@ from __future__ import annotations
 import click
 
 from ..hardware.backends import PRECISIONS
-from .options import make_ssh_options, profile_option, ssh_options
+from ..export.onnx_export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from .options import SEED, make_ssh_options, profile_option, ssh_options
 
 
 @click.command(short_help="Export the best nets and re-measure them.")
 @click.argument("run_dir", required=False, type=click.Path(file_okay=False))
-@click.option("--top", "top", type=int, default=5, show_default=True, help="How many nets, in the run's rank order.")
+@click.option("--top", "top", type=click.IntRange(1), default=5, show_default=True, help="How many nets, in the run's rank order.")
 @click.option("--format", "fmt", default="onnx", show_default=True, metavar="onnx|tensorrt|onnx,tensorrt",
               help="What to build. TensorRT engines are built from the ONNX files, on an NVIDIA GPU.")
 @profile_option
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="Precision of the measured runtime and of TensorRT engines (default: the profile's).")
-@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")
+@click.option("--opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), default=DEFAULT_OPSET, show_default=True, help="ONNX opset.")
 @click.option("--dynamic-batch", is_flag=True, help="Export with a dynamic batch axis (checked at batch 1 and 2).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
               help="A state_dict (or {arch: state_dict}) to export instead of a seeded random init.")
@@ -28,7 +29,7 @@ from .options import make_ssh_options, profile_option, ssh_options
 @click.option("--feedback/--no-feedback", default=True, show_default=True,
               help="Add measured latencies to the profile's calibration set and refit its latency model.")
 @click.option("--quick", is_flag=True, help="Quick timing protocol (fewer runs): for tests, not for decisions.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights and inputs.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the random weights and inputs.")
 @click.option("--drift-nets", type=click.IntRange(min=0), default=3, show_default=True,
               help="The profile's own calibration nets timed again, interleaved with the exported ones, to tell a "
                    "device running slower today from a wrong latency model (0: none).")
@@ -59,7 +60,7 @@ def command(ctx, run_dir, top, fmt, profile, precision, opset, dynamic_batch, we
     options = ExportOptions(top=top, formats=parse_formats(fmt), profile=profile, precision=precision, opset=opset,
                             dynamic_batch=dynamic_batch, weights=weights, allow_over_budget=allow_over_budget,
                             measure=measure, feedback=feedback, quick=quick, seed=seed, drift_nets=drift_nets,
-                            host=host, ssh=make_ssh_options(ssh_config, remote_python, remote_dir))
+                            host=host, ssh=make_ssh_options(ssh_config, remote_python, remote_dir, host))
     console = Console(stderr=as_json)
     with console.status("exporting") as status:
         report = export_run(resolve_run_dir(run_dir), options, progress=lambda msg: status.update(msg))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import click
 
 from ..strategies import STRATEGIES
-from .options import dataset_option, profile_option, space_option
+from .options import SEED, dataset_option, profile_option, space_option
 
 
 @click.command(short_help="Pareto-optimal nets within a budget.")
@@ -29,7 +29,7 @@ from .options import dataset_option, profile_option, space_option
               help="Nets drawn (diffusion, random) or scored (nsga2).")
 @click.option("--strategy", type=click.Choice(list(STRATEGIES)), default="diffusion",
               show_default=True, help="How candidates are proposed; the rest of the run is the same.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--out", default=None, metavar="DIR", help="Run folder (default: a new folder under ./runs/).")
 @click.option("--force", is_flag=True, help="Replace the run already in --out DIR (as a whole).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..hardware.backends import BACKENDS, PRECISIONS
-from .options import dataset_option, make_ssh_options, space_option, ssh_options
+from .options import SEED, dataset_option, make_ssh_options, space_option, ssh_options
 
 
 @click.command(short_help="Measure this device, or one reached over SSH, into a profile.")
@@ -31,14 +31,14 @@ from .options import dataset_option, make_ssh_options, space_option, ssh_options
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Profile file to write [default: profiles/<device>.json; with several --host, "
                    "profiles/<device>-<addr>.json; a PATH with {host} in it names one file per host].")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration choice and inputs.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the calibration choice and inputs.")
 @click.option("--fresh", is_flag=True, help="Start over instead of continuing a partial profile at the same path.")
 @click.option("--host", "hosts", multiple=True, metavar="USER@ADDR[:PORT]",
               help="Measure that device over SSH instead of this machine (repeat for several boards, one profile "
                    "each). This machine builds every graph; the device runs a small python3 (>= 3.6) runner "
                    "with its trtexec (Jetson, JetPack 4-6; NVIDIA GPUs) or onnxruntime (any CPU).")
 @ssh_options
-@click.option("--max-temp-c", type=float, default=None, metavar="C",
+@click.option("--max-temp-c", type=click.FloatRange(0, 150, min_open=True), default=None, metavar="C",
               help="With --host (or trtexec): wait before each timing round while the device is hotter than this.")
 def command(device, space, dataset, quick, calibration, threads, precision, batch, backend, clock, out, seed, fresh,
             hosts, ssh_config, remote_python, remote_dir, max_temp_c):
@@ -68,7 +68,7 @@ def command(device, space, dataset, quick, calibration, threads, precision, batc
     console = Console(stderr=True)
     base = ProfileRequest(device=device, space=space, dataset=dataset, quick=quick, calibration=calibration,
                           threads=threads, precision=precision, batch=batch, backend=backend, clock=clock, out=out,
-                          seed=seed, fresh=fresh, ssh=make_ssh_options(ssh_config, remote_python, remote_dir),
+                          seed=seed, fresh=fresh, ssh=make_ssh_options(ssh_config, remote_python, remote_dir, hosts),
                           max_temp_c=max_temp_c)
     parsed = [parse_host(h) for h in hosts]
     if len(parsed) > 1 and out is not None and "{host}" not in out:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import click
 
+from .options import SEED
+
 
 @click.command(short_help="Train a run's best nets on your data.")
 @click.argument("run_dir", required=False, type=click.Path(file_okay=False))
 @click.option("--data", "data", type=click.Path(), required=True, metavar="DIR|FILE.npz",
               help="Your images: a folder DIR/<class>/*.png|jpg|jpeg, or an .npz with x (images) and y (labels).")
-@click.option("--top", type=int, default=1, show_default=True, help="How many nets, in the run's rank order.")
-@click.option("--epochs", type=int, default=200, show_default=True,
+@click.option("--top", type=click.IntRange(1), default=1, show_default=True, help="How many nets, in the run's rank order.")
+@click.option("--epochs", type=click.IntRange(1), default=200, show_default=True,
               help="Epochs (NB201's recipe: SGD Nesterov, lr 0.1 cosine, wd 5e-4, batch 256).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split and of training.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the split and of training.")
 def command(run_dir, data, top, epochs, seed):
     """Train the top nets of RUN_DIR (default: the newest under ./runs) on your data, checkpointing every epoch
     in RUN_DIR/train/, and record their validation accuracy there. `export` then ships these weights.

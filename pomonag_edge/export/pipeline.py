@@ -233,8 +233,9 @@ def export_run(run_dir: str | Path, options: ExportOptions,
     if timer is not None:  # engines are built by trtexec on the device while timing, and brought back
         tensorrt = timer.runtime == "trtexec"
         if "tensorrt" in options.formats and not tensorrt:
-            notes.append(f"the profile's runtime on {options.host or 'this machine'} is {timer.runtime}: no TensorRT "
-                         "engines built")
+            raise UserError(f"--format tensorrt: the profile's runtime on {options.host or 'this machine'} is "
+                            f"{timer.runtime}, so no TensorRT engines can be built there: export with a TensorRT "
+                            "profile of that device, or drop --format tensorrt")
     elif tensorrt:
         why = None if (detected.get("gpu") or detected.get("jetson")) else "no NVIDIA GPU here"
         if why is None:
@@ -242,6 +243,9 @@ def export_run(run_dir: str | Path, options: ExportOptions,
                 _backend("tensorrt", precision, threads)
             except UserError as e:
                 why = str(e)
+        if why is not None and "tensorrt" in options.formats:  # engines asked for cannot be built: nothing done
+            raise UserError(f"--format tensorrt: {why}, so no TensorRT engines can be built: run the export on the "
+                            "target, or with --host USER@BOARD to build them there; or drop --format tensorrt")
         if why is not None:
             tensorrt = False
             notes.append(f"{why}: exported ONNX only; run `pomonag-edge export --format tensorrt` on the target "
@@ -316,6 +320,12 @@ def export_run(run_dir: str | Path, options: ExportOptions,
         shutil.rmtree(ctx.out_dir, ignore_errors=True)
         raise
 
+    untrained = [n["rank"] for n in report["nets"] if n["weights"] == "random (seeded)"]
+    if untrained:
+        which = "every net" if len(untrained) == len(report["nets"]) else f"net(s) {', '.join(map(str, untrained))}"
+        notes.append(f"{which} exported with seeded random weights (untrained): right for timing and numerics, "
+                     f"not for deployment; train them first (`pomonag-edge train {run.path} --data DIR`) or pass "
+                     "--weights")
     if measure and options.feedback and not mismatch and not informative:
         report["feedback"] = _feedback(ctx, report["nets"])
     report["summary"] = summarize(report["nets"], options.allow_over_budget, report["drift"])

@@ -139,6 +139,9 @@ def _timer_for(req: ProfileRequest, descriptor, protocol, precision: str, thread
                        cache_dir=_graph_cache(path))
     if isinstance(timer, RunnerTimer):
         timer.device.max_temp_c = req.max_temp_c
+    elif req.max_temp_c is not None:
+        raise UserError(f"--max-temp-c needs --host or --backend trtexec (the device runner reads the temperatures); "
+                        f"{name} here would ignore it")
     return timer, name, skipped, facts
 
 

@@ -51,6 +51,11 @@ def _distinct(path: Path, items: list[dict], value: str) -> list[dict]:
     if len(merged) < MIN_ROWS:
         raise UserError(f"{path}: {len(items)} rows but only {len(merged)} distinct net(s) (repeated or functionally "
                         f"identical archs count once); calibration needs at least {MIN_ROWS} distinct nets")
+    values = {i[value] for i in merged}
+    if len(values) == 1:  # any model fits a constant exactly: its "0% error" would say nothing
+        raise UserError(f"{path}: all {len(merged)} nets have the same {value} ({values.pop():g}): such measurements "
+                        "cannot tell nets apart and no model can be fitted to them (a copied value, or a timer "
+                        "coarser than the nets' differences?)")
     return merged
 
 
@@ -119,19 +124,49 @@ def measurements_kind(path: str | os.PathLike) -> str:
     return "latency"
 
 
-def read_accuracy_measurements(space, path: str | os.PathLike) -> tuple[list[dict], str]:
+ACCURACY_SCALES = ("auto", "percent", "fraction")
+
+
+def accuracy_scale(values, labels=None, source: str = "accuracies", declared: str = "auto") -> str:
+    """The scale accuracies are given on: "fraction" (0..1) or "percent" (0..100). With ``declared`` "auto" it
+    is "fraction" when every value is within 0..1, "percent" when none is strictly between 0 and 1, and a mix
+    of the two is one ``UserError`` line naming an example of each (``labels``: where each value is, e.g.
+    "line 3"): reading 0.7 as 0.7% beside 80% would be silently wrong. A declared scale is checked, not
+    guessed (a percent list may hold nets below 1%: chance on 120 classes is 0.83%). Every reader of
+    accuracies given on either scale uses this one function."""
+    if declared not in ACCURACY_SCALES:
+        raise UserError(f"unknown accuracy scale {declared!r}; use {', '.join(ACCURACY_SCALES)}")
+    values = [float(v) for v in values]
+    labels = list(labels) if labels is not None else [f"value {n}" for n in range(1, len(values) + 1)]
+    top = 1.0 if declared == "fraction" else 100.0
+    bad = next((n for n, v in enumerate(values) if not math.isfinite(v) or not 0 <= v <= top), None)
+    if bad is not None:
+        allowed = "a fraction (0..1)" if declared == "fraction" else "a percent (0..100) or a fraction (0..1)" \
+            if declared == "auto" else "a percent (0..100)"
+        raise UserError(f"{source}, {labels[bad]}: accuracy must be {allowed}, got {values[bad]:g}")
+    if declared != "auto":
+        return declared
+    if all(v <= 1.0 for v in values):
+        return "fraction"
+    fraction = next((n for n, v in enumerate(values) if 0 < v < 1), None)
+    if fraction is not None:
+        percent = next(n for n, v in enumerate(values) if v > 1)
+        raise UserError(f"{source} mixes scales: {values[fraction]:g} ({labels[fraction]}) reads as a fraction, "
+                        f"{values[percent]:g} ({labels[percent]}) as a percent; give every accuracy on one scale, "
+                        "or declare it (--accuracy-scale percent if values under 1 are nets below 1%)")
+    return "percent"
+
+
+def read_accuracy_measurements(space, path: str | os.PathLike, scale: str = "auto") -> tuple[list[dict], str]:
     """Rows of ``arch,accuracy`` (optional ``epochs``, ``seed``) as (items with accuracy in percent, scale).
 
-    Higher is better, on either scale: all values within 0..1 are read as fractions ("fraction", stored x100),
-    otherwise as percent ("percent", each within 0..100). Repeats of one net (or of functionally identical
+    Higher is better, on either scale (``accuracy_scale``): all values within 0..1 are fractions ("fraction",
+    stored x100), all others percent ("percent", each within 0..100); a mix of the two is refused. Repeats of one net (or of functionally identical
     archs) become one measurement, their median (``merge_repeats``). The first bad row raises naming its line."""
     path = Path(path)
     items = []
-    for item, acc_text, row in _rows(space, path, "accuracy"):
+    for item, _, row in _rows(space, path, "accuracy"):
         line = item["_line"]
-        if not math.isfinite(item["accuracy"]) or not 0 <= item["accuracy"] <= 100:
-            raise UserError(f"{path}, line {line}: accuracy must be a percent (0..100) or a fraction (0..1), "
-                            f"got {acc_text!r}")
         for key in ("epochs", "seed"):
             value = (row.get(key) or "").strip()
             if value:
@@ -140,8 +175,8 @@ def read_accuracy_measurements(space, path: str | os.PathLike) -> tuple[list[dic
                 except ValueError:
                     raise UserError(f"{path}, line {line}: {key} {value!r} is not an integer") from None
         items.append(item)
+    scale = accuracy_scale([i["accuracy"] for i in items], [f"line {i['_line']}" for i in items], str(path), scale)
     items = _distinct(path, items, "accuracy")
-    scale = "fraction" if all(i["accuracy"] <= 1.0 for i in items) else "percent"
     if scale == "fraction":
         for i in items:
             i["accuracy"] = 100.0 * i["accuracy"]
