@@ -1,77 +1,86 @@
-"""``probe``: a few nets trained briefly on the user's data -> measurements CSV -> dataset profile.
+"""``probe``: a few nets trained briefly on the user's task -> measurements CSV -> dataset profile.
 
-The probes are chosen to inform the few-shot accuracy model (``accuracy_fewshot.choose_probes``), trained with
-NB201's recipe for ``epochs`` and measured on the seeded validation split. Work survives interruption: each
-finished probe is appended to the measurements CSV at once (atomically), and the net in training checkpoints
-every epoch in ``<out>.probe/``; a rerun with the same data, seed and epochs continues where it stopped.
-The CSV is the same ``arch,accuracy`` file ``calibrate`` reads, so the profile can be rebuilt from it.
+The probes are chosen to inform the few-shot accuracy model (``accuracy_fewshot.choose_probes``) and measured
+by a trainer (``trainers``): NB201's recipe for ``epochs`` on the user's images (``--data``), measured on the
+seeded validation split, or the user's own pipeline (``--trainer CMD``), which owns its data and prints each
+net's accuracy. Work survives interruption: each finished probe is logged by the trainer and appended to the
+measurements CSV at once (atomically), and a net in built-in training checkpoints every epoch in
+``<out>.probe/``; a rerun with the same data (or command), seed and epochs continues where it stopped. The
+CSV is the same ``arch,accuracy`` file ``calibrate`` reads (accuracy in percent), so the profile can be
+rebuilt from it.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 from pathlib import Path
 
-from .dataset_profile import DATASETS_DIR, check_takes_tasks, fit_dataset_profile, task_input_hw
+from .dataset_profile import DATASETS_DIR, fit_dataset_profile
 from .errors import UserError
 from .files import atomic_write_text, check_name, check_writable
 
-CSV_FIELDS = ("arch", "accuracy", "epochs", "seed", "data", "seconds", "device")
+CSV_FIELDS = ("arch", "accuracy", "epochs", "seed", "data", "seconds", "device", "trainer", "printed")
 
 
-def probe_task(data_path, space_name: str = "nb201", probes: int = 20, epochs: int = 10, out=None, seed: int = 0,
-               name: str | None = None, progress=None, device: str | None = None):
-    """Train ``probes`` chosen nets on the data at ``data_path``; write ``<out stem>.csv`` and the dataset
-    profile ``out`` (default ``datasets/<data name>.json``). Returns (profile, profile path, csv path).
-    ``progress(stage, done, total)`` is called per epoch and per probe."""
+def probe_task(data_path=None, space_name: str = "nb201", probes: int = 20, epochs: int = 10, out=None, seed: int = 0,
+               name: str | None = None, progress=None, device: str | None = None, trainer: str | None = None,
+               trainer_timeout_s: float | None = None, accuracy_scale: str = "auto", num_classes: int = 10):
+    """Measure ``probes`` chosen nets with the built-in trainer on the data at ``data_path``, or with the
+    command ``trainer``; write ``<out stem>.csv`` and the dataset profile ``out`` (default
+    ``datasets/<name>.json``). Returns (profile, profile path, csv path). ``progress(stage, done, total)`` is
+    called per epoch (built-in) and per probe."""
     from .predictors.accuracy_fewshot import choose_probes
     from .spaces import get_space
-    from .training import Recipe, train_net
-    from .userdata import load_user_data
+    from .trainers import make_trainer
+    from .userdata import data_name
 
     if probes < 5:
         raise UserError(f"--probes must be at least 5 (the accuracy model's minimum), got {probes}")
-    if epochs < 1:
-        raise UserError(f"--epochs must be at least 1, got {epochs}")
     space = get_space(space_name)
-    check_takes_tasks(space)
-    data = load_user_data(data_path, input_hw=task_input_hw(space), seed=seed)
-    name = name or data.name
+    if name is None and data_path is None and trainer is not None and out is None:
+        raise UserError("--trainer needs --name (the task's name; its profile goes to datasets/NAME.json) or --out")
+    name = name or (data_name(data_path) if data_path is not None else Path(out).stem if out is not None else None)
     out = Path(out) if out is not None else DATASETS_DIR / f"{check_name(name)}.json"
-    check_writable(out, "dataset profile")  # before any training
     csv_path, work = out.with_suffix(".csv"), out.with_suffix(".probe")
-    fingerprint = data.source["fingerprint"]
-    done = {r["arch"]: r for r in _read_rows(csv_path)
-            if r.get("data") == fingerprint and int(r["epochs"]) == epochs and int(r["seed"]) == seed}
+    measurer = make_trainer(space, command=trainer, data=data_path, epochs=epochs, seed=seed, workdir=work,
+                            device=device, timeout_s=trainer_timeout_s, scale=accuracy_scale, num_classes=num_classes,
+                            name=name)
+    check_writable(out, "dataset profile")  # before any training
+    key = measurer.row_key()
+    done = {r["arch"]: r for r in _read_rows(csv_path) if all((r.get(k) or "") == v for k, v in key.items())}
     archs = choose_probes(space, probes, seed)
     rows = [done[str(a)] for a in archs if str(a) in done]
-    recipe = Recipe(epochs=epochs, seed=seed)
+    for r in rows:  # a value as printed takes part in the trainer's scale; an older CSV's rows are percent
+        printed = r.get("printed")
+        measurer.remember(space.parse(r["arch"]), float(r["accuracy"] if printed in (None, "") else printed))
     for i, arch in enumerate(archs):
         if progress is not None:
             progress("probes", len(rows), len(archs))
         if str(arch) in done:
             continue
-        ckpt = work / f"{hashlib.sha256(str(arch).encode()).hexdigest()[:12]}.pt"
         label = f"probe {i + 1}/{len(archs)}"
-        result = train_net(space, arch, data, recipe, checkpoint=ckpt, device=device,
-                           progress=None if progress is None else (lambda e, n, loss: progress(label, e, n, loss)))
-        rows.append({"arch": str(arch), "accuracy": result["accuracy"], "epochs": epochs, "seed": seed,
-                     "data": fingerprint, "seconds": result["seconds"], "device": result["device"]})
-        _write_rows(csv_path, rows)
-        ckpt.unlink(missing_ok=True)  # its number is in the CSV; the weights of a probe are not needed again
+        measurer.measure(arch, progress=None if progress is None else
+                         (lambda e, n, loss=None: progress(label, e, n, loss)))
+        record = measurer.record(arch)
+        rows.append({"arch": str(arch), **key, "seconds": record.get("seconds"), "device": record.get("device"),
+                     "printed": record["printed"]})
+        _write_rows(csv_path, rows, measurer.scale)
     if progress is not None:
         progress("probes", len(rows), len(archs))
-    _write_rows(csv_path, rows)
+    scale = measurer.scale
+    _write_rows(csv_path, rows, scale)
+    (work / "measured.jsonl").unlink(missing_ok=True)  # every value is in the CSV now
     if work.is_dir() and not any(work.iterdir()):
         work.rmdir()
-    measurements = [{"arch": r["arch"], "accuracy": float(r["accuracy"]), "epochs": int(r["epochs"]),
-                     "seed": int(r["seed"]), "source": "probe"} for r in rows]
-    source = {**data.source, "probe": {"probes": probes, "epochs": epochs, "seed": seed,
-                                       "choice": "spread over the shipped tables' upper half and params",
-                                       "measurements_csv": csv_path.name}}
-    profile = fit_dataset_profile(space, measurements, name, source=source, scale="percent")
+    measurements = [{"arch": r["arch"], "accuracy": float(r["accuracy"]),
+                     **{k: int(r[k]) for k in ("epochs", "seed") if str(r.get(k) or "")},
+                     "source": "probe" if trainer is None else "trainer"} for r in rows]
+    source = {**measurer.describe(), "probe": {"probes": probes, "epochs": int(key["epochs"]) if key["epochs"] else None,
+                                               "seed": seed,
+                                               "choice": "spread over the shipped tables' upper half and params",
+                                               "measurements_csv": csv_path.name}}
+    profile = fit_dataset_profile(space, measurements, name, source=source, scale=scale)
     return profile, profile.save(out), csv_path
 
 
@@ -84,7 +93,13 @@ def _read_rows(path: Path) -> list[dict]:
         return []
 
 
-def _write_rows(path: Path, rows: list[dict]) -> None:
+def _write_rows(path: Path, rows: list[dict], scale: str) -> None:
+    """The rows, each one's ``accuracy`` (percent) read from the value it printed under the run's ``scale``."""
+    from .predictors.calibration import to_percent
+
+    for r in rows:
+        if r.get("printed") not in (None, ""):
+            r["accuracy"] = round(to_percent(r["printed"], scale), 6)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

@@ -52,6 +52,12 @@ class UserData:
         return self.name
 
 
+def data_name(path: str | os.PathLike) -> str:
+    """The task's name a data folder or file gives by default: its name without the suffix."""
+    path = Path(path)
+    return path.stem or path.name
+
+
 def load_user_data(path: str | os.PathLike, input_hw: int = 32, seed: int = 0,
                    val_fraction: float = VAL_FRACTION) -> UserData:
     """Read ``path`` (an image folder or an .npz), resize to ``input_hw``, split by ``seed``, normalise."""
@@ -88,7 +94,7 @@ def load_user_data(path: str | os.PathLike, input_hw: int = 32, seed: int = 0,
                   "n_train": int(len(train)), "n_val": int(len(val))},
         "fingerprint": _fingerprint(images, labels),
     }
-    return UserData(name=path.stem or path.name, classes=list(classes), x_train=norm(x_train),
+    return UserData(name=data_name(path), classes=list(classes), x_train=norm(x_train),
                     y_train=labels[train], x_val=norm(x_val), y_val=labels[val], source=source)
 
 

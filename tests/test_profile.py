@@ -115,6 +115,23 @@ def test_build_interrupt_and_resume(tmp_path):
         build_profile(ProfileRequest(device="cpu", calibration=2, out=out, protocol=TINY, seed=1, threads=2))
 
 
+def test_no_lut_profile_of_any_device_is_whole_nets_fitted_as_calibrate_does(tmp_path):
+    from pomonag_edge.predictors.calibration import calibrate_profile
+
+    out = tmp_path / "cpu.json"
+    result = build_profile(ProfileRequest(device="cpu", calibration=5, out=out, protocol=TINY, lut=False))
+    done = load_profile(out)
+    assert done.lut == {} and len(done.calibration) == 5 and done.runtime["lut"] is False
+    macs = sorted(SPACE.macs(SPACE.parse(c["arch"])) for c in done.calibration)
+    assert macs[0] < macs[-1] / 2  # spread over MACs, not the LUT it lacks
+    same = calibrate_profile(SPACE, [{"arch": c["arch"], "latency_ms": c["latency_ms"]} for c in done.calibration],
+                             "x")
+    assert done.latency_model["kind"] == same.latency_model["kind"] == "embedding-head"
+    assert result.model_note is None
+    with pytest.raises(UserError, match="per-op table setting"):  # a no-LUT profile is not continued with one
+        build_profile(ProfileRequest(device="cpu", calibration=6, out=out, protocol=TINY))
+
+
 def test_request_errors(tmp_path):
     for req, match in ((ProfileRequest(device="jetson"), "Jetson"), (ProfileRequest(device="gpu"), "NVIDIA GPU"),
                        (ProfileRequest(device="abacus"), "known devices"),

@@ -18,6 +18,10 @@ from .options import SEED, dataset_option, make_ssh_options, space_option, ssh_o
               "224, residual blocks as chains); other resolutions are interpolated.")
 @click.option("--calibration", type=click.IntRange(min=0), default=20, show_default=True,
               help="Whole nets to time for calibrating the latency model (chosen to span the latency range).")
+@click.option("--no-lut", is_flag=True,
+              help="No per-op table: time the --calibration whole nets only (spread over MACs) and fit the latency "
+                   "model from them as `calibrate` does (taken anyway for a command device whose descriptor says "
+                   "single_ops = false).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads [device default: 1].")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="[device default: fp32 on cpu, fp16 on gpu / jetson]")
@@ -40,14 +44,15 @@ from .options import SEED, dataset_option, make_ssh_options, space_option, ssh_o
 @ssh_options
 @click.option("--max-temp-c", type=click.FloatRange(0, 150, min_open=True), default=None, metavar="C",
               help="With --host (or trtexec): wait before each timing round while the device is hotter than this.")
-def command(device, space, dataset, quick, calibration, threads, precision, batch, backend, clock, out, seed, fresh,
-            hosts, ssh_config, remote_python, remote_dir, max_temp_c):
+def command(device, space, dataset, quick, calibration, no_lut, threads, precision, batch, backend, clock, out, seed,
+            fresh, hosts, ssh_config, remote_python, remote_dir, max_temp_c):
     """Time every building block of the search space (per-op LUT) and a few whole nets on the device.
 
     Without --host the device is this machine. With --host USER@ADDR[:PORT] it is that machine, reached
     with your ssh client and config: supported are NVIDIA Jetsons with JetPack 4 to 6 (trtexec on the
     board; `--device jetson`), desktop NVIDIA GPUs with TensorRT's trtexec (`--device gpu`) and any CPU with
-    the onnxruntime package (`--device cpu`).
+    the onnxruntime package (`--device cpu`). A descriptor with runner = "command" is a device that is a
+    command (a vendor toolchain, a simulator): it is called per graph and prints milliseconds.
 
     Progress is saved after every measurement (on the device, every timing round): Ctrl-C, a dropped
     connection, then the same command again continues.
@@ -67,8 +72,9 @@ def command(device, space, dataset, quick, calibration, threads, precision, batc
 
     console = Console(stderr=True)
     base = ProfileRequest(device=device, space=space, dataset=dataset, quick=quick, calibration=calibration,
-                          threads=threads, precision=precision, batch=batch, backend=backend, clock=clock, out=out,
-                          seed=seed, fresh=fresh, ssh=make_ssh_options(ssh_config, remote_python, remote_dir, hosts),
+                          lut=not no_lut, threads=threads, precision=precision, batch=batch, backend=backend,
+                          clock=clock, out=out, seed=seed, fresh=fresh,
+                          ssh=make_ssh_options(ssh_config, remote_python, remote_dir, hosts),
                           max_temp_c=max_temp_c)
     parsed = [parse_host(h) for h in hosts]
     if len(parsed) > 1 and out is not None and "{host}" not in out:
@@ -140,6 +146,8 @@ def _report(console, result, host) -> None:
     p = result.profile
     for reason in result.skipped_backends:
         console.print(f"[yellow]skipped backend[/] {reason}")
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False)
     calib = [c["latency_ms"] for c in p.calibration]
     span = f"{min(calib):.2f}-{max(calib):.2f} ms" if calib else "none"
     rt = p.runtime

@@ -74,8 +74,9 @@ def parse_formats(text: str) -> tuple[str, ...]:
 # ------------------------------------------------------------------ profile, machine, backends
 
 
-# detected facts that identify the hardware a latency belongs to (software versions are recorded, not compared)
-IDENTITY_FACTS = ("cpu", "gpu", "jetson_model", "power_mode")
+# detected facts that identify the hardware a latency belongs to (software versions are recorded, not compared);
+# a device that is a command is identified by its command
+IDENTITY_FACTS = ("cpu", "gpu", "jetson_model", "power_mode", "command")
 
 
 def machine_mismatch(profile: Profile, detected: dict) -> list[str]:
@@ -149,6 +150,7 @@ class _Context:
     informative: bool = False  # timings of this machine for a reference profile: not judged
     trained: dict | None = None  # RUN/train/results.json: the run's nets trained on the user's data
     timer: object | None = None  # remote.DeviceTimer under --host: every net is timed there
+    command: object | None = None  # timers.CommandTimer: a device that is a command times every net
     _runtimes: dict = field(default_factory=dict)
 
     def runtime(self, name: str):
@@ -170,6 +172,22 @@ class _Timing:
     inputs: dict
     runnables: dict
     probe: dict | None = None  # the profile's calibration record this net re-times
+
+
+def command_descriptor(profile: Profile):
+    """The device descriptor of a profile taken through a command (``runner = "command"``), else None."""
+    from ..hardware.devices import descriptor_from_dict
+
+    raw = (profile.device or {}).get("descriptor")
+    if not isinstance(raw, dict) or raw.get("runner") != "command":
+        return None
+    return descriptor_from_dict(raw, str(raw.get("name") or profile.name),
+                                f"profile {profile.name}'s device descriptor")
+
+
+def command_timings_dir(run_path: Path) -> Path:
+    """Where a command device's timings of an export are logged until the export is complete."""
+    return Path(run_path) / ".export.command"
 
 
 def _runner_runtime(backend_name: str) -> str:
@@ -196,10 +214,22 @@ def export_run(run_dir: str | Path, options: ExportOptions,
 
     from ..hardware import BACKENDS, detect_device
 
-    if backend_name not in BACKENDS:  # a reference profile's "published table": time with the default runtime
+    descriptor = command_descriptor(profile)
+    command = None  # a device that is a command: every net is timed by calling it
+    if descriptor is not None:
+        from ..hardware.timers import make_timer
+
+        if options.host:
+            raise UserError(f"profile {profile.name!r} was taken through device {descriptor.name}'s command, which "
+                            "reaches its device itself: drop --host")
+        backend_name = "command"
+        command = make_timer("command", _protocol(profile, options.quick), precision, threads,
+                             key=f"export:{Path(run.path).resolve()}", cache_dir=command_timings_dir(run.path),
+                             descriptor=descriptor, space=space.name, batch=batch)
+    elif backend_name not in BACKENDS:  # a reference profile's "published table": time with the default runtime
         backend_name = "onnxruntime"
     timer = None  # the device runner: on --host, or here for trtexec (it has no in-process backend)
-    if options.host or backend_name == "trtexec":
+    if command is None and (options.host or backend_name == "trtexec"):
         from ..hardware.remote import DeviceTimer, parse_host
 
         host = parse_host(options.host) if options.host else None
@@ -209,6 +239,8 @@ def export_run(run_dir: str | Path, options: ExportOptions,
     if options.host:
         say(f"checking {options.host}")
         detected = timer.facts()
+    elif command is not None:
+        detected = command.facts()
     else:
         detected = detect_device()
     mismatch = machine_mismatch(profile, detected)
@@ -230,7 +262,11 @@ def export_run(run_dir: str | Path, options: ExportOptions,
                      "the latencies are this machine's and are not fed back into the profile")
 
     tensorrt = "tensorrt" in options.formats or backend_name == "tensorrt"
-    if timer is not None:  # engines are built by trtexec on the device while timing, and brought back
+    if command is not None:
+        tensorrt = False
+        if "tensorrt" in options.formats:
+            notes.append(f"the profile's device is a command ({descriptor.name}): no TensorRT engines built")
+    elif timer is not None:  # engines are built by trtexec on the device while timing, and brought back
         tensorrt = timer.runtime == "trtexec"
         if "tensorrt" in options.formats and not tensorrt:
             raise UserError(f"--format tensorrt: the profile's runtime on {options.host or 'this machine'} is "
@@ -253,7 +289,7 @@ def export_run(run_dir: str | Path, options: ExportOptions,
             if backend_name == "tensorrt":
                 measure = False
     measure_precision = precision
-    if precision == "fp16" and not BACKENDS[backend_name].gpu and timer is None:
+    if precision == "fp16" and command is None and timer is None and not BACKENDS[backend_name].gpu:
         if "tensorrt" not in options.formats:
             raise UserError(f"--precision fp16 needs a GPU runtime and the profile's is {backend_name} (CPU): use "
                             "fp32, add --format tensorrt for fp16 engines, or use a GPU profile on the target")
@@ -272,7 +308,7 @@ def export_run(run_dir: str | Path, options: ExportOptions,
     ctx = _Context(run, space, profile, profile_path, options, staging_dir(final_dir, "export folder"), backend_name,
                    measure_precision,
                    precision, threads, batch, measure, tensorrt, notes, clock=runtime.get("clock") or "wall",
-                   informative=informative, timer=timer)
+                   informative=informative, timer=timer, command=command)
     if options.weights is None:
         from ..training import trained_results
 
@@ -334,6 +370,10 @@ def export_run(run_dir: str | Path, options: ExportOptions,
     report["files"] = sorted({p.name for p in ctx.out_dir.iterdir()} | {"report.json"})
     write_report(report_path, report)
     replace_dir(ctx.out_dir, final_dir, "export folder")
+    if command is not None:  # complete: the next `export --measure` times the nets again
+        import shutil
+
+        shutil.rmtree(command_timings_dir(run.path), ignore_errors=True)
     report["path"] = str(final_dir / "report.json")
     return report
 
@@ -480,6 +520,23 @@ def _measure_all(ctx: _Context, timings: list[_Timing], probes: list[_Timing], s
     """Time the nets and the drift probes, interleaved: in turn here, or as one batch of rounds on the host."""
     protocol = _protocol(ctx.profile, ctx.options.quick)
     schedule = _interleave(timings, probes)
+    if ctx.command is not None:
+        from ..hardware.timers import Graph
+
+        t0 = time.perf_counter()
+        graphs = {t.name: Graph(t.model, t.inputs, arch=(t.entry or t.probe)["arch"], onnx=t.onnx_path)
+                  for t in schedule}
+        measured = ctx.command.time(graphs, progress=lambda d, n, item: say(f"timing {d}/{n} by the command"))
+        seconds = (time.perf_counter() - t0) / max(1, len(schedule))
+        for t in schedule:
+            if t.entry is None:
+                t.probe = {**t.probe, "now": measured[t.name].to_dict()}
+            else:
+                t.entry["measured"][ctx.backend_name] = measured[t.name].to_dict()
+                t.entry["timing_s"]["measure"] = seconds
+        ctx.notes.append(f"measured by {ctx.command.where}: {ctx.command.descriptor.calls} call(s) per net, "
+                         f"{len(probes)} calibration net(s) re-timed among them")
+        return
     if ctx.timer is not None:
         t0 = time.perf_counter()
         graphs = {t.name: t.onnx_path.read_bytes() for t in schedule}

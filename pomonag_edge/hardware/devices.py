@@ -3,6 +3,13 @@
 A descriptor says how to profile a kind of device (backends in order of preference, precision, batch,
 threads) and what hardware it needs; ``detect_device`` records what this machine is (CPU, GPU, driver,
 CUDA, TensorRT, onnxruntime, Jetson model and power mode), read without importing torch or tensorrt.
+
+A descriptor with ``runner = "command"`` is a device that is a command (a vendor toolchain, a simulator, a
+script that reaches a board): ``command`` is called per graph with ``{onnx}``, ``{arch}``, ``{space}``,
+``{name}``, ``{batch}``, ``{precision}``, ``{threads}`` filled in and prints the latency in milliseconds as its
+last line (``timers.CommandTimer``); ``timeout_s`` bounds one call, ``calls`` is how many calls time one
+graph (their median is its latency), ``single_ops`` says whether it can time a LUT's single-op graphs (else
+its profiles hold whole-net timings only) and ``version_command`` prints its toolchain's version.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ except ModuleNotFoundError:  # Python 3.10
 
 REQUIREMENTS = ("nvidia-gpu", "jetson")
 RUNNER_RUNTIMES = ("onnxruntime", "trtexec")  # what the device runner (runner.py) times with
+RUNNERS = RUNNER_RUNTIMES + ("command",)  # a descriptor's runner: a runtime of the device runner, or its command
+COMMAND_TIMEOUT_S = 600.0
 # what the runner with trtexec is written for on a Jetson; said by `devices` and `profile --help`
 JETSON_SUPPORT = ("Jetson (Nano, TX2, Xavier, Orin) with JetPack 4 to 6 (TensorRT 7.1 to 10, python3 3.6 to 3.10): "
                   "timed on the board by JetPack's trtexec through the device runner, from another machine with "
@@ -42,10 +51,23 @@ class Descriptor:
     batch: int = 1
     threads: int = 1
     requires: str | None = None  # "nvidia-gpu", "jetson" or None
-    runner: str = "onnxruntime"  # runtime of the device runner under --host: "onnxruntime" or "trtexec"
+    runner: str = "onnxruntime"  # runtime of the device runner under --host ("onnxruntime", "trtexec"), or "command"
+    command: str | None = None  # runner "command": the command line that times one graph
+    timeout_s: float = COMMAND_TIMEOUT_S  # one call of the command
+    calls: int = 1  # calls of the command per graph; its latency is their median
+    single_ops: bool = False  # the command can time a LUT's single-op graphs (else whole nets only)
+    version_command: str | None = None  # prints the toolchain's version (recorded in the profile)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.runner != "command":  # the command's fields only where they mean something: other records unchanged
+            for key in ("command", "timeout_s", "calls", "single_ops", "version_command"):
+                del d[key]
+        return d
+
+    @property
+    def is_command(self) -> bool:
+        return self.runner == "command"
 
 
 def _descriptor_files() -> dict[str, object]:
@@ -59,8 +81,6 @@ def descriptor_names() -> list[str]:
 
 def load_descriptor(name: str) -> Descriptor:
     """A shipped descriptor by name, or a TOML file of the same form by path."""
-    from .backends import BACKENDS, PRECISIONS
-
     files = _descriptor_files()
     if name in files:
         source, text = f"device {name!r}", files[name].read_text(encoding="utf-8")
@@ -72,26 +92,50 @@ def load_descriptor(name: str) -> Descriptor:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{source} is not valid TOML: {e}") from None
+    return descriptor_from_dict(raw, Path(name).stem, source)
+
+
+def descriptor_from_dict(raw: dict, name: str, source: str) -> Descriptor:
+    """A descriptor from its TOML table (or the dict a profile recorded), every field checked."""
+    from ..external import CommandTemplate
+    from .backends import BACKENDS, PRECISIONS
+    from .timers import DEVICE_PLACEHOLDERS
+
     fields = set(Descriptor.__dataclass_fields__) - {"name"}
-    unknown = set(raw) - fields
+    unknown = set(raw) - fields - {"name"}
     if unknown:
         raise UserError(f"{source}: unknown field(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(fields))}")
+    runner = raw.get("runner", "onnxruntime")
     try:
-        d = Descriptor(name=Path(name).stem, description=str(raw.get("description", "")),
-                       backends=tuple(raw["backends"]), precision=raw.get("precision", "fp32"),
+        d = Descriptor(name=name, description=str(raw.get("description", "")),
+                       backends=tuple(raw["backends"] if runner != "command" else raw.get("backends", ())),
+                       precision=raw.get("precision", "fp32"),
                        batch=int(raw.get("batch", 1)), threads=int(raw.get("threads", 1)),
-                       requires=raw.get("requires"), runner=raw.get("runner", "onnxruntime"))
+                       requires=raw.get("requires"), runner=runner, command=raw.get("command"),
+                       timeout_s=float(raw.get("timeout_s", COMMAND_TIMEOUT_S)), calls=int(raw.get("calls", 1)),
+                       single_ops=raw.get("single_ops", False), version_command=raw.get("version_command"))
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{source} is malformed: {e}") from None
+    if d.runner not in RUNNERS:
+        raise UserError(f"{source}: runner must be one of {', '.join(RUNNERS)}")
+    if d.is_command:
+        if not isinstance(d.command, str):
+            raise UserError(f"{source}: runner = \"command\" needs command = \"...\", the command line that times one "
+                            "graph ({onnx} its ONNX file, {arch} its arch) and prints milliseconds as its last line")
+        CommandTemplate.parse(d.command, DEVICE_PLACEHOLDERS, source)
+        if not d.timeout_s > 0 or d.calls < 1 or not isinstance(d.single_ops, bool):
+            raise UserError(f"{source}: timeout_s must be positive, calls 1 or more, single_ops true or false")
+        if d.version_command is not None and not isinstance(d.version_command, str):
+            raise UserError(f"{source}: version_command must be a command line (a string)")
+    elif d.command is not None:
+        raise UserError(f"{source}: command is for runner = \"command\" (this descriptor's runner is {d.runner})")
     bad = [b for b in d.backends if b not in BACKENDS]
-    if not d.backends or bad:
+    if (not d.backends and not d.is_command) or bad:
         raise UserError(f"{source}: backends must list some of {', '.join(BACKENDS)} (got {list(d.backends)})")
     if d.precision not in PRECISIONS or d.batch < 1 or d.threads < 1:
         raise UserError(f"{source}: precision must be one of {', '.join(PRECISIONS)}, batch and threads >= 1")
     if d.requires is not None and d.requires not in REQUIREMENTS:
         raise UserError(f"{source}: requires must be one of {', '.join(REQUIREMENTS)}")
-    if d.runner not in RUNNER_RUNTIMES:
-        raise UserError(f"{source}: runner must be one of {', '.join(RUNNER_RUNTIMES)}")
     return d
 
 

@@ -41,9 +41,10 @@ CANDIDATES = 3000  # a space too large to enumerate draws its calibration nets f
 
 
 def select_calibration(space, profile, n: int, seed: int, exclude: Sequence = ()) -> list:
-    """``n`` distinct, valid, functionally different archs spanning the LUT cost range: one drawn at random
-    (seeded) from each of ``n`` equal-width bins of LUT cost, the nearest unused arch when a bin is empty.
-    Candidates: the whole space when it is small enough to enumerate, else ``CANDIDATES`` seeded samples."""
+    """``n`` distinct, valid, functionally different archs spanning the LUT cost range (MACs for a profile
+    without a LUT): one drawn at random (seeded) from each of ``n`` equal-width bins of cost, the nearest unused
+    arch when a bin is empty. Candidates: the whole space when it is small enough to enumerate, else
+    ``CANDIDATES`` seeded samples."""
     if n <= 0:
         return []
     excluded = {str(a) for a in exclude}
@@ -51,7 +52,8 @@ def select_calibration(space, profile, n: int, seed: int, exclude: Sequence = ()
     pool = _distinct_valid(space) if size is not None and size <= space.max_enumerated \
         else [a for a in space.sample(CANDIDATES, seed) if space.is_valid(a)]
     archs = [a for a in dict.fromkeys(pool) if str(a) not in excluded]
-    sums = lut_cost(space, profile).ms(archs)
+    sums = lut_cost(space, profile).ms(archs) if profile.lut else \
+        np.array([space.macs(a, profile.dataset) for a in archs], dtype=np.float64)
     rng = np.random.default_rng(seed)
     edges = np.linspace(sums.min(), sums.max(), n + 1)
     free = np.ones(len(archs), dtype=bool)

@@ -1,5 +1,9 @@
 """Build a device profile: per-op LUT, then calibration nets, saving after every measurement.
 
+Without the LUT (``lut=False``: ``profile --no-lut``, or a command device that cannot time single ops) the
+profile holds whole-net timings only, their nets spread over MACs, and the latency model is fitted from them
+as ``calibrate`` fits timings taken elsewhere.
+
 ``build_profile`` is what ``pomonag-edge profile`` calls. It resumes a partial profile at the same path
 when that profile was made with the same device and runtime settings, and refuses (one line) otherwise.
 Graphs are timed through a timer (``timers.py``): a backend of this process one job at a time, or the
@@ -35,7 +39,7 @@ ProgressFn = Callable[[str, int, int, str], None]
 # settings that must match for a partial profile to be continued
 _RESUME_RUNTIME = ("backend", "precision", "batch", "threads", "clock", "protocol", "calibration_count",
                    "calibration_seed", "lut_method", "lut_resolutions")
-_RESUME_DEVICE = ("name", "host", "cpu", "gpu", "jetson_model", "power_mode")
+_RESUME_DEVICE = ("name", "host", "cpu", "gpu", "jetson_model", "power_mode", "command")
 END_CHECK_NETS = 3  # calibration nets timed again at the end to see whether the device's speed moved
 RUNNER_RUNTIMES = {"onnxruntime": "onnxruntime", "trtexec": "trtexec", "tensorrt": "trtexec"}
 
@@ -60,6 +64,7 @@ class ProfileRequest:
     host: str | None = None  # USER@ADDR[:PORT]: time on that device through the runner, over SSH
     ssh: object | None = None  # remote.SSHOptions: ssh config, interpreter and work folder there
     max_temp_c: float | None = None  # the runner waits while the device is hotter
+    lut: bool = True  # False: whole-net timings only, no per-op table
 
 
 @dataclass
@@ -72,6 +77,7 @@ class ProfileResult:
     seconds: float
     model_note: str | None = None  # why no latency model was fitted, when it was not
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # choices made for the user (no LUT for a command device)
 
 
 def profile_path(req: ProfileRequest) -> Path:
@@ -85,6 +91,9 @@ def _mismatch(old: Profile, new: Profile) -> str | None:
     for key in _RESUME_DEVICE:
         if old.device.get(key) != new.device.get(key):
             return f"device {key} {old.device.get(key)!r} (now {new.device.get(key)!r})"
+    if old.runtime.get("lut", True) != new.runtime.get("lut", True):  # absent: a profile with its LUT
+        return "per-op table setting" + (" (now --no-lut)" if new.runtime.get("lut", True) is False else
+                                         " (now with a LUT: pass --no-lut to continue it)")
     for key in _RESUME_RUNTIME:
         if old.runtime.get(key) != new.runtime.get(key):
             return f"{key} {old.runtime.get(key)!r} (now {new.runtime.get(key)!r})"
@@ -109,12 +118,26 @@ def _inputs(shape, seed: int) -> dict:
 
 
 def _net(space, arch, dataset: str, batch: int, seed: int) -> Graph:
-    return Graph(space.build(arch, dataset).eval(), _inputs(space.input_shape(arch, dataset, batch), seed))
+    return Graph(space.build(arch, dataset).eval(), _inputs(space.input_shape(arch, dataset, batch), seed),
+                 arch=str(arch))
 
 
-def _timer_for(req: ProfileRequest, descriptor, protocol, precision: str, threads: int, path: Path):
-    """(timer, backend name, skipped backends, device facts): the device runner on ``--host`` (its runtime:
-    ``--backend`` or the descriptor's ``runner``), else the descriptor's first backend usable here."""
+def _timer_for(req: ProfileRequest, descriptor, protocol, precision: str, threads: int, path: Path,
+               space=None, batch: int = 1):
+    """(timer, backend name, skipped backends, device facts): the descriptor's command when it is a command,
+    the device runner on ``--host`` (its runtime: ``--backend`` or the descriptor's ``runner``), else the
+    descriptor's first backend usable here."""
+    if descriptor.is_command:
+        for flag, value in (("--host", req.host), ("--backend", req.backend), ("--max-temp-c", req.max_temp_c)):
+            if value is not None:
+                raise UserError(f"device {descriptor.name} is a command, which times its device itself: drop {flag}")
+        if req.clock != "wall":
+            raise UserError(f"device {descriptor.name} is a command, which keeps its own clock: drop --clock")
+        if descriptor.requires is not None:
+            check_hardware(descriptor, detect_device())
+        timer = make_timer("command", protocol, precision, threads, key=f"profile:{path.resolve()}",
+                           cache_dir=_graph_cache(path), descriptor=descriptor, space=space.name, batch=batch)
+        return timer, "command", [], timer.facts()
     if req.host is not None:
         from .remote import parse_host
 
@@ -164,14 +187,25 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
         raise UserError(f"--batch must be 1 or more, got {batch}")
     protocol = req.protocol or PROTOCOLS["quick" if req.quick else "default"]
     path = check_writable(profile_path(req), "profile")  # before any measuring
-    timer, backend_name, skipped, facts = _timer_for(req, descriptor, protocol, precision, threads, path)
+    timer, backend_name, skipped, facts = _timer_for(req, descriptor, protocol, precision, threads, path, space,
+                                                     batch)
+    notes = []
+    lut = req.lut
+    if lut and descriptor.is_command and not descriptor.single_ops:
+        lut = False
+        notes.append(f"no per-op table: device {descriptor.name}'s command times whole nets only (single_ops = true "
+                     "in its descriptor if it can time single-op graphs); the latency model is fitted from whole-net "
+                     "timings")
 
     runtime = {"backend": backend_name, "precision": precision, "batch": batch, "threads": threads,
                "clock": req.clock,
                "protocol": protocol.name, "protocol_settings": protocol.to_dict(), **timer.versions(),
                "calibration_count": req.calibration, "calibration_seed": req.seed, "timed_by": timer.where}
     plan = space.lut_plan(dataset, req.quick, req.resolutions)
-    runtime.update(plan.facts)
+    if lut:
+        runtime.update(plan.facts)
+    else:
+        runtime["lut"] = False
     fresh = Profile(name=descriptor.name, space=space.name, dataset=dataset, partial=True,
                     device={"name": descriptor.name, "descriptor": descriptor.to_dict(), **facts}, runtime=runtime)
     profile, resumed = fresh, False
@@ -194,12 +228,13 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
     batched = isinstance(timer, RunnerTimer)  # the runner interleaves a whole batch; a backend goes job by job
     measured = 0
     # 1. per-op table
-    jobs = plan.jobs
+    jobs = plan.jobs if lut else []
     todo = [j for j in jobs if not all(k in profile.lut for k in j.keys)]
     plan_size = req.calibration - len(profile.calibration)
     if (todo or plan_size > 0) and not batched:
         timer.settle(_net(space, space.settle_arch(dataset), dataset, batch, req.seed))
-    report("lut", len(jobs) - len(todo), len(jobs), "")
+    if jobs:
+        report("lut", len(jobs) - len(todo), len(jobs), "")
     prefix = f"{space.name}/{dataset}/b{batch}"
     for chunk in ([todo] if batched and todo else [[j] for j in todo]):
         graphs = {}
@@ -241,7 +276,8 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
                                 if item.get("cv", 0.0) > protocol.max_cv]
     for n, i in enumerate(noisy, start=1):
         arch = space.parse(profile.calibration[i]["arch"])
-        again = record(arch, timer.time({"again": _net(space, arch, dataset, batch, req.seed)})["again"])
+        name = f"{prefix}/net/{arch}"
+        again = record(arch, timer.time({name: _net(space, arch, dataset, batch, req.seed)}, tag="again")[name])
         if again["cv"] < profile.calibration[i]["cv"]:
             profile.calibration[i] = again
             profile.save(path)
@@ -268,4 +304,5 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
     profile.partial = False
     profile.save(path)
     shutil.rmtree(_graph_cache(path), ignore_errors=True)
-    return ProfileResult(profile, path, resumed, skipped, measured, time.perf_counter() - started, note, warnings)
+    return ProfileResult(profile, path, resumed, skipped, measured, time.perf_counter() - started, note, warnings,
+                         notes)

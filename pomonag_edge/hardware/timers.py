@@ -1,17 +1,19 @@
-"""One way to time a batch of named graphs, whoever times them: a backend in this process, or the device
-runner (``runner.py``) here or on ``--host``.
+"""One way to time a batch of named graphs, whoever times them: a backend in this process, the device
+runner (``runner.py``) here or on ``--host``, or a device that is a command (``runner = "command"``).
 
     timer = make_timer(backend_name, protocol, host=None, ...)
     medians = timer.time({"chain-12": Graph(module, {"input": x}), ...})   # {name: Measurement}
 
-The profiler and export ask a timer, never a backend, so the same code serves this machine and a board
-over SSH. A graph is a ``torch.nn.Module`` with fixed inputs; the runner path exports it to ONNX here.
+The profiler and export ask a timer, never a backend, so the same code serves this machine, a board over
+SSH and a vendor toolchain behind a script. A graph is a ``torch.nn.Module`` with fixed inputs (and, for a
+whole net, its arch string); the runner and command paths export it to ONNX here.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -27,6 +29,8 @@ _EXPORT = threading.Lock()  # torch.onnx.export is not thread-safe: several host
 class Graph:
     module: object  # torch.nn.Module, in eval mode
     inputs: dict[str, np.ndarray]
+    arch: str | None = None  # a whole net's arch string; None for a LUT's op graphs
+    onnx: Path | None = None  # its ONNX file when one exists already (export's): not exported again
 
 
 class BackendTimer:
@@ -86,28 +90,138 @@ class RunnerTimer:
 
 
     def _onnx(self, name: str, graph: Graph) -> bytes:
-        import hashlib
-        from pathlib import Path
-
-        from ..files import atomic_write_bytes
         from .runnable import onnx_bytes
 
+        if graph.onnx is not None:
+            return Path(graph.onnx).read_bytes()
         if self.cache_dir is None:
             with _EXPORT:
                 return onnx_bytes(graph.module, graph.inputs)
-        shapes = ",".join(f"{k}:{tuple(v.shape)}" for k, v in graph.inputs.items())
-        path = Path(self.cache_dir) / (hashlib.sha256(f"{name}|{shapes}".encode()).hexdigest()[:24] + ".onnx")
-        if path.is_file():
-            return path.read_bytes()
+        return onnx_file(name, graph, self.cache_dir).read_bytes()
+
+
+def _shapes(graph: Graph) -> str:
+    return ",".join(f"{k}:{tuple(v.shape)}" for k, v in graph.inputs.items())
+
+
+def onnx_file(name: str, graph: Graph, folder) -> Path:
+    """The graph exported to ONNX in ``folder`` under its name's hash (names identify a graph's structure and
+    shapes), once: a re-run after an interruption does not export again (~1-2 s a graph)."""
+    import hashlib
+
+    from ..files import atomic_write_bytes
+    from .runnable import onnx_bytes
+
+    path = Path(folder) / (hashlib.sha256(f"{name}|{_shapes(graph)}".encode()).hexdigest()[:24] + ".onnx")
+    if not path.is_file():
         with _EXPORT:
             data = onnx_bytes(graph.module, graph.inputs)
         atomic_write_bytes(path, data)
-        return data
+    return path
+
+
+# what a device command may say; {arch} is "" for a graph that is not a whole net (a LUT's op chains)
+DEVICE_PLACEHOLDERS = ("onnx", "arch", "space", "name", "batch", "precision", "threads")
+COMMAND_DIR = Path.home() / ".cache" / "pomonag-edge" / "command"  # its log and ONNX files, without cache_dir
+
+
+class CommandTimer:
+    """A device that is a command (descriptor ``runner = "command"``): called once per graph and per call
+    (``calls``), with the graph's ONNX file, arch and settings substituted, and read from the last line of its
+    stdout (milliseconds). The values of a graph's calls become its ``Measurement`` (``calls`` says so).
+
+    Every call's value is appended to ``timings.jsonl`` in ``cache_dir`` the moment it is read; a re-run
+    (after a failure, a timeout, Ctrl-C) takes finished calls from there and calls the command only for the
+    rest. ``tag`` times graphs again on purpose (the profiler's end check): it is part of a value's key."""
+
+    def __init__(self, descriptor, *, space: str, precision: str, batch: int, threads: int, cache_dir=None,
+                 key: str = "default"):
+        from ..external import CommandTemplate, ResultLog, result_key
+
+        self.descriptor = descriptor
+        self.template = CommandTemplate.parse(descriptor.command, DEVICE_PLACEHOLDERS, f"device {descriptor.name}")
+        self.settings = {"space": space, "precision": precision, "batch": batch, "threads": threads}
+        self.folder = Path(cache_dir) if cache_dir is not None else COMMAND_DIR / result_key(key=key)
+        self.log = ResultLog(self.folder / "timings.jsonl")
+        self.where = f"device {descriptor.name} (its command)"
+        self._version: str | None = None
+
+    def _command_version(self) -> str | None:
+        """The first line printed by the descriptor's ``version_command`` (recorded, not compared)."""
+        if self.descriptor.version_command and self._version is None:
+            import shlex
+            import subprocess
+
+            try:
+                out = subprocess.run(shlex.split(self.descriptor.version_command), capture_output=True, text=True,
+                                     timeout=60, stdin=subprocess.DEVNULL)
+                lines = (out.stdout or out.stderr).strip().splitlines()
+                self._version = lines[0].strip() if lines else ""
+            except (OSError, ValueError, subprocess.SubprocessError) as e:
+                self._version = f"unknown ({type(e).__name__})"
+        return self._version
+
+    def versions(self) -> dict:
+        d = {"command": self.template.text, "command_calls": self.descriptor.calls,
+             "command_timeout_s": self.descriptor.timeout_s}
+        if self.descriptor.version_command:
+            d["command_version"] = self._command_version()
+        return d
+
+    def facts(self) -> dict:
+        """What identifies the device: its command (the machine that runs it may be any)."""
+        return {"runner": "command", "command": self.template.text,
+                **({"command_version": self._command_version()} if self.descriptor.version_command else {})}
+
+    def settle(self, graph: Graph) -> None:
+        pass  # the command owns its warm-up
+
+    def time(self, graphs: dict[str, Graph], progress: ProgressFn | None = None, tag: str = "") -> dict[str, Measurement]:
+        from ..external import result_key, run_for_number
+
+        out = {}
+        for n, (name, g) in enumerate(graphs.items(), start=1):
+            base = result_key(command=self.template.text, graph=name, arch=g.arch, shapes=_shapes(g), tag=tag,
+                              **self.settings)
+            values = []
+            for call in range(self.descriptor.calls):
+                record = self.log.get(f"{base}#{call}")
+                if record is None:
+                    path = Path(g.onnx) if g.onnx is not None else onnx_file(name, g, self.folder)
+                    item = f"net {g.arch}" if g.arch else f"graph {name}"
+                    ms = run_for_number(self.template.argv(onnx=str(path), arch=g.arch or "", name=name,
+                                                           **self.settings),
+                                        timeout_s=self.descriptor.timeout_s, what=self.where, item=item,
+                                        output_dir=self.folder,
+                                        timeout_hint=" (timeout_s of the descriptor)")
+                    if ms <= 0:
+                        from ..errors import UserError
+
+                        raise UserError(f"{self.where}: the command printed {ms:g} for {item}: a latency must be a "
+                                        "positive number of milliseconds")
+                    record = self.log.add(f"{base}#{call}", {"graph": name, "arch": g.arch, "call": call,
+                                                             "latency_ms": ms, "tag": tag})
+                values.append(float(record["latency_ms"]))
+            m = Measurement.from_samples(values)
+            out[name] = Measurement(**{**m.to_dict(), "calls": len(values)})
+            if progress is not None:
+                progress(n, len(graphs), name)
+        return out
 
 
 def make_timer(backend_name: str, protocol: Protocol, precision: str = "fp32", threads: int = 1,
-               clock: str = "wall", host=None, ssh=None, key: str = "default", cache_dir=None):
-    """The device runner for ``host`` (a ``remote.Host``) or for backend trtexec, else the backend here."""
+               clock: str = "wall", host=None, ssh=None, key: str = "default", cache_dir=None, descriptor=None,
+               space: str | None = None, batch: int = 1):
+    """The command of ``descriptor`` when its runner is "command" (backend name "command"; ``space`` and
+    ``batch`` are substituted into it), the device runner for ``host`` (a ``remote.Host``) or for backend
+    trtexec, else the backend here."""
+    if backend_name == "command" or (descriptor is not None and descriptor.runner == "command"):
+        if descriptor is None or descriptor.runner != "command":
+            raise UserError("backend 'command' times through a device descriptor with runner = \"command\"")
+        if host is not None:
+            raise UserError(f"device {descriptor.name} is a command, which reaches its device itself: drop --host")
+        return CommandTimer(descriptor, space=space or "", precision=precision, batch=batch, threads=threads,
+                            cache_dir=cache_dir, key=key)
     if host is not None or backend_name == "trtexec":
         from .remote import DeviceTimer
 

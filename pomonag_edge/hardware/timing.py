@@ -64,9 +64,13 @@ class Measurement:
     cv: float  # standard deviation / mean
     runs: int
     repeats: int = 1  # how many full measurements were taken (more than 1 when the first was noisy)
+    calls: int | None = None  # a device that is a command: one value per call of it (runs == calls)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["calls"] is None:  # absent unless set, so every other timing's record is as it was
+            del d["calls"]
+        return d
 
     @classmethod
     def from_samples(cls, samples_ms, repeats: int = 1) -> "Measurement":

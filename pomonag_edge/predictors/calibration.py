@@ -177,7 +177,11 @@ def read_accuracy_measurements(space, path: str | os.PathLike, scale: str = "aut
         items.append(item)
     scale = accuracy_scale([i["accuracy"] for i in items], [f"line {i['_line']}" for i in items], str(path), scale)
     items = _distinct(path, items, "accuracy")
-    if scale == "fraction":
-        for i in items:
-            i["accuracy"] = 100.0 * i["accuracy"]
+    for i in items:
+        i["accuracy"] = to_percent(i["accuracy"], scale)
     return items, scale
+
+
+def to_percent(value: float, scale: str) -> float:
+    """An accuracy given on ``scale`` (``accuracy_scale``'s answer), in percent."""
+    return 100.0 * float(value) if scale == "fraction" else float(value)

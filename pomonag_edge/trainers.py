@@ -1,0 +1,225 @@
+"""The one place that gets a measured accuracy for an arch: the built-in recipe on your data, or your pipeline.
+
+    trainer = make_trainer(space, data="digits/", epochs=10, seed=0, workdir=work)        # NB201's recipe
+    trainer = make_trainer(space, command="python3 train.py {workdir} --epochs {epochs}", epochs=10, seed=0,
+                           workdir=work, timeout_s=3600)                                    # your pipeline
+    acc = trainer.measure(arch)          # validation accuracy, percent
+    trainer.record(arch)                 # {"arch", "printed", "seconds", "device", ...} of that measurement
+    trainer.describe()                   # where the accuracies come from: a dataset profile's ``source``
+
+``BuiltinTrainer`` trains with ``training.train_net`` (checkpointed every epoch in ``workdir``, so an
+interrupted net resumes at its last epoch). ``CommandTrainer`` runs ``--trainer CMD`` once per net, with
+``{arch}``, ``{space}``, ``{epochs}``, ``{seed}``, ``{classes}``, ``{workdir}`` (a folder holding the untrained
+net: ``state_dict.pt``, a PyTorch state_dict seeded by ``seed``, and ``arch.txt``) and ``{onnx}`` (that net
+exported to ONNX) filled in; the last line of its stdout is the accuracy, in percent or as a fraction. All
+values of one trainer must be on one scale (``predictors.calibration.accuracy_scale``, as ``calibrate``'s):
+mixed ones are refused unless ``scale`` says which.
+
+Both append every finished measurement to ``workdir/measured.jsonl`` (``external.ResultLog``) under a key of
+what made it (the data's fingerprint and recipe, or the command text with the epochs and seed it uses): a
+re-run, or another caller with the same workdir, never trains a finished net again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from .errors import UserError
+from .external import CommandTemplate, ResultLog, result_key, run_for_number
+
+TRAINER_PLACEHOLDERS = ("arch", "space", "epochs", "seed", "classes", "workdir", "onnx")
+LOG_NAME = "measured.jsonl"
+
+
+def _net_id(arch) -> str:
+    return hashlib.sha256(str(arch).encode()).hexdigest()[:12]
+
+
+class Trainer:
+    """Measures nets once each, logging them; subclasses say how (``_train``) and what identifies a result."""
+
+    kind = "trainer"
+
+    def __init__(self, space, workdir, identity: dict, scale: str = "percent"):
+        self.space, self.workdir, self.identity, self.given_scale = space, Path(workdir), identity, scale
+        self.log = ResultLog(self.workdir / LOG_NAME)
+        self.trainer_key = result_key(**identity, space=space.name)  # this trainer's records in a shared log
+
+    def _key(self, arch) -> str:
+        return result_key(trainer=self.trainer_key, arch=str(arch))
+
+    def record(self, arch) -> dict | None:
+        """The logged measurement of ``arch`` by this trainer (``printed``: the value as it came), or None."""
+        return self.log.get(self._key(arch))
+
+    @property
+    def scale(self) -> str:
+        """"percent" or "fraction": how this trainer's values read, decided over every value it has logged."""
+        from .predictors.calibration import accuracy_scale
+
+        mine = [r for r in self.log.records() if r.get("trainer_key") == self.trainer_key]
+        return accuracy_scale([r["printed"] for r in mine], [f"net {r['arch']}" for r in mine],
+                              f"{self.kind}'s accuracies", self.given_scale)
+
+    def measure(self, arch, progress=None) -> float:
+        """The accuracy of ``arch`` in percent: logged, or measured now and logged. ``progress(epoch, epochs, loss)``
+        after each epoch of built-in training."""
+        from .predictors.calibration import to_percent
+
+        record = self.record(arch)
+        if record is None:
+            printed, extra = self._train(arch, progress)
+            record = self.log.add(self._key(arch), {"arch": str(arch), "printed": printed,
+                                                    "trainer_key": self.trainer_key, **extra})
+        return to_percent(record["printed"], self.scale)
+
+    def remember(self, arch, printed: float, **extra) -> None:
+        """Log a value this trainer gave before (a measurements CSV's row) unless logged: it is not trained
+        again, and it takes part in the scale decision."""
+        if self.record(arch) is None:
+            self.log.add(self._key(arch), {"arch": str(arch), "printed": float(printed),
+                                           "trainer_key": self.trainer_key, **extra})
+
+    def _train(self, arch, progress) -> tuple[float, dict]:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        raise NotImplementedError
+
+    def row_key(self) -> dict[str, str]:
+        """The measurements CSV's columns that identify this trainer's rows (``probe`` resumes those)."""
+        raise NotImplementedError
+
+
+class BuiltinTrainer(Trainer):
+    """NAS-Bench-201's recipe (``training.Recipe``) on the user's images (``userdata.load_user_data``)."""
+
+    kind = "built-in trainer"
+
+    def __init__(self, space, data_path, *, epochs: int, seed: int, workdir, device: str | None = None):
+        from .dataset_profile import task_input_hw
+        from .training import Recipe
+        from .userdata import load_user_data
+
+        self.data = load_user_data(data_path, input_hw=task_input_hw(space), seed=seed)
+        self.recipe, self.device = Recipe(epochs=epochs, seed=seed), device
+        super().__init__(space, workdir, {"trainer": "built-in", "recipe": asdict(self.recipe),
+                                          "data": self.data.source["fingerprint"]})
+
+    @property
+    def name(self) -> str:
+        return self.data.name
+
+    def _train(self, arch, progress):
+        from .training import train_net
+
+        ckpt = self.workdir / f"{_net_id(arch)}.pt"
+        result = train_net(self.space, arch, self.data, self.recipe, checkpoint=ckpt, device=self.device,
+                           progress=progress)
+        ckpt.unlink(missing_ok=True)  # its number is logged; a probe's weights are not needed again
+        return result["accuracy"], {"seconds": result["seconds"], "device": result["device"]}
+
+    def describe(self) -> dict:
+        return {**self.data.source, "trainer": {"kind": "built-in", "recipe": "NAS-Bench-201's, cosine schedule "
+                                                "scaled to the epochs", **asdict(self.recipe)}}
+
+    def row_key(self) -> dict[str, str]:
+        return {"data": self.data.source["fingerprint"], "epochs": str(self.recipe.epochs),
+                "seed": str(self.recipe.seed), "trainer": ""}
+
+
+class CommandTrainer(Trainer):
+    """The user's own pipeline, one call per net; it owns its data, so nothing here is about images."""
+
+    kind = "--trainer"
+
+    def __init__(self, space, command: str, *, epochs: int, seed: int, workdir, timeout_s: float | None = None,
+                 scale: str = "auto", num_classes: int = 10, name: str = "task"):
+        from .training import Task
+
+        self.template = CommandTemplate.parse(command, TRAINER_PLACEHOLDERS, "--trainer")
+        if timeout_s is not None and not timeout_s > 0:
+            raise UserError(f"--trainer-timeout must be a positive number of seconds, got {timeout_s:g}")
+        if num_classes < 2:
+            raise UserError(f"--num-classes must be at least 2, got {num_classes}")
+        self.epochs, self.seed, self.timeout_s, self.name = epochs, seed, timeout_s, name
+        self.task = Task(name, _input_hw(space), num_classes)
+        used = {k: v for k, v in (("epochs", epochs), ("seed", seed), ("classes", num_classes))
+                if k in self.template.used}
+        super().__init__(space, workdir, {"trainer": self.template.text, **used}, scale)
+
+    def _prepare(self, arch) -> dict[str, str]:
+        """The net's folder (untrained state_dict + arch) and ONNX file, made only when the command uses them."""
+        folder = self.workdir / "nets" / _net_id(arch)
+        values = {"arch": str(arch), "space": self.space.name, "epochs": str(self.epochs), "seed": str(self.seed),
+                  "classes": str(self.task.num_classes), "workdir": str(folder), "onnx": str(folder / "net.onnx")}
+        if not self.template.used & {"workdir", "onnx"}:
+            return values
+        import io
+
+        import torch
+
+        from .files import atomic_write_bytes, atomic_write_text, make_dir
+
+        make_dir(folder, "trainer work folder")
+        torch.manual_seed(self.seed)
+        model = self.space.build(arch, self.task).eval()
+        if "workdir" in self.template.used and not (folder / "state_dict.pt").is_file():
+            buf = io.BytesIO()
+            torch.save(model.state_dict(), buf)
+            atomic_write_bytes(folder / "state_dict.pt", buf.getvalue())
+            atomic_write_text(folder / "arch.txt", f"{arch}\n")
+            atomic_write_text(folder / "space.txt", f"{self.space.name}\n")
+        if "onnx" in self.template.used and not (folder / "net.onnx").is_file():
+            from .export.onnx_export import export_onnx
+
+            export_onnx(model, self.space.input_shape(arch, self.task, batch=1), folder / "net.onnx")
+        return values
+
+    def _train(self, arch, progress):
+        values = self._prepare(arch)
+        t0 = time.perf_counter()
+        printed = run_for_number(self.template.argv(**values), timeout_s=self.timeout_s, what="--trainer",
+                                 item=f"net {arch}", output_dir=self.workdir, timeout_hint=" (--trainer-timeout)")
+        return printed, {"seconds": round(time.perf_counter() - t0, 3), "device": None}
+
+    def describe(self) -> dict:
+        return {"kind": "trainer command", "num_classes": self.task.num_classes,
+                "num_classes_note": "as given (--num-classes): the classifier of the untrained nets handed to the "
+                                    "trainer, and the costs",
+                "trainer": {"kind": "command", "command": self.template.text, "timeout_s": self.timeout_s,
+                            "scale": self.scale, "epochs": self.epochs if "epochs" in self.template.used else None,
+                            "seed": self.seed, "seeds": "the untrained nets' initial weights"
+                            + (" and the command's {seed}" if "seed" in self.template.used else "")}}
+
+    def row_key(self) -> dict[str, str]:
+        return {"trainer": self.template.text, "epochs": str(self.epochs) if "epochs" in self.template.used else "",
+                "seed": str(self.seed), "data": ""}
+
+
+def _input_hw(space) -> int:
+    from .dataset_profile import task_input_hw
+
+    return task_input_hw(space)
+
+
+def make_trainer(space, *, command: str | None = None, data=None, epochs: int = 10, seed: int = 0, workdir,
+                 device: str | None = None, timeout_s: float | None = None, scale: str = "auto",
+                 num_classes: int = 10, name: str = "task") -> Trainer:
+    """``command`` (your pipeline) or ``data`` (the built-in recipe on your images), exactly one of them."""
+    from .dataset_profile import check_takes_tasks
+
+    if (command is None) == (data is None):
+        raise UserError("--data and --trainer are two ways to measure accuracy: --data DIR trains with the "
+                        "built-in NB201 recipe on your images, --trainer CMD runs your own pipeline (which owns its "
+                        "data); give exactly one")
+    if epochs < 1:
+        raise UserError(f"--epochs must be at least 1, got {epochs}")
+    check_takes_tasks(space)
+    if command is not None:
+        return CommandTrainer(space, command, epochs=epochs, seed=seed, workdir=workdir, timeout_s=timeout_s,
+                              scale=scale, num_classes=num_classes, name=name)
+    return BuiltinTrainer(space, data, epochs=epochs, seed=seed, workdir=workdir, device=device)
