@@ -183,6 +183,22 @@ def test_export_measures_through_the_command_and_resumes(command_run):
     assert not (root / "run" / ".export.command").exists()  # complete: a later --measure times them again
 
 
+def test_timer_for_profile_is_the_device_the_profile_was_taken_on(command_run):
+    from pomonag_edge.hardware.timers import BackendTimer, CommandTimer, timer_for_profile
+    from pomonag_edge.profile import Profile, load_profile, reference_profile
+
+    command = load_profile(command_run / "p.json")
+    timer = timer_for_profile(command, cache_dir=command_run / "t")
+    assert isinstance(timer, CommandTimer) and timer.settings["space"] == "nb201"
+    with pytest.raises(UserError, match="drop --host"):
+        timer_for_profile(command, host="me@board")
+    here = Profile(name="cpu", runtime={"backend": "onnxruntime", "protocol": "quick", "threads": 1})
+    assert isinstance(timer_for_profile(here), BackendTimer)
+    for elsewhere in (reference_profile("pixel3"), Profile(name="x", runtime={"backend": "measured elsewhere"})):
+        with pytest.raises(UserError, match="no device to time on"):
+            timer_for_profile(elsewhere)
+
+
 # ------------------------------------------------------------------ the command trainer
 
 def trainer_cmd(folder: Path) -> str:

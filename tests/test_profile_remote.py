@@ -45,6 +45,18 @@ def test_profile_over_ssh_is_timed_there(registered, ssh_host, tmp_path):
     assert again.exit_code == 0 and "resumed and finished" in again.output
 
 
+@pytest.mark.slow
+def test_no_lut_profile_over_ssh_is_whole_nets_timed_there(registered, ssh_host, tmp_path):
+    host, config = ssh_host
+    out = tmp_path / "p.json"
+    result = _cli("profile", "--device", "cpu", "--space", "chain4", "--quick", "--no-lut", "--calibration", "5",
+                  "--host", host, *_ssh(config, tmp_path), "--out", out)
+    assert result.exit_code == 0, result.output
+    profile = json.loads(out.read_text())
+    assert profile["lut"] == {} and profile["runtime"]["lut"] is False and len(profile["calibration"]) == 5
+    assert profile["runtime"]["timed_by"] == host and profile["latency_model"] is not None
+
+
 def test_profile_host_without_python_runtime_or_route_is_one_line(ssh_host, tmp_path):
     host, config = ssh_host
     cases = [(host, "/nonexistent/python3", "has no /nonexistent/python3"),

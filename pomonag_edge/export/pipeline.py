@@ -104,14 +104,9 @@ def _reads_onnx(name: str) -> bool:
 
 
 def _protocol(profile: Profile, quick: bool):
-    from ..hardware.timing import DEFAULT, PROTOCOLS, QUICK, Protocol
+    from ..hardware.timers import profile_protocol
 
-    if quick:
-        return QUICK
-    stored = profile.runtime.get("protocol_settings")
-    if isinstance(stored, dict):
-        return Protocol.from_dict(stored)
-    return PROTOCOLS.get(profile.runtime.get("protocol"), DEFAULT)
+    return profile_protocol(profile, quick)
 
 
 def _predicted_ms(space, profile: Profile, run: Run, items: list[dict]) -> tuple[list[float | None], str]:
@@ -174,17 +169,6 @@ class _Timing:
     probe: dict | None = None  # the profile's calibration record this net re-times
 
 
-def command_descriptor(profile: Profile):
-    """The device descriptor of a profile taken through a command (``runner = "command"``), else None."""
-    from ..hardware.devices import descriptor_from_dict
-
-    raw = (profile.device or {}).get("descriptor")
-    if not isinstance(raw, dict) or raw.get("runner") != "command":
-        return None
-    return descriptor_from_dict(raw, str(raw.get("name") or profile.name),
-                                f"profile {profile.name}'s device descriptor")
-
-
 def command_timings_dir(run_path: Path) -> Path:
     """Where a command device's timings of an export are logged until the export is complete."""
     return Path(run_path) / ".export.command"
@@ -214,18 +198,16 @@ def export_run(run_dir: str | Path, options: ExportOptions,
 
     from ..hardware import BACKENDS, detect_device
 
+    from ..hardware.devices import command_descriptor
+
     descriptor = command_descriptor(profile)
     command = None  # a device that is a command: every net is timed by calling it
     if descriptor is not None:
-        from ..hardware.timers import make_timer
+        from ..hardware.timers import timer_for_profile
 
-        if options.host:
-            raise UserError(f"profile {profile.name!r} was taken through device {descriptor.name}'s command, which "
-                            "reaches its device itself: drop --host")
         backend_name = "command"
-        command = make_timer("command", _protocol(profile, options.quick), precision, threads,
-                             key=f"export:{Path(run.path).resolve()}", cache_dir=command_timings_dir(run.path),
-                             descriptor=descriptor, space=space.name, batch=batch)
+        command = timer_for_profile(profile, host=options.host, quick=options.quick, precision=precision,
+                                    key=f"export:{Path(run.path).resolve()}", cache_dir=command_timings_dir(run.path))
     elif backend_name not in BACKENDS:  # a reference profile's "published table": time with the default runtime
         backend_name = "onnxruntime"
     timer = None  # the device runner: on --host, or here for trtexec (it has no in-process backend)

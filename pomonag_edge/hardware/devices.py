@@ -102,7 +102,7 @@ def descriptor_from_dict(raw: dict, name: str, source: str) -> Descriptor:
     from .timers import DEVICE_PLACEHOLDERS
 
     fields = set(Descriptor.__dataclass_fields__) - {"name"}
-    unknown = set(raw) - fields - {"name"}
+    unknown = set(raw) - fields
     if unknown:
         raise UserError(f"{source}: unknown field(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(fields))}")
     runner = raw.get("runner", "onnxruntime")
@@ -137,6 +137,15 @@ def descriptor_from_dict(raw: dict, name: str, source: str) -> Descriptor:
     if d.requires is not None and d.requires not in REQUIREMENTS:
         raise UserError(f"{source}: requires must be one of {', '.join(REQUIREMENTS)}")
     return d
+
+
+def command_descriptor(profile):
+    """The device descriptor a profile was taken through when that device is a command, else None."""
+    raw = (profile.device or {}).get("descriptor")
+    if not isinstance(raw, dict) or raw.get("runner") != "command":
+        return None
+    return descriptor_from_dict({k: v for k, v in raw.items() if k != "name"}, str(raw.get("name") or profile.name),
+                                f"profile {profile.name}'s device descriptor")
 
 
 # ----------------------------------------------------------------------------- detection

@@ -197,9 +197,10 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
                      "in its descriptor if it can time single-op graphs); the latency model is fitted from whole-net "
                      "timings")
 
+    timing = {"protocol": "the command's own"} if descriptor.is_command else \
+        {"protocol": protocol.name, "protocol_settings": protocol.to_dict()}  # --quick changes no command
     runtime = {"backend": backend_name, "precision": precision, "batch": batch, "threads": threads,
-               "clock": req.clock,
-               "protocol": protocol.name, "protocol_settings": protocol.to_dict(), **timer.versions(),
+               "clock": req.clock, **timing, **timer.versions(),
                "calibration_count": req.calibration, "calibration_seed": req.seed, "timed_by": timer.where}
     plan = space.lut_plan(dataset, req.quick, req.resolutions)
     if lut:

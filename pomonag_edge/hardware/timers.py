@@ -234,3 +234,47 @@ def make_timer(backend_name: str, protocol: Protocol, precision: str = "fp32", t
     from .backends import get_backend
 
     return BackendTimer(get_backend(backend_name, precision=precision, threads=threads, clock=clock), protocol)
+
+
+def profile_protocol(profile, quick: bool = False) -> Protocol:
+    """The timing protocol a profile was taken with (``QUICK`` when asked for)."""
+    from .timing import DEFAULT, PROTOCOLS, QUICK
+
+    if quick:
+        return QUICK
+    stored = profile.runtime.get("protocol_settings")
+    if isinstance(stored, dict):
+        return Protocol.from_dict(stored)
+    return PROTOCOLS.get(profile.runtime.get("protocol"), DEFAULT)
+
+
+def timer_for_profile(profile, *, host=None, ssh=None, quick: bool = False, precision: str | None = None,
+                      key: str = "default", cache_dir=None):
+    """A timer for the device ``profile`` was taken on, set as it was (backend, precision, threads, batch,
+    clock, protocol): the descriptor's command for a command device, the device runner on ``host``
+    (``USER@ADDR`` or a ``remote.Host``), else the profile's backend on this machine. What the timer times is
+    comparable with the profile's calibration timings; a profile of timings taken elsewhere has no device."""
+    from .backends import BACKENDS
+    from .devices import command_descriptor
+
+    runtime = profile.runtime or {}
+    precision = precision or runtime.get("precision") or "fp32"
+    threads, batch = int(runtime.get("threads") or 1), int(runtime.get("batch") or 1)
+    if isinstance(host, str):
+        from .remote import parse_host
+
+        host = parse_host(host)
+    descriptor = command_descriptor(profile)
+    if descriptor is not None:
+        if host is not None:
+            raise UserError(f"profile {profile.name!r} was taken through device {descriptor.name}'s command, which "
+                            "reaches its device itself: drop --host")
+        return make_timer("command", profile_protocol(profile, quick), precision, threads, key=key,
+                          cache_dir=cache_dir, descriptor=descriptor, space=profile.space, batch=batch)
+    backend = runtime.get("backend")
+    if profile.reference or backend not in BACKENDS:
+        raise UserError(f"profile {profile.name!r} holds timings {'published' if profile.reference else 'taken'} "
+                        f"elsewhere ({backend or 'no backend'}): there is no device to time on; profile the device "
+                        "(`pomonag-edge profile`), or use a profile taken on it")
+    return make_timer(backend, profile_protocol(profile, quick), precision, threads,
+                      runtime.get("clock") or "wall", host, ssh, key=key, cache_dir=cache_dir)
