@@ -11,11 +11,14 @@ gives are UTF-8 with or without a byte-order mark, with any line endings.
 from __future__ import annotations
 
 import errno
+import glob
 import json
 import os
 import shutil
 import sys
 import tempfile
+import time
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -334,3 +337,91 @@ def replace_dir(staged: str | os.PathLike, final: str | os.PathLike, what: str =
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+# ------------------------------------------------------------------ one writer at a time
+
+
+CLAIM_SUFFIX = ".claim"
+
+
+def _claim_file(target: Path) -> Path:
+    target = Path(os.path.abspath(target))
+    return target.parent / f".{target.name}{CLAIM_SUFFIX}"
+
+
+def _holder(text: str) -> str:
+    try:
+        info = json.loads(text)
+        return f"pid {info['pid']} on {info['host']}, since {info['started']}"
+    except (ValueError, KeyError, TypeError):
+        return "another process"
+
+
+@contextmanager
+def claim(target: str | os.PathLike, what: str = "folder", folder: bool = True):
+    """Hold ``target`` (a folder about to be written, or a file with ``folder`` false) while the block runs: a second
+    writer, here or in another process, is refused with one line naming the holder. Yields what a stale claim
+    said (its holder was killed) or None.
+
+    The claim is a hidden file ``.NAME.claim`` beside ``target`` recording pid, host and start time, held with
+    an exclusive ``flock``. The kernel drops the lock when its process dies, however it dies, so a claim file
+    nobody holds is stale by construction (no pid guessing across machines) and is taken over. While the claim is
+    held, leftovers of a killed writer of ``target`` (``staging_dir`` folders) are removed (``clean_staging``)."""
+    import fcntl
+    import socket
+
+    target = check_writable(target, what, folder=folder)  # its own one-line reasons come first
+    lock = _claim_file(target)
+    make_dir(lock.parent, f"folder of {what}")
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        except OSError as e:
+            raise os_error(e, "write", what, target) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+            os.close(fd)
+            raise UserError(f"{what} {target} is being written by another pomonag-edge ({holder}): wait for it to "
+                            "finish, or choose another path") from None
+        try:  # its holder may have released and removed it between our open and our lock: lock the new one
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        stale = os.pread(fd, 4096, 0).decode("utf-8", "replace") or None
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                             time.gmtime())}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        clean_staging(target)
+        yield None if stale is None else _holder(stale)
+    finally:
+        try:
+            os.unlink(lock)  # still holding it: a waiting writer re-checks the inode and locks a fresh file
+        except OSError:
+            pass
+        os.close(fd)
+
+
+def clean_staging(final: str | os.PathLike) -> list[Path]:
+    """Remove what a killed writer of ``final`` left beside it: ``staging_dir`` folders (``.NAME.new-*``) and the
+    previous contents ``replace_dir`` moved aside (``.NAME.old-*``); when ``final`` itself is missing because
+    the writer died between ``replace_dir``'s two renames, the previous contents are put back instead. Only
+    call it while holding ``claim(final)``: a live writer's folders look the same. Returns what was removed."""
+    final = Path(os.path.abspath(final))
+    removed = []
+    for old in sorted(final.parent.glob(f".{glob.escape(final.name)}.old-*")):
+        inner = old / final.name
+        if not os.path.lexists(final) and inner.exists():
+            os.replace(inner, final)
+        shutil.rmtree(old, ignore_errors=True)
+        removed.append(old)
+    for staged in sorted(final.parent.glob(f".{glob.escape(final.name)}.new-*")):
+        shutil.rmtree(staged, ignore_errors=True)
+        removed.append(staged)
+    return removed

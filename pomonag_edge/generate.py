@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
-from .files import atomic_write_bytes, atomic_write_json, atomic_write_text, check_writable, replace_dir, staging_dir
+from .files import (atomic_write_bytes, atomic_write_json, atomic_write_text, check_writable, claim, replace_dir,
+                    staging_dir)
 from .problem import DEFAULT_LEVEL, SearchProblem, describe_budget, parse_weights
 from .selection import SearchResult, run_search
 from .strategies import make_strategy
@@ -92,6 +93,22 @@ def check_run_out(out: str | Path | None, force: bool = False) -> Path | None:
     return out
 
 
+def _one_writer(generate):
+    """``generate`` holding a claim on ``out`` from its first check to its last write (``files.claim``): a second
+    ``generate --out`` of the same folder, here or in another process, is refused instead of replacing the
+    first one's run unseen. A default folder (``new_run_dir``) is unique already."""
+    from contextlib import nullcontext
+    from functools import wraps
+
+    @wraps(generate)
+    def claimed(*, out=None, **kw):
+        with claim(out, "run folder") if out is not None else nullcontext():
+            return generate(out=out, **kw)
+
+    return claimed
+
+
+@_one_writer
 def generate_run(*, space="nb201", profile=None, dataset=None, max_latency=None, max_params=None, max_macs=None,
                  weights=None, num=10, samples=512, strategy="diffusion", seed=0, out=None, progress=None,
                  predictors=None, strategy_options=None, command=None, force=False, level=DEFAULT_LEVEL) -> Run:

@@ -229,3 +229,176 @@ def test_remote_python_help_names_options_that_exist():
         named = set(re.findall(r"--[a-z][a-z-]+", r.output))
         options = {o for p in cli.get_command(None, command).params for o in getattr(p, "opts", [])}
         assert named <= options | {"--help", "--no-measure", "--no-feedback", "--no-detect"}, named - options
+
+
+# ------------------------------------------------------------------ 2: one writer per run folder
+
+
+def _cli(*args, cwd=None):
+    return [sys.executable, "-m", "pomonag_edge", *map(str, args)]
+
+
+GENERATE = ("generate", "--profile", "pixel3", "--strategy", "random", "--samples", "32", "--num", "2",
+            "--max-latency", "50ms", "--out", "runs/race")
+
+
+def test_concurrent_generates_into_one_folder_leave_one_run(tmp_path):
+    procs = [subprocess.Popen(_cli(*GENERATE, cwd=tmp_path), cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outcomes = [(p.wait(timeout=300), p.stdout.read() + p.stderr.read()) for p in procs]
+    assert sorted(code for code, _ in outcomes) == [0, 2, 2], outcomes
+    for code, text in outcomes:
+        if code == 2:  # refused while the first held the folder, or after it wrote its run there
+            lines = [line for line in text.splitlines() if line.startswith("Error:")]
+            assert len(lines) == 1 and ("being written by another pomonag-edge" in lines[0]
+                                        or "already holds a run" in lines[0]), text
+    assert json.loads((tmp_path / "runs" / "race" / "pareto.json").read_text())
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["race"]  # no claim, no staging left
+
+
+def test_a_live_claim_refuses_a_second_generate_and_a_stale_one_is_taken_over(tmp_path):
+    from pomonag_edge.files import claim
+
+    with claim(tmp_path / "runs" / "race", "run folder"):  # this process is writing runs/race
+        p = subprocess.run(_cli(*GENERATE, cwd=tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 2, p.stderr
+        assert f"being written by another pomonag-edge (pid {os.getpid()}" in p.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "runs" / "race").exists()
+
+    # a killed generate left its claim and its half-built folder: nobody holds the claim, so it is taken over
+    (tmp_path / "runs" / ".race.claim").write_text(json.dumps({"pid": 999999, "host": "gone", "started": "x"}))
+    (tmp_path / "runs" / ".race.new-abc123").mkdir()
+    (tmp_path / "runs" / ".race.new-abc123" / "pareto.json").write_text("[]")
+    p = subprocess.run(_cli(*GENERATE, cwd=tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert sorted(q.name for q in (tmp_path / "runs").iterdir()) == ["race"]
+
+
+# ------------------------------------------------------------------ 3: a finished profile is never rewritten
+
+
+class CountingTimer:
+    """Times nothing: fixed measurements, counted, so a test sees whether a profile was measured again."""
+
+    where = "this machine"
+
+    def __init__(self):
+        self.timed = 0
+
+    def versions(self):
+        return {"onnxruntime": "counted"}
+
+    def settle(self, graph):
+        pass
+
+    def time(self, graphs, progress=None, tag=""):
+        from pomonag_edge.hardware.timing import Measurement
+
+        self.timed += len(graphs)
+        return {name: Measurement.from_samples([1.0 + 0.1 * n, 1.1 + 0.1 * n]) for n, name in enumerate(graphs)}
+
+
+@pytest.fixture
+def counting(monkeypatch):
+    from pomonag_edge.hardware import profiler
+
+    timer = CountingTimer()
+    monkeypatch.setattr(profiler, "make_timer", lambda *a, **k: timer)
+    return timer
+
+
+def test_a_finished_profile_is_kept_as_it_is_and_fresh_makes_a_revision(tmp_path, counting):
+    from pomonag_edge.profile import load_profile
+
+    out = tmp_path / "cpu.json"
+    args = ("profile", "--quick", "--calibration", "2", "--out", out)
+    first = invoke(*args)
+    assert first.exit_code == 0, first.output
+    before, timed = out.read_bytes(), counting.timed
+
+    again = invoke(*args)
+    assert again.exit_code == 0, again.output
+    assert "kept as it is" in again.output and "--fresh" in again.output
+    assert out.read_bytes() == before and counting.timed == timed  # nothing measured, nothing rewritten
+
+    fresh = invoke(*args, "--fresh")
+    assert fresh.exit_code == 0, fresh.output
+    revision = load_profile(tmp_path / "cpu.r2.json")
+    assert out.read_bytes() == before and counting.timed > timed
+    assert not revision.partial and revision.parent["path"] == str(out)
+    assert revision.parent["sha256"] == load_profile(out).sha256
+
+
+def test_an_interrupted_fresh_revision_is_continued(tmp_path, counting):
+    from pomonag_edge.hardware import ProfileRequest, build_profile
+    from pomonag_edge.profile import load_profile
+
+    out = tmp_path / "cpu.json"
+    req = ProfileRequest(device="cpu", quick=True, calibration=2, out=out)
+    build_profile(req, fit_model=False)
+
+    def interrupt(stage, done, total, item):
+        if stage == "calibration" and done >= 1 and item:
+            raise KeyboardInterrupt
+
+    from dataclasses import replace
+
+    with pytest.raises(KeyboardInterrupt):
+        build_profile(replace(req, fresh=True), progress=interrupt, fit_model=False)
+    assert load_profile(tmp_path / "cpu.r2.json").partial
+    result = build_profile(req, fit_model=False)  # the same command without --fresh continues the revision
+    assert result.resumed and result.path == tmp_path / "cpu.r2.json" and not load_profile(result.path).partial
+    assert not (tmp_path / "cpu.r3.json").exists()
+
+
+def test_a_finished_profile_of_other_settings_is_refused(tmp_path, counting):
+    out = tmp_path / "cpu.json"
+    assert invoke("profile", "--quick", "--calibration", "2", "--out", out).exit_code == 0
+    before = out.read_bytes()
+    one_line_error(invoke("profile", "--quick", "--calibration", "2", "--threads", "2", "--out", out),
+                   "finished profile", "threads", "--out another path")
+    assert out.read_bytes() == before
+
+
+# ------------------------------------------------------------------ 5: Ctrl-C during export
+
+
+def _wait_for(predicate, timeout_s=120.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _staged_onnx(run):
+    return [f for d in run.glob(".export.new-*") for f in d.glob("*.onnx")]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_an_interrupted_export_leaves_nothing_hidden_and_export_as_it_was(tmp_path, facts, sig):
+    from test_export import ARCHS
+
+    run = make_run(tmp_path, str(make_profile(tmp_path / "p.json", facts)), archs=ARCHS * 2)
+    first = invoke("export", run, "--top", "1", "--no-measure")
+    assert first.exit_code == 0, first.output
+    before = (run / "export" / "report.json").read_bytes()
+
+    p = subprocess.Popen(_cli("export", run, "--top", "8", "--no-measure", cwd=tmp_path), cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # the second file: by then the first net has been checked (onnxruntime loaded), so the signal lands in work
+    assert _wait_for(lambda: len(_staged_onnx(run)) >= 2 or p.poll() is not None), "the export never started"
+    assert p.poll() is None, p.communicate()
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=120)
+    if sig == signal.SIGINT:
+        assert p.returncode == 130 and "interrupted" in err, (p.returncode, err)
+        assert not list(run.glob(".export.*")), list(run.glob(".export.*"))  # staged folder and claim gone
+    else:  # killed: the next export finds the leftovers unclaimed and removes them
+        assert list(run.glob(".export.new-*"))
+    assert (run / "export" / "report.json").read_bytes() == before
+
+    again = invoke("export", run, "--top", "1", "--no-measure")
+    assert again.exit_code == 0, again.output
+    assert not list(run.glob(".export.*")) and (run / "export" / "report.json").is_file()

@@ -62,8 +62,13 @@ def command(ctx, run_dir, top, fmt, profile, precision, opset, dynamic_batch, we
                             measure=measure, feedback=feedback, quick=quick, seed=seed, drift_nets=drift_nets,
                             host=host, ssh=make_ssh_options(ssh_config, remote_python, remote_dir, host))
     console = Console(stderr=as_json)
-    with console.status("exporting") as status:
-        report = export_run(resolve_run_dir(run_dir), options, progress=lambda msg: status.update(msg))
+    run_dir = resolve_run_dir(run_dir)
+    try:
+        with console.status("exporting") as status:
+            report = export_run(run_dir, options, progress=lambda msg: status.update(msg))
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: {run_dir}/export is as it was (this export's files were removed)", err=True)
+        raise SystemExit(130) from None
     if as_json:
         import json
         import sys

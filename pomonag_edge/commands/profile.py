@@ -36,7 +36,8 @@ from .options import SEED, dataset_option, make_ssh_options, space_option, ssh_o
               help="Profile file to write [default: profiles/<device>.json; with several --host, "
                    "profiles/<device>-<addr>.json; a PATH with {host} in it names one file per host].")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the calibration choice and inputs.")
-@click.option("--fresh", is_flag=True, help="Start over instead of continuing a partial profile at the same path.")
+@click.option("--fresh", is_flag=True, help="Start over instead of continuing a partial profile at the same path; for "
+              "a finished one (never rewritten: runs name it by its hash), measure a new revision NAME.rN.json.")
 @click.option("--host", "hosts", multiple=True, metavar="USER@ADDR[:PORT]",
               help="Measure that device over SSH instead of this machine (repeat for several boards, one profile "
                    "each). This machine builds every graph; the device runs a small python3 (>= 3.6) runner "
@@ -55,7 +56,7 @@ def command(device, space, dataset, quick, calibration, no_lut, threads, precisi
     command (a vendor toolchain, a simulator): it is called per graph and prints milliseconds.
 
     Progress is saved after every measurement (on the device, every timing round): Ctrl-C, a dropped
-    connection, then the same command again continues.
+    connection, then the same command again continues. A finished profile is kept as it is.
     """
     from concurrent.futures import ThreadPoolExecutor
     from dataclasses import replace
@@ -144,6 +145,11 @@ def _outcome(build, req, progress):
 
 def _report(console, result, host) -> None:
     p = result.profile
+    if result.kept:
+        console.print(f"[bold]{result.path}[/] is a finished profile (made {p.created}; {len(p.lut)} LUT entries, "
+                      f"{len(p.calibration)} calibration nets): kept as it is, since runs name it by its hash; "
+                      "--fresh measures a new revision beside it", highlight=False)
+        return
     for reason in result.skipped_backends:
         console.print(f"[yellow]skipped backend[/] {reason}")
     for note in result.notes:

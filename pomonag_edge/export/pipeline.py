@@ -4,9 +4,10 @@ Per net, in order: build (seeded random init or ``--weights``), export ONNX, che
 against PyTorch, optionally build and check a TensorRT engine, then time with the profile's backend and
 timing protocol and test the budget. Every step's outcome lands in ``RUN_DIR/export/report.json``.
 
-An export is built in a hidden folder beside ``RUN_DIR/export`` (its report rewritten after each net, so an
-interrupted export leaves what it finished there) and then replaces ``export/`` whole: the folder only ever
-holds the files of one export, listed in its report's ``files``. Feedback goes into a new profile revision.
+An export is built in a hidden folder beside ``RUN_DIR/export`` and then replaces ``export/`` whole: the folder
+only ever holds the files of one export, listed in its report's ``files``. An interrupted export removes its
+hidden folder and leaves ``export/`` as it was; one export of a run at a time (``files.claim``), and what a
+killed one left is removed by the next. Feedback goes into a new profile revision.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import UserError
-from ..files import replace_dir, staging_dir
+from ..files import claim, replace_dir, staging_dir
 from ..hardware.backends import PRECISIONS
 from ..profile import Profile, resolve_profile
 from ..spaces import get_space
@@ -179,6 +180,22 @@ def _runner_runtime(backend_name: str) -> str:
     return "trtexec" if backend_name in ("trtexec", "tensorrt") else "onnxruntime"
 
 
+def _one_export_at_a_time(export):
+    """``export`` holding a claim on ``RUN_DIR/export`` (``files.claim``): two exports of one run never build
+    side by side, and what a killed export left beside the folder is removed by the next one."""
+    from functools import wraps
+
+    @wraps(export)
+    def claimed(run_dir, options, progress=None):
+        if not Path(run_dir).is_dir():  # export says why; a claim would create the folder
+            return export(run_dir, options, progress)
+        with claim(Path(run_dir) / "export", "export folder"):
+            return export(run_dir, options, progress)
+
+    return claimed
+
+
+@_one_export_at_a_time
 def export_run(run_dir: str | Path, options: ExportOptions,
                progress: Callable[[str], None] | None = None) -> dict:
     """Export, check and measure the run's top nets; returns the report (also written to disk)."""
@@ -332,7 +349,7 @@ def export_run(run_dir: str | Path, options: ExportOptions,
             for t in timings:
                 _judge(t.entry, ctx, (factor or {}).get("factor"))
             write_report(report_path, report)
-    except UserError:  # a refusal, not an interruption: nothing half-made is left behind
+    except BaseException:  # a refusal, Ctrl-C or a crash: nothing half-made is left behind, export/ is untouched
         import shutil
 
         shutil.rmtree(ctx.out_dir, ignore_errors=True)

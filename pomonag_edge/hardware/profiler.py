@@ -14,6 +14,7 @@ again: a device whose speed moved while it was profiled gets a warning.
 
 from __future__ import annotations
 
+import glob
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -78,6 +79,7 @@ class ProfileResult:
     model_note: str | None = None  # why no latency model was fitted, when it was not
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # choices made for the user (no LUT for a command device)
+    kept: bool = False  # a finished profile was already there: kept as it is, nothing measured
 
 
 def profile_path(req: ProfileRequest) -> Path:
@@ -168,6 +170,20 @@ def _timer_for(req: ProfileRequest, descriptor, protocol, precision: str, thread
     return timer, name, skipped, facts
 
 
+def _partial_revision(path: Path, fresh: Profile) -> tuple[Path, Profile] | None:
+    """The newest unfinished revision of the finished profile at ``path`` (``NAME.rN.json``, its ``parent``
+    ``path``) made with the same settings: a ``--fresh`` re-measurement that was interrupted, to continue."""
+    found = []
+    for candidate in path.parent.glob(f"{glob.escape(path.stem)}.r*.json"):
+        try:
+            p = load_profile(candidate)
+        except UserError:
+            continue
+        if p.partial and (p.parent or {}).get("path") == str(path) and _mismatch(p, fresh) is None:
+            found.append((candidate.stat().st_mtime, candidate, p))
+    return max(found)[1:] if found else None
+
+
 def _graph_cache(path: Path) -> Path:
     """ONNX files of a profile's graphs while it is being taken (runner path): a re-run does not export again."""
     return path.parent / f".{path.stem}.graphs"
@@ -210,8 +226,20 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
     fresh = Profile(name=descriptor.name, space=space.name, dataset=dataset, partial=True,
                     device={"name": descriptor.name, "descriptor": descriptor.to_dict(), **facts}, runtime=runtime)
     profile, resumed = fresh, False
-    if path.exists() and not req.fresh:
-        old = load_profile(path)  # a corrupt / foreign / newer file ends here with one line
+    old = load_profile(path) if path.exists() else None  # a corrupt / foreign / newer file ends here with one line
+    if old is not None and not old.partial:  # finished: runs name it by its hash, so it is never rewritten
+        if req.fresh:
+            path = fresh.save_revision(path, old)  # NAME.rN.json, measured from scratch, its parent recorded
+            old = None
+        elif why := _mismatch(old, fresh):
+            raise UserError(f"{path} is a finished profile made with another {why}: --out another path for these "
+                            "settings (--fresh measures a new revision beside it)")
+        else:
+            again = _partial_revision(path, fresh)
+            if again is None:
+                return ProfileResult(old, path, False, [], 0, time.perf_counter() - started, kept=True)
+            path, old = again  # an interrupted --fresh revision of it: continued below
+    if old is not None and not req.fresh:
         why = _mismatch(old, fresh)
         if why:
             raise UserError(f"{path} holds a profile made with another {why}: pass --fresh to start it over, "
