@@ -202,7 +202,7 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
     if batch < 1:
         raise UserError(f"--batch must be 1 or more, got {batch}")
     protocol = req.protocol or PROTOCOLS["quick" if req.quick else "default"]
-    path = check_writable(profile_path(req), "profile")  # before any measuring
+    path = asked = check_writable(profile_path(req), "profile")  # before any measuring
     timer, backend_name, skipped, facts = _timer_for(req, descriptor, protocol, precision, threads, path, space,
                                                      batch)
     notes = []
@@ -239,6 +239,8 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
             if again is None:
                 return ProfileResult(old, path, False, [], 0, time.perf_counter() - started, kept=True)
             path, old = again  # an interrupted --fresh revision of it: continued below
+    if path != asked:  # a revision: the device runner keys its finished rounds by the profile's path
+        timer = _timer_for(req, descriptor, protocol, precision, threads, path, space, batch)[0]
     if old is not None and not req.fresh:
         why = _mismatch(old, fresh)
         if why:
