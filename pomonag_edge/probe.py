@@ -70,7 +70,7 @@ def probe_task(data_path=None, space_name: str = "nb201", probes: int = 20, epoc
         progress("probes", len(rows), len(archs))
     scale = measurer.scale
     _write_rows(csv_path, rows, scale)
-    (work / "measured.jsonl").unlink(missing_ok=True)  # every value is in the CSV now
+    measurer.log.path.unlink(missing_ok=True)  # every value is in the CSV now
     if work.is_dir() and not any(work.iterdir()):
         work.rmdir()
     measurements = [{"arch": r["arch"], "accuracy": float(r["accuracy"]),

@@ -150,6 +150,16 @@ def test_command_device_times_a_lut_when_it_can_time_single_ops(tmp_path):
     assert len(timer.time(graphs, tag="end-check")) == 1 and len(calls(tmp_path)) == 6  # a tag times it again
 
 
+@pytest.mark.slow
+def test_command_device_that_times_single_ops_takes_the_lut_through_it(tmp_path):
+    toml = descriptor(tmp_path, extra="single_ops = true\n")
+    r = invoke("profile", "--device", toml, "--calibration", 5, "--out", tmp_path / "p.json")
+    assert r.exit_code == 0, r.output
+    profile = json.loads((tmp_path / "p.json").read_text())
+    assert len(profile["lut"]) == 13 and profile["latency_model"]["kind"] == "lut-scale"
+    assert calls(tmp_path).count("op") > 13  # each op graph was given to the command, with {arch} empty
+
+
 @pytest.fixture(scope="module")
 def command_run(tmp_path_factory):
     """A command device's no-LUT profile and a run generated with it."""
