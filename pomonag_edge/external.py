@@ -142,8 +142,8 @@ def result_key(**identity) -> str:
 class ResultLog:
     """An append-only JSON-lines file of finished results, ``{"key": ..., **record}`` per line.
 
-    A line cut short by a crash, or otherwise unreadable, is skipped: its result is simply made again. The
-    last record of a key wins. Lines are appended whole (one ``write`` of a short line with ``O_APPEND``), so
+    A line cut short by a crash, or otherwise unreadable, is skipped (and ended, so the next line is whole): its
+    result is simply made again. The last record of a key wins. Lines are appended whole (one ``write`` of a short line with ``O_APPEND``), so
     several processes may add to one log."""
 
     def __init__(self, path: str | os.PathLike):
@@ -183,8 +183,11 @@ class ResultLog:
         make_dir(self.path.parent, "results log folder")
         line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":  # a line cut short by a crash: end it first
+                    line = b"\n" + line
                 os.write(fd, line)
                 os.fsync(fd)
             finally:

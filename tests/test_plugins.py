@@ -296,3 +296,31 @@ def test_trainer_api_logs_and_resumes(tmp_path):
     assert again.measure(arch) == acc and len(calls(tmp_path)) == 1  # another caller, the same log: not retrained
     with pytest.raises(UserError, match="exactly one"):
         make_trainer(space, epochs=3, seed=0, workdir=tmp_path / "w")
+
+
+def test_a_timed_out_command_is_killed_with_its_children(tmp_path):
+    import os
+    import time
+
+    from pomonag_edge.external import run_for_number
+
+    pidfile = tmp_path / "child"
+    t0 = time.monotonic()
+    with pytest.raises(UserError, match="timed out after 1 s"):
+        run_for_number(["sh", "-c", f"sleep 30 & echo $! > {pidfile}; wait"], timeout_s=1, what="x", item="y")
+    assert time.monotonic() - t0 < 10
+    pid = int(pidfile.read_text())
+    time.sleep(0.2)
+    stat = Path(f"/proc/{pid}/stat")
+    assert not stat.exists() or stat.read_text().split()[2] == "Z"  # the grandchild went too (at most a zombie)
+
+
+def test_results_log_skips_a_line_cut_short_and_appends(tmp_path):
+    from pomonag_edge.external import ResultLog
+
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"key": "a", "latency_ms": 1.5}\n{"key": "b", "lat')  # a crash in the middle of a line
+    log = ResultLog(path)
+    assert log.get("a")["latency_ms"] == 1.5 and log.get("b") is None
+    log.add("b", {"latency_ms": 2.0})
+    assert ResultLog(path).get("b")["latency_ms"] == 2.0 and ResultLog(path).get("a") is not None

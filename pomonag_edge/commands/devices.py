@@ -42,6 +42,9 @@ def command(detect, fmt):
                   "graph; the device needs python3 >= 3.6 and trtexec or the onnxruntime package.", highlight=False)
     console.print(f"Supported: {JETSON_SUPPORT}; desktop NVIDIA GPUs with TensorRT 8-10's trtexec; any CPU with "
                   "onnxruntime.", highlight=False)
+    console.print('Any other device (a vendor toolchain, a simulator): a .toml with runner = "command" and command = '
+                  '"... {onnx} ..." that prints milliseconds as its last line (README: a device that is a command).',
+                  highlight=False)
 
     if detect:
         facts = detect_device()
