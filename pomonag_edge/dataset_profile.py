@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import UserError
-from .files import atomic_write_json, from_versioned_json, json_sha256, read_user_json
+from .files import atomic_write_json, from_versioned_json, json_sha256, read_user_json, save_revision_json
 
 SCHEMA = "pomonag-edge/dataset-profile"
 SCHEMA_VERSION = 1
@@ -41,6 +41,7 @@ class DatasetProfile:
     accuracy_model: dict | None = None
     tool_version: str = __version__
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    parent: dict | None = None  # a revision's origin: {"path", "name", "sha256"} of the profile it extends
 
     # -- what a space needs to build and cost a net for this task
     @property
@@ -64,7 +65,10 @@ class DatasetProfile:
 
     # -- serialisation
     def to_dict(self) -> dict:
-        return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **asdict(self)}
+        d = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **asdict(self)}
+        if not d["parent"]:  # absent when unset, so older profiles keep their hash
+            del d["parent"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "dataset profile") -> "DatasetProfile":
@@ -79,6 +83,13 @@ class DatasetProfile:
 
     def save(self, path: str | os.PathLike) -> Path:
         return atomic_write_json(path, self.to_dict())
+
+    def save_revision(self, parent_path: str | os.PathLike, parent: "DatasetProfile") -> Path:
+        """Save as a new file beside ``parent_path`` (``NAME.r2.json``, ...), recording its parent, as a device
+        profile's revision does (``files.save_revision_json``)."""
+        self.parent = {"path": str(parent_path), "name": parent.name, "sha256": parent.sha256}
+        self.created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        return save_revision_json(parent_path, self.to_dict(), "dataset profile revision", DatasetProfileError)
 
     @property
     def sha256(self) -> str:
@@ -145,6 +156,17 @@ def accuracy_model_of(profile: DatasetProfile):
         return FewShotAccuracyModel(sp, state)
     archs = [sp.parse(m["arch"]) for m in profile.measurements]
     return fit_fewshot(sp, archs, [float(m["accuracy"]) for m in profile.measurements], task=profile.name)
+
+
+def refit_accuracy_model(space, profile: DatasetProfile) -> None:
+    """Refit ``profile``'s accuracy model on its measurements, with the shipped tables its model was fitted on
+    (a revision keeps its prior: a task held out of a table stays held out)."""
+    from .predictors.accuracy_fewshot import fit_fewshot
+
+    tables = (profile.accuracy_model or {}).get("tables")
+    archs = [space.parse(m["arch"]) for m in profile.measurements]
+    profile.accuracy_model = fit_fewshot(space, archs, [float(m["accuracy"]) for m in profile.measurements],
+                                         datasets=tables, task=profile.name).to_dict()
 
 
 def fit_dataset_profile(space, measurements: list[dict], name: str, source: dict | None = None,

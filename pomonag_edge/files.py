@@ -275,6 +275,21 @@ def json_sha256(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def save_revision_json(parent_path: str | os.PathLike, obj, what: str, error=None) -> Path:
+    """Write ``obj`` as a new file beside ``parent_path``: ``NAME.r2.json``, ``.r3``, ... (the first free name).
+
+    The parent is never rewritten (runs name it by hash), and two writers extending it at once each get their
+    own revision: neither update is lost."""
+    parent_path = Path(parent_path)
+    base = parent_path.name.removesuffix(".json")
+    base = base.rsplit(".r", 1)[0] if base.rsplit(".r", 1)[-1].isdigit() else base
+    for n in range(2, 10_000):
+        path = parent_path.with_name(f"{base}.r{n}.json")
+        if create_new_json(path, obj, what):
+            return path
+    raise (error or UserError)(f"too many revisions of {parent_path}")
+
+
 def create_new_json(path: str | os.PathLike, obj, what: str = "file") -> bool:
     """Write ``path`` only if no file of that name exists (atomic: two writers never both succeed).
     Returns False when it existed."""

@@ -4,11 +4,18 @@ Kept apart from the CLI so tests, benchmarks and the export stage call the same 
 (the export stage reads them; keys are stable):
 
 ``pareto.json``: a JSON list in rank order; each item has ``rank`` (1-based), ``arch`` (canonical string),
-``accuracy`` (predicted %, for ``dataset``), ``latency_ms`` (predicted, without margin),
-``latency_ms_with_margin`` (the latency the net stays under with probability ``level``),
-``p_within_budget`` (probability that its measured latency fits the budget), ``params``, ``macs`` (exact, for ``dataset``'s input), ``feasible`` (bool),
+``accuracy`` (predicted %, for ``dataset``), ``accuracy_measured`` (measured %, or null), ``latency_ms``
+(predicted, without margin), ``latency_ms_measured`` (measured on the device, or null), ``rank_used``
+({``accuracy``, ``latency``}: "measured" or "predicted", what selection and rank used: a measurement beats the
+prediction), ``latency_ms_with_margin`` (the latency the net stays under with probability ``level``; the
+measurement where measured), ``p_within_budget`` (probability that its measured latency fits the budget: 1 or 0
+once measured), ``params``, ``macs`` (exact, for ``dataset``'s input), ``feasible`` (bool),
 ``front`` (0 = non-dominated among the feasible candidates), ``index`` (row of the space's shipped tables,
-where it has them).
+where it has them). Measured nets (the profile's calibration timings, a task's measured accuracies, the closed
+loop's) are always among the candidates, so the top pick is never worse than a measured net within budget.
+
+``loop.json`` (``generate --measure`` / ``--train``): the closed loop's journal (``closed_loop``): every timing
+and training, each round's top pick and decision, the stop reason; the manifest's ``loop`` summarises it.
 
 ``manifest.json``: ``schema`` ("pomonag-edge/run"), ``schema_version``, ``space``, ``dataset`` (a shipped
 name, or a user task's name), ``dataset_profile`` (null, or for a user task {``spec``, ``file``, ``name``,
@@ -19,7 +26,9 @@ name, or a user task's name), ``dataset_profile`` (null, or for a user task {``s
 latency model's q90 error), ``latency_limit_ms`` (budget / (1 + margin), or the budget itself with per-net
 margins), ``weights``,
 ``strategy``, ``num``, ``samples``, ``seed``, ``predictors`` (what scored the nets), ``stats``,
-``generator`` (checkpoint meta, diffusion only), ``versions``, ``created``, ``command``.
+``generator`` (checkpoint meta, diffusion only), ``versions``, ``created``, ``command``, ``loop`` (null, or the
+closed loop's summary: timings / trainings allowed and made, rounds, stop reason, the revisions written; the
+``profile`` and ``dataset_profile`` are then those revisions, ``profile.parent`` the profile given).
 """
 
 from __future__ import annotations
@@ -42,8 +51,8 @@ from .versions import versions
 RUN_SCHEMA = "pomonag-edge/run"
 RUN_SCHEMA_VERSION = 1
 RUN_DATASET_FILE = "dataset.json"  # a user task's dataset profile, copied into the run folder
-CSV_FIELDS = ("rank", "arch", "accuracy", "latency_ms", "latency_ms_with_margin", "p_within_budget", "params", "macs",
-              "feasible", "front", "index")
+CSV_FIELDS = ("rank", "arch", "accuracy", "accuracy_measured", "latency_ms", "latency_ms_measured",
+              "latency_ms_with_margin", "p_within_budget", "params", "macs", "feasible", "front", "index")
 
 
 @dataclass
@@ -76,13 +85,19 @@ def new_run_dir(root: str | Path = "runs") -> Path:
 
 def check_run_out(out: str | Path | None, force: bool = False) -> Path | None:
     """``--out`` checked before the search: writable, and not an existing run unless ``force`` (which replaces
-    it whole). None: the default folder ./runs must be writable."""
+    it whole). None: the default folder ./runs must be writable. A folder holding only an unfinished closed
+    loop (``loop.json``) is resumed."""
+    from .closed_loop import LOOP_FILE
+
     if out is None:
         check_writable("runs", "runs folder", folder=True)
         return None
     out = check_writable(out, "run folder", folder=True)
     if out.is_dir() and any(out.iterdir()):
-        if not (out / "manifest.json").is_file() and not (out / "pareto.json").is_file():
+        unfinished = (out / LOOP_FILE).is_file() and not (out / "pareto.json").is_file()
+        if unfinished and not force:
+            return out
+        if not (out / "manifest.json").is_file() and not (out / "pareto.json").is_file() and not unfinished:
             raise UserError(f"{out} holds files that are not a run: --out a new or empty folder (--force replaces "
                             "only run folders)")
         if not force:
@@ -111,12 +126,15 @@ def _one_writer(generate):
 @_one_writer
 def generate_run(*, space="nb201", profile=None, dataset=None, max_latency=None, max_params=None, max_macs=None,
                  weights=None, num=10, samples=512, strategy="diffusion", seed=0, out=None, progress=None,
-                 predictors=None, strategy_options=None, command=None, force=False, level=DEFAULT_LEVEL) -> Run:
+                 predictors=None, strategy_options=None, command=None, force=False, level=DEFAULT_LEVEL,
+                 loop=None, predictors_for=None, say=None) -> Run:
     """Resolve the profile, budget and weights; search; write the run folder (unless nothing is feasible).
 
     ``out`` is checked before the search; an existing run there is refused unless ``force``, which replaces
     the folder whole. ``predictors`` overrides the profile's predictors (tests and benchmarks pass measured
-    tables); ``level``: the probability of fitting the latency budget each kept net must reach.
+    tables); ``level``: the probability of fitting the latency budget each kept net must reach. ``loop``
+    (``closed_loop.LoopOptions``): measure the deciding candidates in rounds (``closed_loop``), the predictors
+    of each round from ``predictors_for(profile, dataset)`` (default: the product's); ``say`` gets its news.
     """
     from .predictors import search_predictors
     from .profile import resolve_profile
@@ -131,26 +149,40 @@ def generate_run(*, space="nb201", profile=None, dataset=None, max_latency=None,
     dataset = resolve_dataset(dataset, sp)  # a shipped name (checked), or a user task's DatasetProfile
     out_dir = check_run_out(out, force)
     prof = resolve_profile(profile, space=sp.name)
-    preds = predictors if predictors is not None else search_predictors(sp, prof, dataset)
-    problem = SearchProblem(sp, dataset, budget, preds, level=level)
     strat = make_strategy(strategy, weights=w, **(strategy_options or {}))
-    result = run_search(problem, strat, samples=samples, num=num, seed=seed, progress=progress)
+    profile_spec, loop_record, extra_files = profile, None, {}
+    if loop is not None and loop.active:
+        from .closed_loop import closed_loop_run
+
+        lr = closed_loop_run(sp, prof, profile, dataset, dataset_spec, budget, level, strat, samples, num, seed,
+                             loop, out_dir, force, predictors_for or (lambda p, d: search_predictors(sp, p, d)),
+                             progress, say)
+        out_dir, problem, result, preds = lr["out"], lr["problem"], lr["result"], lr["problem"].predictors
+        prof, profile_spec, dataset, dataset_spec = lr["profile"], lr["profile_spec"], lr["dataset"], lr["dataset_spec"]
+        loop_record, extra_files = lr["summary"], {lr["journal"].path.name: lr["journal"].to_dict()}
+    else:
+        preds = predictors if predictors is not None else search_predictors(sp, prof, dataset)
+        problem = SearchProblem(sp, dataset, budget, preds, level=level)
+        measured = [sp.parse(a) for a in {**preds.measured_latency_ms, **preds.measured_accuracy}]
+        result = run_search(problem, strat, samples=samples, num=num, seed=seed, progress=progress, extra=measured)
     manifest = {
         "schema": RUN_SCHEMA, "schema_version": RUN_SCHEMA_VERSION, "space": sp.name,
         "dataset": dataset_label(dataset), "dataset_profile": _dataset_record(dataset, dataset_spec),
-        "profile": {"spec": profile, "name": prof.name, "sha256": prof.sha256, "reference": prof.reference},
+        "profile": {"spec": profile_spec, "name": prof.name, "sha256": prof.sha256, "reference": prof.reference,
+                    "parent": prof.parent},
         "budget": budget.to_dict(), "budget_text": describe_budget(budget),
         "level": problem.level, "per_net_margin": problem.per_net,
         "margin": problem.margin, "latency_limit_ms": problem.latency_limit_ms,
         "weights": w, "strategy": strategy, "num": num, "samples": samples, "seed": seed,
         "predictors": preds.source, "stats": result.stats,
         "generator": getattr(strat, "info", None) or None, "versions": versions(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": command,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": command, "loop": loop_record,
     }
     if result.selected:
         out_dir = out_dir or new_run_dir()
         # the run folder carries its task: train and export read it there
-        write_run(out_dir, result, manifest, problem, task=None if isinstance(dataset, str) else dataset)
+        write_run(out_dir, result, manifest, problem, task=None if isinstance(dataset, str) else dataset,
+                  extra=extra_files)
     return Run(out=out_dir, problem=problem, result=result, manifest=manifest)
 
 
@@ -166,14 +198,17 @@ def _dataset_record(dataset, spec) -> dict | None:
             "accuracy_cv_spearman": cv.get("spearman")}
 
 
-def write_run(out: Path, result: SearchResult, manifest: dict, problem: SearchProblem, task=None) -> None:
+def write_run(out: Path, result: SearchResult, manifest: dict, problem: SearchProblem, task=None,
+              extra: dict | None = None) -> None:
     """Build the run in a hidden folder beside ``out``, then put it in place whole: a run folder never holds
     files of two generations, and an interrupted write leaves the previous one intact. ``task``: a user task's
-    dataset profile, saved in the run as ``dataset.json``."""
+    dataset profile, saved in the run as ``dataset.json``; ``extra``: more JSON files by name (the loop's)."""
     staged = staging_dir(out, "run folder")
     try:
         if task is not None:
             task.save(staged / RUN_DATASET_FILE)
+        for name, obj in (extra or {}).items():
+            atomic_write_json(staged / name, obj)
         atomic_write_json(staged / "pareto.json", result.selected)
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
@@ -197,23 +232,27 @@ def plot_png(result: SearchResult, problem: SearchProblem) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .selection import used
+
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    xy = lambda rows: ([used(r, "latency_ms") for r in rows], [used(r, "accuracy") for r in rows])  # noqa: E731
     rest = [r for r in result.scored if r.get("front") != 0]
-    ax.scatter([r["latency_ms"] for r in rest], [r["accuracy"] for r in rest], s=6, c="#bbbbbb",
-               label=f"other candidates ({len(rest)})")
+    ax.scatter(*xy(rest), s=6, c="#bbbbbb", label=f"other candidates ({len(rest)})")
     front = result.front
-    ax.scatter([r["latency_ms"] for r in front], [r["accuracy"] for r in front], s=14, c="#9ecae1",
-               label=f"feasible front ({len(front)})")
+    ax.scatter(*xy(front), s=14, c="#9ecae1", label=f"feasible front ({len(front)})")
+    measured = [r for r in result.scored if r.get("latency_ms_measured") is not None]
+    if measured:
+        ax.scatter(*xy(measured), s=30, facecolors="none", edgecolors="k", lw=0.8,
+                   label=f"latency measured ({len(measured)})")
     sel = result.selected
-    ax.scatter([r["latency_ms"] for r in sel], [r["accuracy"] for r in sel], s=36, c="#d62728", marker="*",
-               label=f"returned ({len(sel)})", zorder=3)
+    ax.scatter(*xy(sel), s=36, c="#d62728", marker="*", label=f"returned ({len(sel)})", zorder=3)
     b = problem.budget.max_latency_ms
     if b is not None:
         ax.axvline(b, color="k", ls="--", lw=1, label=f"budget {b:g} ms")
         if problem.margin > 0 and not problem.per_net:
             ax.axvline(problem.latency_limit_ms, color="gray", ls=":", lw=1,
                        label=f"budget less margin ({problem.margin:.1%})")
-    ax.set_xlabel("predicted latency (ms)")
+    ax.set_xlabel("latency (ms; measured where measured, else predicted)")
     label = problem.predictors.source.get("accuracy_label")
     ax.set_ylabel(label or f"predicted accuracy (%, {problem.dataset})")  # a user task prints as its name
     ax.legend(fontsize=8, loc="lower right")

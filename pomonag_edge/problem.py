@@ -23,6 +23,9 @@ from .units import Budget, format_count
 
 OBJECTIVES = ("accuracy", "latency_ms", "params", "macs")
 GUIDED = OBJECTIVES + ("latency_bound_ms",)  # what strategies steer by: the objectives and the budgeted latency
+# beside them in ``evaluate``: the latency sigma, the models' own predictions, and 1.0 where a measurement was used
+COLUMNS = GUIDED + ("latency_log_sigma", "accuracy_predicted", "latency_ms_predicted", "accuracy_measured",
+                    "latency_measured")
 DEFAULT_LEVEL = 0.9  # probability of fitting the latency budget a kept net must reach
 WEIGHT_KEYS = {"accuracy": "accuracy", "latency": "latency_ms", "params": "params", "macs": "macs"}
 DEFAULT_WEIGHTS = {"accuracy": 1.0, "latency": 0.5, "params": 0.1, "macs": 0.1}
@@ -58,13 +61,20 @@ def parse_weights(text: str | None) -> dict[str, float]:
 @dataclass
 class Predictors:
     """The clean predictors a search scores nets with; ``margin`` is the latency model's relative error (one
-    for every net), ``latency_log_sigma`` (optional) its per-net std of log-ms, which replaces the margin."""
+    for every net), ``latency_log_sigma`` (optional) its per-net std of log-ms, which replaces the margin.
+
+    ``measured_latency_ms`` / ``measured_accuracy`` (arch string -> value) beat the predictions: a measured net
+    is scored, selected and ranked by its measurement (its latency has no margin left). ``accuracy_sigma``: the
+    accuracy model's std in points where it knows it (a user task's cross-validated error), for the closed loop."""
 
     accuracy: Callable[[Sequence], np.ndarray]
     latency_ms: Callable[[Sequence], np.ndarray]
     margin: float = 0.0
     source: dict = field(default_factory=dict)
     latency_log_sigma: Callable[[Sequence], np.ndarray] | None = None
+    measured_latency_ms: dict = field(default_factory=dict)
+    measured_accuracy: dict = field(default_factory=dict)
+    accuracy_sigma: float = 0.0
 
 
 def normal_cdf(z) -> np.ndarray:
@@ -111,22 +121,30 @@ class SearchProblem:
         archs = list(archs)
         todo = [a for a in dict.fromkeys(archs) if a not in self._cache]
         if todo:
-            acc = np.asarray(self.predictors.accuracy(todo), dtype=np.float64)
-            lat = np.asarray(self.predictors.latency_ms(todo), dtype=np.float64)
+            p = self.predictors
+            acc_pred = np.asarray(p.accuracy(todo), dtype=np.float64)
+            lat_pred = np.asarray(p.latency_ms(todo), dtype=np.float64)
             if self.per_net:
-                sigma = np.asarray(self.predictors.latency_log_sigma(todo), dtype=np.float64)
-                bound = lat * np.exp(self._z * sigma)
+                sigma = np.asarray(p.latency_log_sigma(todo), dtype=np.float64)
             else:
-                sigma, bound = np.zeros(len(todo)), lat * (1 + self.margin)
-            for a, ac, la, sd, bo in zip(todo, acc, lat, sigma, bound):
-                self._cache[a] = (float(ac), float(la), float(self.space.params(a, self.dataset)),
-                                  float(self.space.macs(a, self.dataset)), float(bo), float(sd))
+                sigma = np.zeros(len(todo))
+            keys = [str(a) for a in todo]
+            lat_known = np.array([k in p.measured_latency_ms for k in keys], dtype=bool)
+            acc_known = np.array([k in p.measured_accuracy for k in keys], dtype=bool)
+            lat = np.where(lat_known, [p.measured_latency_ms.get(k, 0.0) for k in keys], lat_pred)
+            acc = np.where(acc_known, [p.measured_accuracy.get(k, 0.0) for k in keys], acc_pred)
+            sigma = np.where(lat_known, 0.0, sigma)  # measured: no margin left
+            bound = np.where(lat_known, lat, lat * np.exp(self._z * sigma) if self.per_net else lat * (1 + self.margin))
+            for j, a in enumerate(todo):
+                self._cache[a] = (float(acc[j]), float(lat[j]), float(self.space.params(a, self.dataset)),
+                                  float(self.space.macs(a, self.dataset)), float(bound[j]), float(sigma[j]),
+                                  float(acc_pred[j]), float(lat_pred[j]), float(acc_known[j]), float(lat_known[j]))
         if count:
             fresh = set(archs) - self._counted
             self._counted |= fresh
             self.calls += len(fresh)
-        rows = np.array([self._cache[a] for a in archs], dtype=np.float64).reshape(-1, 6)
-        return {name: rows[:, j] for j, name in enumerate(GUIDED + ("latency_log_sigma",))}
+        rows = np.array([self._cache[a] for a in archs], dtype=np.float64).reshape(-1, len(COLUMNS))
+        return {name: rows[:, j] for j, name in enumerate(COLUMNS)}
 
     def _bound(self, scores: dict) -> np.ndarray:
         """The budgeted latency column; scores made by hand without it get the global margin."""
@@ -144,6 +162,7 @@ class SearchProblem:
         sigma = scores.get("latency_log_sigma", np.zeros_like(lat))
         with np.errstate(divide="ignore", invalid="ignore"):
             z = (np.log(b) - np.log(np.maximum(lat, 1e-12))) / sigma
+        # a measured net has sigma 0 and its measurement as bound: 1 or 0
         return np.where(sigma > 0, normal_cdf(z), (self._bound(scores) <= b).astype(np.float64))
 
     def F(self, scores: dict) -> np.ndarray:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ProfileError
-from .files import (atomic_write_json, check_writable, create_new_json, from_versioned_json, json_sha256,
-                    read_user_json)
+from .files import (atomic_write_json, check_writable, from_versioned_json, json_sha256, read_user_json,
+                    save_revision_json)
 
 SCHEMA = "pomonag-edge/profile"
 SCHEMA_VERSION = 1
@@ -71,20 +71,11 @@ class Profile:
         return atomic_write_json(path, self.to_dict(), "profile")
 
     def save_revision(self, parent_path: str | os.PathLike, parent: "Profile") -> Path:
-        """Save as a new file beside ``parent_path`` (``NAME.r2.json``, ``.r3``, ...), recording its parent.
-
-        The parent is never rewritten (runs name it by hash), and two writers extending the same profile at
-        once each get their own revision: neither update is lost."""
-        parent_path = Path(parent_path)
+        """Save as a new file beside ``parent_path`` (``NAME.r2.json``, ``.r3``, ...), recording its parent
+        (``files.save_revision_json``)."""
         self.parent = {"path": str(parent_path), "name": parent.name, "sha256": parent.sha256}
         self.created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        base = parent_path.name.removesuffix(".json")
-        base = base.rsplit(".r", 1)[0] if base.rsplit(".r", 1)[-1].isdigit() else base
-        for n in range(2, 10_000):
-            path = parent_path.with_name(f"{base}.r{n}.json")
-            if create_new_json(path, self.to_dict(), "profile revision"):
-                return path
-        raise ProfileError(f"too many revisions of {parent_path}")
+        return save_revision_json(parent_path, self.to_dict(), "profile revision", ProfileError)
 
     @property
     def sha256(self) -> str:

@@ -303,18 +303,26 @@ def test_calibrate_merges_functionally_identical_nets():
 
 
 def test_generate_table_fits_80_columns():
+    """Every column whole at 80 columns, the budget verdict included; nets told apart by their table index (NB201's
+    arch strings all start alike: cut, they read the same); measured values marked."""
     from rich.console import Console
 
     from pomonag_edge.commands.generate import render_table
 
-    rows = [{"rank": i + 1, "arch": a, "accuracy": 93.5, "latency_ms": 12.345, "params": 1_234_567,
-             "macs": 123_456_789, "feasible": i % 2 == 0} for i, a in enumerate(ARCHS)]
-    console = Console(width=80, record=True, file=open(os.devnull, "w"))
-    console.print(render_table(rows, None, title="nets", width=80))
-    text = console.export_text()
-    assert max(len(line) for line in text.splitlines()) <= 80
-    assert "within budget" in text and text.count(" yes ") == 3 and text.count(" no ") == 3
-    assert "…" in text  # arch strings abbreviated; the files hold them whole
+    rows = [{"rank": i + 1, "arch": a, "index": 1000 + i, "accuracy": 93.5, "latency_ms": 12.345, "params": 1_234_567,
+             "macs": 123_456_789, "feasible": i % 2 == 0, "p_within_budget": 0.95 if i % 2 == 0 else 0.4,
+             "latency_ms_measured": 11.5 if i == 0 else None, "accuracy_measured": None} for i, a in enumerate(ARCHS)]
+    for width in (80, 200):
+        console = Console(width=width, record=True, file=open(os.devnull, "w"))
+        console.print(render_table(rows, None, title="nets", width=width))
+        text = console.export_text()
+        lines = text.splitlines()
+        assert max(len(line) for line in lines) <= width
+        header = next(line for line in lines if "P(within budget)" in line)
+        assert all(h in header for h in ("#", "index", "accuracy %", "latency ms", "params", "MACs"))
+        assert text.count(" 95% ") == 3 and text.count("40% (no)") == 3 and "11.500*" in text
+        assert all(str(1000 + i) in text for i in range(len(ARCHS)))
+        assert (ARCHS[0] in text) == (width == 200) and "…" not in text  # whole, or left to pareto.csv
 
 
 def test_devices_never_cuts_the_names_to_type(monkeypatch):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import click
 
 from ..strategies import STRATEGIES
-from .options import SEED, dataset_option, profile_option, space_option
+from .options import SEED, dataset_option, make_ssh_options, profile_option, space_option, ssh_options
 
 
 @click.command(short_help="Pareto-optimal nets within a budget.")
@@ -34,13 +34,26 @@ from .options import SEED, dataset_option, profile_option, space_option
 @click.option("--force", is_flag=True, help="Replace the run already in --out DIR (as a whole).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="json: the run folder and its nets on stdout, for scripts.")
+@click.option("--measure", default=0, show_default=True, type=click.IntRange(0), metavar="N",
+              help="Time up to N candidates on the profile's device, in rounds, chosen by expected improvement of "
+                   "the pick; measured latencies replace predictions and go into a new profile revision.")
+@click.option("--host", default=None, metavar="USER@ADDR[:PORT]",
+              help="With --measure: the device to time on, over SSH through the device runner [default: this "
+                   "machine, which must be the profile's device].")
+@ssh_options
 def command(space, profile, dataset, max_latency, max_params, max_macs, weights, confidence, num, samples, strategy,
-            seed, out, force, fmt):
+            seed, out, force, fmt, measure, host, ssh_config, remote_python, remote_dir):
     """Generate nets on the accuracy / latency / params / MACs Pareto front inside the budget.
 
     Writes DIR/pareto.json, pareto.csv, manifest.json and pareto.png. Without --profile the newest
     finished profile of the space in ./profiles is used (and named on the first line). A budget no
     candidate meets lists the closest nets and exits with 2.
+
+    With --measure N the answer is measured, not predicted: in rounds, the candidates that could still
+    change the pick are timed on the device, the latency model refitted, the nets re-ranked; it stops when
+    the top pick is measured within budget and the chance that an unmeasured candidate beats it is below
+    1 - --confidence, or when N timings are spent (DIR/loop.json says which). Interrupted, the same command
+    with --out DIR resumes without timing a net again.
     """
     import os
     import sys
@@ -49,6 +62,7 @@ def command(space, profile, dataset, max_latency, max_params, max_macs, weights,
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from ..closed_loop import LoopOptions
     from ..generate import generate_run
     from ..units import parse_probability
 
@@ -66,12 +80,21 @@ def command(space, profile, dataset, max_latency, max_params, max_macs, weights,
             tasks[stage] = bar.add_task(stage, total=total)
         bar.update(tasks[stage], completed=done, total=total)
 
+    if host is not None and not measure:
+        from ..errors import UserError
+
+        raise UserError("--host is where --measure times nets: add --measure N, or drop --host")
+    loop = LoopOptions(measure=measure, host=host, ssh=make_ssh_options(ssh_config, remote_python, remote_dir))
+
+    def say(message):
+        (bar.console if tasks else console).print(message, highlight=False, soft_wrap=True)
+
     try:
         run = generate_run(space=space, profile=profile, dataset=dataset, max_latency=max_latency,
                            max_params=max_params, max_macs=max_macs, weights=weights, num=num, samples=samples,
                            strategy=strategy, seed=seed, out=out, progress=progress, force=force,
                            level=parse_probability(confidence, "--confidence"),
-                           command=" ".join(["pomonag-edge", *sys.argv[1:]]))
+                           command=" ".join(["pomonag-edge", *sys.argv[1:]]), loop=loop, say=say)
     finally:
         if tasks:  # Progress.stop prints a blank line off a terminal even when never started
             bar.stop()
@@ -80,7 +103,8 @@ def command(space, profile, dataset, max_latency, max_params, max_macs, weights,
         import json
 
         json.dump({"run_dir": str(run.out), "profile": run.manifest["profile"], "dataset": run.problem.dataset,
-                   "margin": run.problem.margin, "nets": run.result.selected}, sys.stdout, indent=2, default=str)
+                   "margin": run.problem.margin, "loop": run.manifest.get("loop"), "nets": run.result.selected},
+                  sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
         return
     out_console = Console()
@@ -95,6 +119,12 @@ def command(space, profile, dataset, max_latency, max_params, max_macs, weights,
     title = (f"{len(run.result.selected)} Pareto-optimal nets ({run.manifest['profile']['name']}, "
              f"{run.problem.dataset}, {margin})")
     out_console.print(render_table(run.result.selected, run.problem, title=title, width=out_console.width))
+    legend = measured_note(run.result.selected)
+    if legend:
+        out_console.print(legend, highlight=False, soft_wrap=True)
+    loop = run.manifest.get("loop")
+    if loop:
+        out_console.print(loop_line(loop), highlight=False, soft_wrap=True)
     note = run.problem.predictors.source.get("accuracy_note")
     if note:
         out_console.print(note, highlight=False, soft_wrap=True)
@@ -110,30 +140,69 @@ def command(space, profile, dataset, max_latency, max_params, max_macs, weights,
                       highlight=False, soft_wrap=True)
 
 
+MEASURED_MARK = "*"
+
+
+def loop_line(loop: dict) -> str:
+    """What the closed loop did and why it stopped, in one sentence."""
+    stop = loop["stop"] or {}
+    made = [f"{loop['timings']} of {loop['measure']} timings" if loop["measure"] else "",
+            f"{loop['trainings']} of {loop['train']} trainings" if loop["train"] else ""]
+    chance = stop.get("p_beat")
+    why = stop.get("why", "")
+    if stop.get("reason") == "converged":
+        why += f" (chance <= {chance:.1%}, threshold {stop['threshold']:.0%})"
+    revision = loop.get("profile_revision") or loop.get("dataset_revision")
+    return (f"closed loop: {', '.join(m for m in made if m)} in {loop['rounds']} rounds; stopped: {why}"
+            + (f"; measurements saved in {', '.join(v for v in (loop.get('profile_revision'), loop.get('dataset_revision')) if v)}"
+               if revision else ""))
+
+
 def render_table(rows, problem, title: str = "", width: int | None = None):
-    """One row per net. Only the arch column shrinks on a narrow terminal (abbreviated with an ellipsis; the run's
-    files hold the full strings); the numbers and the budget verdict are never cut."""
+    """One row per net: its rank, its row in the space's tables (``index``, where the space has them), the arch
+    string only where the width shows it whole (abbreviated, NB201's strings all start alike; the run's files
+    hold them), the numbers and the budget verdict never cut. A value measured (latency on the device,
+    accuracy by training) is marked ``*``; the others are predictions."""
     from rich.table import Table
 
     from ..units import format_count
 
-    cells = [(str(r.get("rank") or i), r["arch"], f"{r['accuracy']:.2f}", f"{r['latency_ms']:.3f}",
-              format_count(r["params"]), format_count(r["macs"]), _within(r))
-             for i, r in enumerate(rows, start=1)]
+    def value(r, key, fmt):
+        measured = r.get(f"{key}_measured")
+        return fmt.format(r[key]) if measured is None else fmt.format(measured) + MEASURED_MARK
+
+    has_index = any(r.get("index") is not None for r in rows)
     acc_label = problem.predictors.source.get("accuracy_label", "accuracy %") if problem is not None else "accuracy %"
-    headers = ("#", "arch", acc_label, "latency ms", "params", "MACs", "P(within budget)")
-    widths = [max([len(h)] + [len(c[k]) for c in cells]) for k, h in enumerate(headers)]
-    arch_width = None
-    if width is not None:  # what the other columns and the borders leave (3 characters a column, 1 more)
-        arch_width = max(10, width - (sum(widths) - widths[1]) - 3 * len(headers) - 1)
+    columns = [("#", "right", [str(r.get("rank") or i) for i, r in enumerate(rows, start=1)])]
+    if has_index:
+        columns.append(("index", "right", ["" if r.get("index") is None else str(r["index"]) for r in rows]))
+    columns += [(acc_label, "right", [value(r, "accuracy", "{:.2f}") for r in rows]),
+                ("latency ms", "right", [value(r, "latency_ms", "{:.3f}") for r in rows]),
+                ("params", "right", [format_count(r["params"]) for r in rows]),
+                ("MACs", "right", [format_count(r["macs"]) for r in rows]),
+                ("P(within budget)", "center", [_within(r) for r in rows])]
+    widths = [max([len(h)] + [len(c) for c in cells]) for h, _, cells in columns]
+    archs = [r["arch"] for r in rows]
+    room = None if width is None else width - sum(widths) - 3 * (len(columns) + 1) - 1
+    if room is None or room >= max(map(len, archs), default=0):
+        columns.insert(2 if has_index else 1, ("arch", "left", archs))
+    elif not has_index:  # nothing else tells the nets apart: the arch, its head and tail (the middle cut)
+        keep = max(room, 11)
+        columns.insert(1, ("arch", "left", [a if len(a) <= keep else a[:(keep - 1) // 2] + "…" + a[-(keep // 2):]
+                                            for a in archs]))
     table = Table(title=title)
-    for k, name in enumerate(headers):
-        table.add_column(name, justify="left" if k == 1 else "center" if k == 6 else "right", no_wrap=True,
-                         overflow="ellipsis", min_width=None if k == 1 else widths[k],
-                         max_width=arch_width if k == 1 else None)
-    for row in cells:
-        table.add_row(*row)
+    for name, justify, cells in columns:
+        table.add_column(name, justify=justify, no_wrap=True, min_width=max([len(name)] + [len(c) for c in cells]))
+    for k in range(len(rows)):
+        table.add_row(*(cells[k] for _, _, cells in columns))
     return table
+
+
+def measured_note(rows) -> str | None:
+    """The legend of the ``*`` mark, when a shown value is measured."""
+    if not any(r.get("latency_ms_measured") is not None or r.get("accuracy_measured") is not None for r in rows):
+        return None
+    return f"{MEASURED_MARK} measured (latency on the device, accuracy by training); other values predicted"
 
 
 def _within(row: dict) -> str:

@@ -423,6 +423,10 @@ def _export_one(ctx: _Context, rank: int, item: dict, predicted_ms: float | None
     if trained is not None:
         entry["accuracy_measured"] = trained["accuracy_measured"]
         entry["accuracy_measured_on"] = f"{trained['split']} split ({trained['n_val']} images)"
+    at_generate = {k: item.get(f) for k, f in (("latency_ms", "latency_ms_measured"), ("accuracy", "accuracy_measured"))
+                   if item.get(f) is not None}
+    if at_generate:  # what generate's closed loop measured for this net (its rank used these)
+        entry["measured_by_generate"] = at_generate
     input_shape = space.input_shape(arch, dataset, batch=ctx.batch)
     batches = sorted({1, 2, ctx.batch}) if options.dynamic_batch else [ctx.batch]
     onnx_path = ctx.out_dir / f"{stem}.onnx"

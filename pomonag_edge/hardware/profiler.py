@@ -119,7 +119,7 @@ def _inputs(shape, seed: int) -> dict:
     return {"input": np.random.default_rng(seed).standard_normal(shape).astype(np.float32)}
 
 
-def _net(space, arch, dataset: str, batch: int, seed: int) -> Graph:
+def net_graph(space, arch, dataset: str, batch: int, seed: int) -> Graph:
     return Graph(space.build(arch, dataset).eval(), _inputs(space.input_shape(arch, dataset, batch), seed),
                  arch=str(arch))
 
@@ -263,7 +263,7 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
     todo = [j for j in jobs if not all(k in profile.lut for k in j.keys)]
     plan_size = req.calibration - len(profile.calibration)
     if (todo or plan_size > 0) and not batched:
-        timer.settle(_net(space, space.settle_arch(dataset), dataset, batch, req.seed))
+        timer.settle(net_graph(space, space.settle_arch(dataset), dataset, batch, req.seed))
     if jobs:
         report("lut", len(jobs) - len(todo), len(jobs), "")
     prefix = f"{space.name}/{dataset}/b{batch}"
@@ -291,7 +291,7 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
 
     waiting = [a for a in plan if str(a) not in done]
     for chunk in ([waiting] if batched and waiting else [[a] for a in waiting]):
-        timed = timer.time({f"{prefix}/net/{a}": _net(space, a, dataset, batch, req.seed) for a in chunk},
+        timed = timer.time({f"{prefix}/net/{a}": net_graph(space, a, dataset, batch, req.seed) for a in chunk},
                            progress=rounds("calibration") if batched else None)
         for a in chunk:
             profile.calibration.append(record(a, timed[f"{prefix}/net/{a}"]))
@@ -308,7 +308,7 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
     for n, i in enumerate(noisy, start=1):
         arch = space.parse(profile.calibration[i]["arch"])
         name = f"{prefix}/net/{arch}"
-        again = record(arch, timer.time({name: _net(space, arch, dataset, batch, req.seed)}, tag="again")[name])
+        again = record(arch, timer.time({name: net_graph(space, arch, dataset, batch, req.seed)}, tag="again")[name])
         if again["cv"] < profile.calibration[i]["cv"]:
             profile.calibration[i] = again
             profile.save(path)
@@ -319,7 +319,7 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
     first = profile.calibration[:END_CHECK_NETS]
     if measured and first:
         report("end check", 0, len(first), "")
-        graphs = {f"{prefix}/net/{c['arch']}": _net(space, space.parse(c["arch"]), dataset, batch, req.seed)
+        graphs = {f"{prefix}/net/{c['arch']}": net_graph(space, space.parse(c["arch"]), dataset, batch, req.seed)
                   for c in first}
         again = timer.time(graphs, tag="end-check")
         factor, warning = speed_change([c["latency_ms"] for c in first],

@@ -82,7 +82,25 @@ def search_predictors(space, profile, dataset):
         source["accuracy_label"], source["accuracy_note"] = accp.column_label, accp.note()
     return Predictors(accuracy=accuracy, latency_ms=lambda archs: np.asarray(lat.predict_ms(archs), dtype=np.float64),
                       margin=margin, source=source,
-                      latency_log_sigma=lambda archs: np.asarray(lat.log_sigma(archs), dtype=np.float64))
+                      latency_log_sigma=lambda archs: np.asarray(lat.log_sigma(archs), dtype=np.float64),
+                      **measured_values(space, profile, dataset, accp))
+
+
+def measured_values(space, profile, dataset, accuracy_model=None) -> dict:
+    """What has been measured, as ``Predictors`` takes it: the profile's calibration timings (``measured_latency_ms``),
+    a user task's measured accuracies (``measured_accuracy``) and its accuracy model's sigma in points (from its
+    cross-validated error, read as the two-sided ``error_quantile`` of a normal error)."""
+    from statistics import NormalDist
+
+    key = lambda arch: str(space.parse(arch))  # noqa: E731 - one spelling per net
+    latency = {key(c["arch"]): float(c["latency_ms"]) for c in profile.calibration} if not profile.reference else {}
+    out = {"measured_latency_ms": latency}
+    if dataset is not None and not isinstance(dataset, str):
+        out["measured_accuracy"] = {key(m["arch"]): float(m["accuracy"]) for m in dataset.measurements}
+        cv = getattr(accuracy_model, "state", {}).get("cv", {})
+        if cv.get("error_points") is not None:
+            out["accuracy_sigma"] = float(cv["error_points"]) / NormalDist().inv_cdf(0.5 + cv["error_quantile"] / 2)
+    return out
 
 
 def table_predictors(space, dataset: str, device: str):
