@@ -84,7 +84,7 @@ def command(space, profile, dataset, max_latency, max_params, max_macs, weights,
         from ..errors import UserError
 
         raise UserError("--host is where --measure times nets: add --measure N, or drop --host")
-    loop = LoopOptions(measure=measure, host=host, ssh=make_ssh_options(ssh_config, remote_python, remote_dir))
+    loop = LoopOptions(measure=measure, host=host, ssh=make_ssh_options(ssh_config, remote_python, remote_dir, host))
 
     def say(message):
         (bar.console if tasks else console).print(message, highlight=False, soft_wrap=True)
