@@ -187,7 +187,8 @@ class CommandTimer:
             for call in range(self.descriptor.calls):
                 record = self.log.get(f"{base}#{call}")
                 if record is None:
-                    path = Path(g.onnx) if g.onnx is not None else onnx_file(name, g, self.folder)
+                    path = Path(g.onnx) if g.onnx is not None else onnx_file(name, g, self.folder) \
+                        if "onnx" in self.template.used else ""  # a command that reads no graph gets none made
                     item = f"net {g.arch}" if g.arch else f"graph {name}"
                     ms = run_for_number(self.template.argv(onnx=str(path), arch=g.arch or "", name=name,
                                                            **self.settings),
