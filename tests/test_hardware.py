@@ -196,8 +196,9 @@ def test_torch_cuda_backend():
 def test_tensorrt_builder_flags():
     assert T.builder_flag_names("fp32") == ()
     assert T.builder_flag_names("fp16") == ("FP16",)
-    with pytest.raises(UserError, match="int8"):
-        T.builder_flag_names("int8")
+    assert T.builder_flag_names("int8") == ("INT8", "FP16")  # explicit quantization, fp16 for unquantized layers
+    with pytest.raises(UserError, match="int4"):
+        T.builder_flag_names("int4")
 
 
 def test_tensorrt_missing_says_how_to_install():

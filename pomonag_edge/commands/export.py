@@ -16,7 +16,13 @@ from .options import SEED, make_ssh_options, profile_option, ssh_options
               help="What to build. TensorRT engines are built from the ONNX files, on an NVIDIA GPU.")
 @profile_option
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
-              help="Precision of the measured runtime and of TensorRT engines (default: the profile's).")
+              help="Precision of the measured runtime and of TensorRT engines (default: the profile's). int8: Q/DQ "
+                   "ONNX files (ONNX Runtime static quantization), timed and checked beside their FP32 files.")
+@click.option("--calib-images", type=click.IntRange(min=1), default=256, show_default=True,
+              help="int8: training images the quantization ranges are calibrated on.")
+@click.option("--calib-data", type=click.Path(), default=None, metavar="PATH",
+              help="int8: images to calibrate on (a folder or .npz, as `train --data`) [default: the data the nets "
+                   "were trained on, else the task's images, else random inputs (accuracy then not claimed)].")
 @click.option("--opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), default=DEFAULT_OPSET, show_default=True, help="ONNX opset.")
 @click.option("--dynamic-batch", is_flag=True, help="Export with a dynamic batch axis (checked at batch 1 and 2).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
@@ -40,7 +46,7 @@ from .options import SEED, make_ssh_options, profile_option, ssh_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (per net: rank, arch, status, files, "
               "median ms) on stdout instead of the table, for scripts.")
 @click.pass_context
-def command(ctx, run_dir, top, fmt, profile, precision, opset, dynamic_batch, weights, allow_over_budget, measure,
+def command(ctx, run_dir, top, fmt, profile, precision, calib_images, calib_data, opset, dynamic_batch, weights, allow_over_budget, measure,
             feedback, quick, seed, drift_nets, host, ssh_config, remote_python, remote_dir, as_json):
     """Export the top nets of RUN_DIR (default: the run generated last under ./runs) to RUN_DIR/export/.
 
@@ -57,7 +63,8 @@ def command(ctx, run_dir, top, fmt, profile, precision, opset, dynamic_batch, we
 
     from ..export import ExportOptions, export_run, parse_formats, render, resolve_run_dir
 
-    options = ExportOptions(top=top, formats=parse_formats(fmt), profile=profile, precision=precision, opset=opset,
+    options = ExportOptions(top=top, formats=parse_formats(fmt), profile=profile, precision=precision,
+                            calib_images=calib_images, calib_data=calib_data, opset=opset,
                             dynamic_batch=dynamic_batch, weights=weights, allow_over_budget=allow_over_budget,
                             measure=measure, feedback=feedback, quick=quick, seed=seed, drift_nets=drift_nets,
                             host=host, ssh=make_ssh_options(ssh_config, remote_python, remote_dir, host))

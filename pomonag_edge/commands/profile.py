@@ -24,7 +24,9 @@ from .options import SEED, dataset_option, make_ssh_options, space_option, ssh_o
                    "single_ops = false).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads [device default: 1].")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
-              help="[device default: fp32 on cpu, fp16 on gpu / jetson]")
+              help="int8: every graph timed as Q/DQ ONNX made by ONNX Runtime's static quantization, written to "
+                   "profiles/<device>-int8.json beside the fp32 one; fp16: TensorRT runtimes only (ONNX Runtime's "
+                   "CPU provider has few fp16 kernels) [device default: fp32 on cpu, fp16 on gpu / jetson]")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Batch size [device default: 1].")
 @click.option("--backend", type=click.Choice(list(BACKENDS)), default=None,
               help="Runtime to time with [device default: the first available of its list; with --host, the "

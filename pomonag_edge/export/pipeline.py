@@ -17,11 +17,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from ..errors import UserError
 from ..files import claim, replace_dir, staging_dir
 from ..hardware.backends import PRECISIONS
 from ..profile import Profile, resolve_profile
 from ..spaces import get_space
+from .int8 import CALIB_IMAGES
 from .onnx_export import (DEFAULT_OPSET, INPUT_NAME, build_model, check_opset, export_onnx, file_stem, load_weights,
                           onnx_summary, random_inputs)
 from .report import SCHEMA, SCHEMA_VERSION, environment, write_report
@@ -49,6 +52,8 @@ class ExportOptions:
     drift_nets: int = 3  # calibration nets of the profile timed again beside the exported ones
     host: str | None = None  # USER@ADDR[:PORT]: measure there through the device runner
     ssh: object | None = None  # remote.SSHOptions (ssh config, remote python, remote folder)
+    calib_images: int = CALIB_IMAGES  # int8: training images the Q/DQ scales are calibrated on
+    calib_data: str | None = None  # int8: the images to calibrate on (default: the training data, or the task's)
 
     def __post_init__(self):
         if self.top < 1:
@@ -59,7 +64,9 @@ class ExportOptions:
         if bad or not self.formats:
             raise UserError(f"unknown --format {','.join(bad) or '(empty)'}; use onnx, tensorrt or onnx,tensorrt")
         if self.precision is not None and self.precision not in PRECISIONS:
-            raise UserError(f"unknown --precision {self.precision!r}; use fp32 or fp16")
+            raise UserError(f"unknown --precision {self.precision!r}; use {', '.join(PRECISIONS)}")
+        if self.calib_images < 1:
+            raise UserError(f"--calib-images must be at least 1, got {self.calib_images}")
         check_opset(self.opset)
 
 
@@ -147,6 +154,8 @@ class _Context:
     trained: dict | None = None  # RUN/train/results.json: the run's nets trained on the user's data
     timer: object | None = None  # remote.DeviceTimer under --host: every net is timed there
     command: object | None = None  # timers.CommandTimer: a device that is a command times every net
+    calibration: object | None = None  # int8.CalibrationData: what the INT8 files are calibrated on (int8 only)
+    int8_scheme: str | None = None  # quantize.scheme_for(the profile's runtime), int8 only
     _runtimes: dict = field(default_factory=dict)
 
     def runtime(self, name: str):
@@ -168,6 +177,7 @@ class _Timing:
     inputs: dict
     runnables: dict
     probe: dict | None = None  # the profile's calibration record this net re-times
+    fp32_path: Path | None = None  # int8: the FP32 file the INT8 one was made from, timed beside it
 
 
 def command_timings_dir(run_path: Path) -> Path:
@@ -287,6 +297,11 @@ def export_run(run_dir: str | Path, options: ExportOptions,
                          "to build and time TensorRT engines")
             if backend_name == "tensorrt":
                 measure = False
+    profile_precision = runtime.get("precision") or "fp32"
+    if "int8" in (precision, profile_precision) and precision != profile_precision and not profile.reference:
+        raise UserError(f"--precision {precision}, but profile {profile.name!r} was measured at {profile_precision}: "
+                        f"its latency model predicts {profile_precision} nets; profile the device with --precision "
+                        f"{precision} and generate against that profile (its runs export {precision})")
     measure_precision = precision
     if precision == "fp16" and command is None and timer is None and not BACKENDS[backend_name].gpu:
         if "tensorrt" not in options.formats:
@@ -312,6 +327,20 @@ def export_run(run_dir: str | Path, options: ExportOptions,
         from ..training import trained_results
 
         ctx.trained = trained_results(run.path)
+    if precision == "int8":
+        from ..hardware.quantize import scheme_for
+        from .int8 import calibration_data
+
+        if options.weights is not None and options.calib_data is None:
+            raise UserError("--precision int8 with --weights needs images to calibrate on: pass --calib-data PATH")
+        ctx.int8_scheme = scheme_for(backend_name)
+        ctx.calibration = calibration_data(space, run, ctx.trained, options.calib_images, options.calib_data,
+                                           options.seed)
+        notes.append(f"INT8 files: Q/DQ ONNX ({ctx.int8_scheme} scheme) quantized by ONNX Runtime's static "
+                     f"quantization, calibrated on {ctx.calibration.described}; each *.fp32.onnx beside it is the "
+                     "file it was made from, timed with it"
+                     + ("; TensorRT builds both with --int8 --fp16, so there the comparison is INT8 against FP16"
+                        if ctx.int8_scheme == "tensorrt" else ""))
     predicted, predicted_by = _predicted_ms(space, profile, run, candidates)
     report = {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "complete": False,
@@ -325,7 +354,9 @@ def export_run(run_dir: str | Path, options: ExportOptions,
                      "threads": threads, "clock": ctx.clock, "measured": measure,
                      "measured_for_information": informative,
                      "timing_protocol": _protocol(profile, options.quick).to_dict() if measure else None,
-                     "predicted_by": predicted_by},
+                     "predicted_by": predicted_by,
+                     "int8": None if ctx.calibration is None else {"scheme": ctx.int8_scheme,
+                                                                   **ctx.calibration.to_dict()}},
         "environment": environment(backend_name, measure_precision, threads, batch, detected, profile, mismatch,
                                    tensorrt) | {"host": options.host},
         "nets": [], "notes": notes, "feedback": None, "drift": None,
@@ -429,31 +460,37 @@ def _export_one(ctx: _Context, rank: int, item: dict, predicted_ms: float | None
         entry["measured_by_generate"] = at_generate
     input_shape = space.input_shape(arch, dataset, batch=ctx.batch)
     batches = sorted({1, 2, ctx.batch}) if options.dynamic_batch else [ctx.batch]
-    onnx_path = ctx.out_dir / f"{stem}.onnx"
-    reuse = bool(options.measure) and stem in existing
+    onnx_path = ctx.out_dir / f"{stem}.onnx"  # the file to deploy (int8: the Q/DQ one)
+    int8 = ctx.calibration is not None
+    fp32_path = onnx_path.with_name(f"{stem}.fp32.onnx") if int8 else onnx_path
+    reuse = bool(options.measure) and stem in existing and (not int8 or f"{stem}.fp32" in existing)
     if reuse:  # --measure re-times the previous export's file: it moves into this export, labelled as reused
         _link_or_copy(existing[stem], onnx_path)
+        if int8:
+            _link_or_copy(existing[f"{stem}.fp32"], fp32_path)
 
     t0 = time.perf_counter()
     model = build_model(space, arch, dataset, weights, seed=options.seed)
     try:
         if not reuse:
-            export_onnx(model, input_shape, onnx_path, opset=options.opset, dynamic_batch=options.dynamic_batch)
+            export_onnx(model, input_shape, fp32_path, opset=options.opset, dynamic_batch=options.dynamic_batch)
     except UserError:
         raise
     except Exception as e:  # an exporter or checker failure fails this net, with its message, not the run
         entry["reasons"].append(f"ONNX export failed: {type(e).__name__}: {str(e)[:300]}")
         _judge(entry, ctx)
         return entry, None
-    entry["files"]["onnx"] = onnx_summary(onnx_path) | {"reused": reuse}
+    entry["files"]["onnx"] = onnx_summary(fp32_path) | {"reused": reuse}
     entry["timing_s"]["export"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    run, names = onnxruntime_runner(onnx_path)
+    run, names = onnxruntime_runner(fp32_path)
     check = check_outputs(model, run, names, input_shape, batches,
                           tolerance_for("onnxruntime", "fp32"), seed=options.seed, runtime="onnxruntime")
     entry["checks"].append(check.to_dict())
     entry["timing_s"]["check"] = time.perf_counter() - t0
+    if int8 and check.passed:
+        _quantize_one(ctx, entry, stem, fp32_path, onnx_path, input_shape, reuse)
 
     runnables = {}
     timing_inputs = {INPUT_NAME: random_inputs(input_shape, options.seed)}
@@ -478,9 +515,37 @@ def _export_one(ctx: _Context, rank: int, item: dict, predicted_ms: float | None
         entry["timing_s"]["engine"] = time.perf_counter() - t0
 
     if ctx.measure and all(c["passed"] for c in entry["checks"]) and not entry["reasons"]:
-        return entry, _Timing(stem, entry, onnx_path, model, timing_inputs, runnables)
+        return entry, _Timing(stem, entry, onnx_path, model, timing_inputs, runnables,
+                              fp32_path=fp32_path if int8 else None)
     _judge(entry, ctx)
     return entry, None
+
+
+def _quantize_one(ctx: _Context, entry: dict, stem: str, fp32_path: Path, onnx_path: Path, input_shape, reuse: bool):
+    """The FP32 file -> the INT8 file (``hardware.quantize``), checked against FP32; accuracies when trained."""
+    from ..files import atomic_write_bytes
+    from ..hardware.quantize import graph_ops, quantize_onnx
+    from .int8 import check_int8, feeds
+
+    t0 = time.perf_counter()
+    if not reuse:
+        data = quantize_onnx(fp32_path.read_bytes(), feeds(ctx.calibration, input_shape, ctx.options.seed),
+                             ctx.int8_scheme, f"net {entry['rank']} ({stem})")
+        atomic_write_bytes(onnx_path, data)
+    ops = graph_ops(onnx_path.read_bytes())
+    entry["files"]["onnx_fp32"] = entry["files"]["onnx"] | {"precision": "fp32"}
+    entry["files"]["onnx"] = onnx_summary(onnx_path) | {
+        "reused": reuse, "precision": "int8", "scheme": ctx.int8_scheme, "calibration": ctx.calibration.source,
+        "quantize_nodes": ops.get("QuantizeLinear", 0), "dequantize_nodes": ops.get("DequantizeLinear", 0)}
+    entry["timing_s"]["quantize"] = time.perf_counter() - t0
+    check, accuracy = check_int8(fp32_path, onnx_path, ctx.calibration, input_shape, ctx.options.dynamic_batch,
+                                 ctx.options.seed)
+    entry["checks"].append(check.to_dict())
+    if accuracy:  # the INT8 file's accuracy, and the FP32 file's on the same validation images
+        entry["accuracy_measured"] = accuracy["int8"]
+        entry["accuracy_measured_fp32"] = accuracy["fp32"]
+        entry["accuracy_drop_points"] = round(accuracy["fp32"] - accuracy["int8"], 4)
+        entry["accuracy_measured_on"] = f"validation split ({accuracy['images']} images), ONNX Runtime"
 
 
 def _drift_probes(ctx: _Context) -> list[_Timing]:
@@ -503,6 +568,12 @@ def _drift_probes(ctx: _Context) -> list[_Timing]:
                 _link_or_copy(previous, path)
             else:
                 export_onnx(model, shape, path, opset=ctx.options.opset)
+                if ctx.calibration is not None:  # timed as the profile timed it: INT8, random calibration
+                    from ..files import atomic_write_bytes
+                    from ..hardware.quantize import quantize_onnx, random_calibration
+
+                    atomic_write_bytes(path, quantize_onnx(path.read_bytes(), random_calibration(
+                        {INPUT_NAME: random_inputs(shape, ctx.options.seed)}), ctx.int8_scheme, stem))
         probes.append(_Timing(stem, None, path, model, {INPUT_NAME: random_inputs(shape, ctx.options.seed)}, {},
                               probe=record))
     return probes
@@ -543,6 +614,7 @@ def _measure_all(ctx: _Context, timings: list[_Timing], probes: list[_Timing], s
     if ctx.timer is not None:
         t0 = time.perf_counter()
         graphs = {t.name: t.onnx_path.read_bytes() for t in schedule}
+        graphs.update({f"{t.name}.fp32": t.fp32_path.read_bytes() for t in schedule if t.fp32_path is not None})
         engines = ctx.tensorrt
         where = ctx.options.host or "this machine"
         result = ctx.timer.time(graphs, progress=lambda d, n, item: say(f"timing on {where}: {d}/{n}"),
@@ -560,6 +632,8 @@ def _measure_all(ctx: _Context, timings: list[_Timing], probes: list[_Timing], s
                 continue
             t.entry["measured"][ctx.backend_name] = measured.to_dict() | {
                 "round_medians_ms": result.stats[t.name].get("round_medians_ms")}
+            if t.fp32_path is not None and result.measurements.get(f"{t.name}.fp32") is not None:
+                t.entry["measured_fp32"] = result.measurements[f"{t.name}.fp32"].to_dict()
             if t.name in result.engines:
                 path = result.engines[t.name]
                 t.entry["files"]["engine"] = {"path": str(path), "bytes": path.stat().st_size,
@@ -582,6 +656,9 @@ def _measure_all(ctx: _Context, timings: list[_Timing], probes: list[_Timing], s
             runnable = t.runnables.get(name) or ctx.runtime(name).load(
                 str(t.onnx_path) if _reads_onnx(name) else t.model, inputs=t.inputs)
             t.entry["measured"][name] = runnable.measure(protocol).to_dict()
+        if t.fp32_path is not None:  # the FP32 file, right after its INT8 file, with the same runtime
+            t.entry["measured_fp32"] = ctx.runtime(ctx.backend_name).load(str(t.fp32_path), inputs=t.inputs) \
+                .measure(protocol).to_dict()
         t.entry["timing_s"]["measure"] = time.perf_counter() - t0
 
 
@@ -606,6 +683,12 @@ def _judge(entry: dict, ctx: _Context, drift: float | None = None) -> None:
     for c in entry["checks"]:
         entry["reasons"].extend(f"{c['runtime']}: {f}" for f in c["failures"])
     m = entry["measured"].get(ctx.backend_name)
+    fp32 = entry.get("measured_fp32")
+    if m and fp32:
+        entry["int8_speedup"] = fp32["median_ms"] / m["median_ms"] if m["median_ms"] > 0 else None
+        if entry["int8_speedup"] is not None and entry["int8_speedup"] <= 1.0:
+            ctx.notes.append(f"net {entry['rank']}: INT8 is not faster than FP32 on this device ({m['median_ms']:.3f} "
+                             f"ms vs {fp32['median_ms']:.3f} ms)")
     pred = entry["predicted"]["latency_ms"]
     if m:
         entry["noisy"] = m["cv"] > _protocol(ctx.profile, ctx.options.quick).max_cv
@@ -642,7 +725,13 @@ def summarize(nets: list[dict], allow_over_budget: bool, drift: dict | None = No
     bad = counts["failed"] + (0 if allow_over_budget else counts["over_budget"])
     errors = [n["latency_error_pct"] for n in nets if n.get("latency_error_pct") is not None]
     corrected = [n["within_10pct_corrected"] for n in nets if n.get("within_10pct_corrected") is not None]
-    return {**counts, "nets": len(nets), "ok": bad == 0, "noisy": sum(bool(n.get("noisy")) for n in nets),
+    speedups = sorted(n["int8_speedup"] for n in nets if n.get("int8_speedup"))
+    int8 = {"int8_speedup_median": float(np.median(speedups)), "int8_speedup_range": [speedups[0], speedups[-1]],
+            "int8_not_faster": sum(x <= 1.0 for x in speedups)} if speedups else {}
+    drops = [n["accuracy_drop_points"] for n in nets if n.get("accuracy_drop_points") is not None]
+    if drops:
+        int8["int8_accuracy_drop_points_max"] = max(drops)
+    return {**counts, **int8, "nets": len(nets), "ok": bad == 0, "noisy": sum(bool(n.get("noisy")) for n in nets),
             "within_10pct": sum(abs(e) <= 100 * NN_METER_BAND for e in errors), "compared": len(errors),
             "within_10pct_corrected": sum(corrected) if corrected else None,
             "drift_factor": (drift or {}).get("factor")}

@@ -92,7 +92,10 @@ def render(report: dict, console) -> None:
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("file (.onnx)", overflow="fold")
     accuracy = any("accuracy_measured" in n for n in report["nets"])
-    for col in ("rel err", "pred ms", "median", "p90", "err %") + (("acc pred", "acc meas") if accuracy else ()) + ("status",):
+    int8 = any("accuracy_measured_fp32" in n for n in report["nets"])  # the INT8 file's accuracy beside FP32's
+    speed = any("measured_fp32" in n for n in report["nets"])
+    for col in (("rel err", "pred ms", "median", "p90", "err %") + (("fp32 ms", "x int8") if speed else ())
+                + (("acc pred", "acc meas") if accuracy else ()) + (("acc fp32",) if int8 else ()) + ("status",)):
         table.add_column(col, justify="left" if col == "status" else "right", no_wrap=True)
     style = {"passed": "green", "checked": "cyan", "over_budget": "yellow", "failed": "bold red"}
     for n, name in zip(report["nets"], names):
@@ -104,7 +107,10 @@ def render(report: dict, console) -> None:
                       f"{pred:.3f}" if pred else "-", f"{m['median_ms']:.3f}" if m else "-",
                       f"{m['p90_ms']:.3f}" if m else "-",
                       f"{n['latency_error_pct']:+.1f}" if n.get("latency_error_pct") is not None else "-",
+                      *((f"{n['measured_fp32']['median_ms']:.3f}" if n.get("measured_fp32") else "-",
+                         f"{n['int8_speedup']:.2f}" if n.get("int8_speedup") else "-") if speed else ()),
                       *((_pct(n["predicted"].get("accuracy")), _pct(n.get("accuracy_measured"))) if accuracy else ()),
+                      *((_pct(n.get("accuracy_measured_fp32")),) if int8 else ()),
                       f"[{style[n['status']]}]{n['status']}[/]")
     console.print(table)
     for n in report["nets"]:
@@ -132,6 +138,12 @@ def render(report: dict, console) -> None:
                       f"x{drift['factor']:.2f} their profiling time; drift-corrected ratio = measured / predicted / "
                       f"{drift['factor']:.2f} (the budget test uses the raw measurement)", highlight=False,
                       soft_wrap=True)
+    if s.get("int8_speedup_median") is not None:
+        lo, hi = s["int8_speedup_range"]
+        console.print(f"INT8 vs FP32 measured: x{s['int8_speedup_median']:.2f} faster (median; x{lo:.2f}-x{hi:.2f})"
+                      + (f"; INT8 not faster for {s['int8_not_faster']} net(s)" if s["int8_not_faster"] else "")
+                      + (f"; accuracy drop from FP32 at most {s['int8_accuracy_drop_points_max']:.2f} points"
+                         if s.get("int8_accuracy_drop_points_max") is not None else ""), highlight=False, soft_wrap=True)
     line = (f"{s['passed']} passed, {s['checked']} checked only, {s['over_budget']} over budget, {s['failed']} failed"
             + (f"; {s['within_10pct']}/{s['compared']} measured within ±10% of predicted (raw)" if s["compared"] else "")
             + (f", {s['within_10pct_corrected']}/{s['compared']} drift-corrected"

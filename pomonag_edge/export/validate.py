@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .int8 import LOGITS_REL_MAX
 from .onnx_export import INPUT_NAME, OUTPUT_NAMES, random_inputs
 
 # stated tolerances (relative, as defined above), per runtime and precision
@@ -24,12 +25,13 @@ TOLERANCE_REL = {
     ("onnxruntime", "fp32"): 1e-4,  # typical 1e-7; 1e-4 leaves room for other CPUs' kernels
     ("tensorrt", "fp32"): 1e-2,  # TensorRT enables TF32 on Ampere+ for fp32 builds (10-bit mantissa)
     ("tensorrt", "fp16"): 5e-2,  # fp16 accumulates ~1e-3 per layer over ~20 layers
+    ("tensorrt", "int8"): LOGITS_REL_MAX,  # an int8 engine against PyTorch fp32: INT8's own tolerance (int8.py)
 }
 
 
 def tolerance_for(runtime: str, precision: str) -> float:
-    return TOLERANCE_REL.get((runtime, precision), TOLERANCE_REL[("tensorrt", "fp16")] if precision == "fp16"
-                             else TOLERANCE_REL[("onnxruntime", "fp32")])
+    fallback = {"fp16": ("tensorrt", "fp16"), "int8": ("tensorrt", "int8")}.get(precision, ("onnxruntime", "fp32"))
+    return TOLERANCE_REL.get((runtime, precision), TOLERANCE_REL[fallback])
 
 
 @dataclass

@@ -19,10 +19,10 @@ import numpy as np
 
 from ..errors import MissingDependencyError, UserError
 from .runnable import OPSET, Runnable, _is_module, _read_onnx, random_inputs
-from .runner import ORT_PROVIDERS, ort_session_options
+from .runner import ORT_PROVIDERS, ort_session_options, trt_ep_precision
 from .timing import CLOCKS, wall_clock
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")  # int8: a Q/DQ ONNX graph (quantize.py)
 
 
 @dataclass(frozen=True)
@@ -113,15 +113,20 @@ class OnnxRuntimeBackend:
                             "with --threads 1")
         self.clock = clock
         self.name = "onnxruntime" if provider == "cpu" else f"onnxruntime-{provider}"
+        if precision == "fp16" and provider != "trt":
+            raise UserError(f"--precision fp16 is not supported by backend {self.name}: its execution provider has "
+                            "few fp16 kernels (most ops would run in fp32 behind casts); use tensorrt, trtexec or "
+                            "onnxruntime-trt for fp16, int8 or fp32 here")
+        if precision == "int8" and provider == "cuda":
+            raise UserError("--precision int8 is not supported by backend onnxruntime-cuda: the CUDA execution "
+                            "provider has no int8 convolutions for Q/DQ graphs; use tensorrt, trtexec or "
+                            "onnxruntime-trt for int8")
         wanted = ORT_PROVIDERS[provider]
         if wanted not in ort.get_available_providers():
             raise MissingDependencyError(
                 f"this onnxruntime ({ort.__version__}) has no {wanted} (it offers "
                 f"{', '.join(ort.get_available_providers())}): pip install onnxruntime-gpu, "
                 "or choose another --backend")
-        if precision == "fp16" and provider != "trt":
-            raise UserError(f"--precision fp16 is not supported by backend {self.name}: "
-                            "use tensorrt or onnxruntime-trt for fp16")
 
     def version(self) -> dict:
         return {"onnxruntime": self.ort.__version__}
@@ -132,7 +137,7 @@ class OnnxRuntimeBackend:
         cuda = ("CUDAExecutionProvider", {"device_id": 0})
         if self.provider == "cuda":
             return [cuda, "CPUExecutionProvider"]
-        trt = ("TensorrtExecutionProvider", {"device_id": 0, "trt_fp16_enable": self.precision == "fp16"})
+        trt = ("TensorrtExecutionProvider", {"device_id": 0, **trt_ep_precision(self.precision)})
         return [trt, cuda, "CPUExecutionProvider"]
 
     def probe(self) -> None:
@@ -204,6 +209,9 @@ class TorchBackend:
                                          f"({torch.__version__}) sees none")
         if device == "cpu" and precision == "fp16":
             raise UserError("--precision fp16 is not supported by backend torch-cpu")
+        if precision == "int8":
+            raise UserError(f"--precision int8 is not supported by backend {self.name}: an int8 net is a Q/DQ ONNX "
+                            "graph, and this backend times the PyTorch module; use onnxruntime, tensorrt or trtexec")
 
     def version(self) -> dict:
         v = {"torch": self.torch.__version__}

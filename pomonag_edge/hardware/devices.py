@@ -182,6 +182,11 @@ def cpu_facts(root: Path = Path("/")) -> dict:
     if m:
         model = m.group(1).strip()
     facts = {"cpu": model or platform.processor() or platform.machine(), "cpu_cores": os.cpu_count()}
+    from .runner import int8_dot_instructions
+
+    dot = int8_dot_instructions(info)
+    if dot is not None:
+        facts["cpu_int8_dot"] = dot  # fast int8 instructions (VNNI, dotprod); [] when the CPU lists none
     if hasattr(os, "sched_getaffinity"):
         facts["cpu_cores_usable"] = len(os.sched_getaffinity(0))
     governor = _read(root / "sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")

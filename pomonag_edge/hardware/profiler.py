@@ -38,7 +38,7 @@ from .timing import PROTOCOLS, Protocol
 ProgressFn = Callable[[str, int, int, str], None]
 
 # settings that must match for a partial profile to be continued
-_RESUME_RUNTIME = ("backend", "precision", "batch", "threads", "clock", "protocol", "calibration_count",
+_RESUME_RUNTIME = ("backend", "precision", "int8", "batch", "threads", "clock", "protocol", "calibration_count",
                    "calibration_seed", "lut_method", "lut_resolutions")
 _RESUME_DEVICE = ("name", "host", "cpu", "gpu", "jetson_model", "power_mode", "command")
 END_CHECK_NETS = 3  # calibration nets timed again at the end to see whether the device's speed moved
@@ -83,8 +83,26 @@ class ProfileResult:
 
 
 def profile_path(req: ProfileRequest) -> Path:
-    """Where the profile goes: ``--out``, else ``profiles/<device>.json``."""
-    return Path(req.out) if req.out is not None else PROFILES_DIR / f"{Path(req.device).stem}.json"
+    """Where the profile goes: ``--out``, else ``profiles/<device>.json``, or ``profiles/<device>-<precision>.json``
+    for a precision other than the descriptor's (an int8 profile of this CPU sits beside its fp32 one)."""
+    if req.out is not None:
+        return Path(req.out)
+    stem = Path(req.device).stem
+    if req.precision is not None and req.precision != load_descriptor(req.device).precision:
+        stem = f"{stem}-{req.precision}"
+    return PROFILES_DIR / f"{stem}.json"
+
+
+def int8_warning(backend: str, facts: dict) -> str | None:
+    """Why int8 may not pay on this CPU: it lists no fast int8 instructions (``runner.INT8_DOT_FLAGS``)."""
+    if backend in BACKENDS and BACKENDS[backend].gpu:
+        return None
+    dot = facts.get("cpu_int8_dot")
+    if dot is None or dot:
+        return None
+    return (f"this CPU ({facts.get('cpu', 'unknown')}) lists no fast int8 instructions (no AVX512-VNNI, AVX-VNNI or "
+            "AMX on x86, no dotprod on ARM, in /proc/cpuinfo): INT8 may run no faster than FP32 here; export reports "
+            "both")
 
 
 def _mismatch(old: Profile, new: Profile) -> str | None:
@@ -215,9 +233,19 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
 
     timing = {"protocol": "the command's own"} if descriptor.is_command else \
         {"protocol": protocol.name, "protocol_settings": protocol.to_dict()}  # --quick changes no command
+    warnings = []
+    if precision == "int8":
+        from .quantize import scheme_for
+
+        warning = int8_warning(backend_name, facts)
+        if warning:
+            warnings.append(warning)
     runtime = {"backend": backend_name, "precision": precision, "batch": batch, "threads": threads,
                "clock": req.clock, **timing, **timer.versions(),
                "calibration_count": req.calibration, "calibration_seed": req.seed, "timed_by": timer.where}
+    if precision == "int8":  # how its Q/DQ graphs were made: export quantizes its nets the same way
+        runtime["int8"] = {"scheme": scheme_for(backend_name), "quantizer": "onnxruntime.quantization.quantize_static "
+                           "(QDQ, per-channel, MinMax) after quant_pre_process", "calibration": "random inputs"}
     plan = space.lut_plan(dataset, req.quick, req.resolutions)
     if lut:
         runtime.update(plan.facts)
@@ -315,7 +343,6 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
         report("re-timing noisy", n, len(noisy), again["arch"])
 
     # 2c. did the device's speed move while it was profiled? The first nets, timed again now
-    warnings = []
     first = profile.calibration[:END_CHECK_NETS]
     if measured and first:
         report("end check", 0, len(first), "")

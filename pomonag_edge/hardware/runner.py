@@ -240,6 +240,20 @@ def device_state(root="/"):
     return state
 
 
+# CPU flags (x86 /proc/cpuinfo "flags", ARM "Features") of instructions that make int8 convolutions fast:
+# VNNI dot products on x86 (AVX-512 or AVX), AMX tiles; the dot-product (asimddp) and i8mm extensions on ARM
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+
+
+def int8_dot_instructions(cpuinfo):
+    """The fast int8 instructions this ``/proc/cpuinfo`` text lists (empty: none), or None without flags."""
+    m = re.search(r"^(?:flags|Features)\s*:\s*(.*)$", cpuinfo or "", re.MULTILINE)
+    if not m:
+        return None
+    present = set(m.group(1).split())
+    return [f for f in INT8_DOT_FLAGS if f in present]
+
+
 def machine_facts(root="/"):
     """What this machine is: OS, CPU, GPU, Jetson model, L4T release and power mode (the facts a profile's
     device is recognised by, named as the host's ``detect_device`` names them)."""
@@ -249,6 +263,9 @@ def machine_facts(root="/"):
     m = re.search(r"^(?:model name|Model|Hardware)\s*:\s*(.+)$", info, re.MULTILINE)
     if m:
         facts["cpu"] = m.group(1).strip()
+    dot = int8_dot_instructions(info)
+    if dot is not None:
+        facts["cpu_int8_dot"] = dot
     release = _read(os.path.join(root, "etc/nv_tegra_release"))
     if release is not None:
         facts["jetson"] = True
@@ -306,6 +323,12 @@ def ort_session_options(ort, threads):
     return options
 
 
+def trt_ep_precision(precision):
+    """TensorRT execution provider options for a precision: int8 (a Q/DQ graph) with fp16 alongside, as
+    NVIDIA advises for explicit quantization, so layers left unquantized need not run in fp32."""
+    return {"trt_fp16_enable": precision in ("fp16", "int8"), "trt_int8_enable": precision == "int8"}
+
+
 class OnnxRuntime(object):
     """onnxruntime's Python package: fixed threads, sequential execution, all graph optimisations."""
 
@@ -338,7 +361,7 @@ class OnnxRuntime(object):
         options = ort_session_options(ort, self.threads)
         providers = [self.PROVIDERS[self.provider]]
         if self.provider == "trt":
-            providers = [("TensorrtExecutionProvider", {"trt_fp16_enable": self.precision == "fp16"}),
+            providers = [("TensorrtExecutionProvider", trt_ep_precision(self.precision)),
                          "CUDAExecutionProvider"]
         session = ort.InferenceSession(path, options, providers=providers + ["CPUExecutionProvider"])
         if self.PROVIDERS[self.provider] not in session.get_providers():
@@ -429,6 +452,12 @@ def read_export_profile(path):
     return int(rows[0]["count"]), layers
 
 
+# trtexec's precision flags. int8 is explicit quantization: the ONNX carries Q/DQ nodes (TensorRT >= 8.0) and
+# --int8 lets the builder use them; --fp16 alongside lets the layers left unquantized run in fp16 (NVIDIA's
+# advice for Q/DQ networks) instead of fp32
+PRECISION_FLAGS = {"fp32": [], "fp16": ["--fp16"], "int8": ["--int8", "--fp16"]}
+
+
 class Trtexec(object):
     """NVIDIA's trtexec: build each engine once on the device, then time it in rounds.
 
@@ -443,13 +472,16 @@ class Trtexec(object):
             raise RunnerError("no trtexec here ({}; JetPack puts it in {}): install TensorRT's samples, name it "
                               "with --trtexec, or time with --runtime onnxruntime".format(
                                   "not at " + path if path else "not on PATH", TRTEXEC_PATHS[0]), EXIT_NO_RUNTIME)
-        if precision not in ("fp32", "fp16"):
+        if precision not in PRECISION_FLAGS:
             raise RunnerError("unknown precision {!r}".format(precision))
         self.precision, self.layer_profile = precision, layer_profile
         p = subprocess.run([self.path, "--help"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            universal_newlines=True)
         self.help = p.stdout or ""
         self.trt_version = parse_trtexec_version(self.help)
+        if precision == "int8" and self.trt_version and int(self.trt_version.split(".")[0]) < 8:
+            raise RunnerError("int8 Q/DQ graphs need TensorRT 8.0 or newer (explicit quantization); this trtexec is "
+                              "TensorRT {}: use --precision fp16 there".format(self.trt_version), EXIT_NO_RUNTIME)
 
     def supports(self, flag):
         return ("--" + flag) in self.help
@@ -475,8 +507,7 @@ class Trtexec(object):
 
     def build_args(self, onnx, engine, workdir):
         args = ["--onnx=" + onnx, "--saveEngine=" + engine]
-        if self.precision == "fp16":
-            args.append("--fp16")
+        args += PRECISION_FLAGS[self.precision]
         if self.supports("timingCacheFile"):
             args.append("--timingCacheFile=" + os.path.join(workdir, "timing.cache"))
         if self.supports("skipInference"):
@@ -793,7 +824,7 @@ def parser():
     ap.add_argument("--protocol", help="timing protocol JSON (fields of pomonag-edge's Protocol)")
     ap.add_argument("--out", help="result JSON; finished rounds are kept in OUT.rounds.jsonl")
     ap.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime")
-    ap.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
+    ap.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
     ap.add_argument("--provider", choices=("cpu", "cuda", "trt"), default="cpu", help="onnxruntime provider")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",

@@ -28,7 +28,9 @@ INSTALL_HINT = ("pip install 'pomonag-edge[tensorrt]' on a machine with an NVIDI
                 "from another machine with --host USER@BOARD (JetPack's trtexec times there)")
 BACK_TO_BACK = 10  # enqueues per sample when a CUDA graph cannot be captured
 CACHE_DIR = Path.home() / ".cache" / "pomonag-edge" / "tensorrt"  # timing cache and built engines
-_FLAGS = {"fp32": (), "fp16": ("FP16",)}
+# int8: explicit quantization of a Q/DQ graph, with FP16 alongside for the layers left unquantized (as trtexec
+# --int8 --fp16); TensorRT 11 keeps neither flag (strongly typed networks only) and is refused below
+_FLAGS = {"fp32": (), "fp16": ("FP16",), "int8": ("INT8", "FP16")}
 
 
 def builder_flag_names(precision: str) -> tuple[str, ...]:

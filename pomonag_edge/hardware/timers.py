@@ -33,6 +33,17 @@ class Graph:
     onnx: Path | None = None  # its ONNX file when one exists already (export's): not exported again
 
 
+def int8_graph(graph: Graph, scheme: str, name: str = "graph") -> bytes:
+    """A timing graph as Q/DQ INT8 ONNX (``quantize.py``), calibrated on random inputs of its shape: its latency
+    is the point, and a Q/DQ graph runs as fast whatever its scales."""
+    from .quantize import quantize_onnx, random_calibration
+    from .runnable import onnx_bytes
+
+    with _EXPORT:
+        onnx = onnx_bytes(graph.module, graph.inputs)
+    return quantize_onnx(onnx, random_calibration(graph.inputs), scheme, name)
+
+
 class BackendTimer:
     """A backend of this process (``backends.get_backend``), one graph after the other."""
 
@@ -49,13 +60,21 @@ class BackendTimer:
 
         return detect_device()
 
+    def _model(self, graph: Graph, name: str = "graph"):
+        """What the backend loads: the module (exported by the backend as needed), or its INT8 Q/DQ graph."""
+        if getattr(self.backend, "precision", "fp32") != "int8":
+            return graph.module
+        from .quantize import scheme_for
+
+        return int8_graph(graph, scheme_for(self.backend.name), name)
+
     def settle(self, graph: Graph) -> None:
-        settle(self.backend.load(graph.module, graph.inputs).run_once_ms, self.protocol)
+        settle(self.backend.load(self._model(graph), graph.inputs).run_once_ms, self.protocol)
 
     def time(self, graphs: dict[str, Graph], progress: ProgressFn | None = None, tag: str = "") -> dict[str, Measurement]:
         out = {}
         for n, (name, g) in enumerate(graphs.items(), start=1):
-            out[name] = self.backend.load(g.module, g.inputs).measure(self.protocol)
+            out[name] = self.backend.load(self._model(g, name), g.inputs).measure(self.protocol)
             if progress is not None:
                 progress(n, len(graphs), name)
         return out
@@ -90,32 +109,45 @@ class RunnerTimer:
 
 
     def _onnx(self, name: str, graph: Graph) -> bytes:
+        """The graph's ONNX: export's own file, else exported here (as Q/DQ INT8 when the runner times int8)."""
         from .runnable import onnx_bytes
 
         if graph.onnx is not None:
             return Path(graph.onnx).read_bytes()
+        scheme = None
+        if getattr(self.device, "precision", "fp32") == "int8":
+            from .quantize import scheme_for
+
+            scheme = scheme_for(self.device.runtime)
         if self.cache_dir is None:
+            if scheme is not None:
+                return int8_graph(graph, scheme, name)
             with _EXPORT:
                 return onnx_bytes(graph.module, graph.inputs)
-        return onnx_file(name, graph, self.cache_dir).read_bytes()
+        return onnx_file(name, graph, self.cache_dir, scheme).read_bytes()
 
 
 def _shapes(graph: Graph) -> str:
     return ",".join(f"{k}:{tuple(v.shape)}" for k, v in graph.inputs.items())
 
 
-def onnx_file(name: str, graph: Graph, folder) -> Path:
+def onnx_file(name: str, graph: Graph, folder, int8_scheme: str | None = None) -> Path:
     """The graph exported to ONNX in ``folder`` under its name's hash (names identify a graph's structure and
-    shapes), once: a re-run after an interruption does not export again (~1-2 s a graph)."""
+    shapes), once: a re-run after an interruption does not export again (~1-2 s a graph). With ``int8_scheme``
+    it is the graph's Q/DQ INT8 form (``int8_graph``), kept under its own hash."""
     import hashlib
 
     from ..files import atomic_write_bytes
     from .runnable import onnx_bytes
 
-    path = Path(folder) / (hashlib.sha256(f"{name}|{_shapes(graph)}".encode()).hexdigest()[:24] + ".onnx")
+    key = f"{name}|{_shapes(graph)}" + (f"|int8:{int8_scheme}" if int8_scheme else "")
+    path = Path(folder) / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".onnx")
     if not path.is_file():
-        with _EXPORT:
-            data = onnx_bytes(graph.module, graph.inputs)
+        if int8_scheme:
+            data = int8_graph(graph, int8_scheme, name)
+        else:
+            with _EXPORT:
+                data = onnx_bytes(graph.module, graph.inputs)
         atomic_write_bytes(path, data)
     return path
 
