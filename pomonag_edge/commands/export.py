@@ -21,7 +21,7 @@ from .options import SEED, make_ssh_options, profile_option, ssh_options
 @click.option("--calib-images", type=click.IntRange(min=1), default=256, show_default=True,
               help="int8: training images the quantization ranges are calibrated on.")
 @click.option("--calib-data", type=click.Path(), default=None, metavar="PATH",
-              help="int8: images to calibrate on (a folder or .npz, as `train --data`) [default: the data the nets "
+              help="int8: images to calibrate on (an image folder or .npz, as train reads it) [default: the data the nets "
                    "were trained on, else the task's images, else random inputs (accuracy then not claimed)].")
 @click.option("--opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), default=DEFAULT_OPSET, show_default=True, help="ONNX opset.")
 @click.option("--dynamic-batch", is_flag=True, help="Export with a dynamic batch axis (checked at batch 1 and 2).")
