@@ -138,8 +138,15 @@ def _inputs(shape, seed: int) -> dict:
 
 
 def net_graph(space, arch, dataset: str, batch: int, seed: int) -> Graph:
+    """A whole net as a timer's graph, with seeded inputs: how a profile's calibration nets are timed (so a
+    net timed later, by export or ``generate --measure``, is timed the same way); name it ``net_name``."""
     return Graph(space.build(arch, dataset).eval(), _inputs(space.input_shape(arch, dataset, batch), seed),
                  arch=str(arch))
+
+
+def net_name(space, dataset: str, batch: int, arch) -> str:
+    """A whole net's graph name (names identify a graph's structure and shapes: timers key their caches by it)."""
+    return f"{space.name}/{dataset}/b{batch}/net/{arch}"
 
 
 def _timer_for(req: ProfileRequest, descriptor, protocol, precision: str, threads: int, path: Path,
@@ -319,10 +326,11 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
 
     waiting = [a for a in plan if str(a) not in done]
     for chunk in ([waiting] if batched and waiting else [[a] for a in waiting]):
-        timed = timer.time({f"{prefix}/net/{a}": net_graph(space, a, dataset, batch, req.seed) for a in chunk},
+        timed = timer.time({net_name(space, dataset, batch, a): net_graph(space, a, dataset, batch, req.seed)
+                            for a in chunk},
                            progress=rounds("calibration") if batched else None)
         for a in chunk:
-            profile.calibration.append(record(a, timed[f"{prefix}/net/{a}"]))
+            profile.calibration.append(record(a, timed[net_name(space, dataset, batch, a)]))
             done.add(str(a))
             measured += 1
         profile.save(path)
@@ -335,7 +343,7 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
                                 if item.get("cv", 0.0) > protocol.max_cv]
     for n, i in enumerate(noisy, start=1):
         arch = space.parse(profile.calibration[i]["arch"])
-        name = f"{prefix}/net/{arch}"
+        name = net_name(space, dataset, batch, arch)
         again = record(arch, timer.time({name: net_graph(space, arch, dataset, batch, req.seed)}, tag="again")[name])
         if again["cv"] < profile.calibration[i]["cv"]:
             profile.calibration[i] = again
@@ -346,11 +354,12 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
     first = profile.calibration[:END_CHECK_NETS]
     if measured and first:
         report("end check", 0, len(first), "")
-        graphs = {f"{prefix}/net/{c['arch']}": net_graph(space, space.parse(c["arch"]), dataset, batch, req.seed)
+        graphs = {net_name(space, dataset, batch, c["arch"]): net_graph(space, space.parse(c["arch"]), dataset, batch,
+                                                                       req.seed)
                   for c in first}
         again = timer.time(graphs, tag="end-check")
         factor, warning = speed_change([c["latency_ms"] for c in first],
-                                       [again[f"{prefix}/net/{c['arch']}"].median_ms for c in first])
+                                       [again[net_name(space, dataset, batch, c["arch"])].median_ms for c in first])
         profile.runtime["end_check"] = {"nets": len(first), "factor": factor}
         if warning:
             warnings.append(warning)
