@@ -20,16 +20,20 @@ from .dataset_profile import DATASETS_DIR, fit_dataset_profile
 from .errors import UserError
 from .files import atomic_write_text, check_name, check_writable
 
-CSV_FIELDS = ("arch", "accuracy", "epochs", "seed", "data", "seconds", "device", "trainer", "printed")
+CSV_FIELDS = ("arch", "accuracy", "epochs", "seed", "data", "seconds", "device", "trainer", "printed", "threads")
 
 
 def probe_task(data_path=None, space_name: str = "nb201", probes: int = 20, epochs: int = 10, out=None, seed: int = 0,
                name: str | None = None, progress=None, device: str | None = None, trainer: str | None = None,
-               trainer_timeout_s: float | None = None, accuracy_scale: str = "auto", num_classes: int = 10):
+               trainer_timeout_s: float | None = None, accuracy_scale: str = "auto", num_classes: int = 10,
+               threads: int | None = None, ray=None):
     """Measure ``probes`` chosen nets with the built-in trainer on the data at ``data_path``, or with the
     command ``trainer``; write ``<out stem>.csv`` and the dataset profile ``out`` (default
     ``datasets/<name>.json``). Returns (profile, profile path, csv path). ``progress(stage, done, total)`` is
-    called per epoch (built-in) and per probe."""
+    called per epoch (built-in) and per probe. ``threads``: torch's per built-in probe (``training.TrainingSetup``).
+    With ``ray`` (a ``fanout.RayOptions``) each probe is one Ray task, a command trainer's too; the CSV, log,
+    checkpoints and profile are written here, as without it."""
+    from .fanout import Job, fan_out
     from .predictors.accuracy_fewshot import choose_probes
     from .spaces import get_space
     from .trainers import make_trainer
@@ -45,29 +49,38 @@ def probe_task(data_path=None, space_name: str = "nb201", probes: int = 20, epoc
     csv_path, work = out.with_suffix(".csv"), out.with_suffix(".probe")
     measurer = make_trainer(space, command=trainer, data=data_path, epochs=epochs, seed=seed, workdir=work,
                             device=device, timeout_s=trainer_timeout_s, scale=accuracy_scale, num_classes=num_classes,
-                            name=name)
+                            name=name, threads=threads)
     check_writable(out, "dataset profile")  # before any training
     key = measurer.row_key()
     done = {r["arch"]: r for r in _read_rows(csv_path) if all((r.get(k) or "") == v for k, v in key.items())}
-    archs = choose_probes(space, probes, seed)
-    rows = [done[str(a)] for a in archs if str(a) in done]
-    for r in rows:  # a value as printed takes part in the trainer's scale; an older CSV's rows are percent
+    archs = [str(a) for a in choose_probes(space, probes, seed)]
+    rows = {a: done[a] for a in archs if a in done}
+    for r in rows.values():  # a value as printed takes part in the trainer's scale; an older CSV's rows are percent
         printed = r.get("printed")
         measurer.remember(space.parse(r["arch"]), float(r["accuracy"] if printed in (None, "") else printed))
-    for i, arch in enumerate(archs):
-        if progress is not None:
-            progress("probes", len(rows), len(archs))
-        if str(arch) in done:
-            continue
-        label = f"probe {i + 1}/{len(archs)}"
-        measurer.measure(arch, progress=None if progress is None else
-                         (lambda e, n, loss=None: progress(label, e, n, loss)))
-        record = measurer.record(arch)
-        rows.append({"arch": str(arch), **key, "seconds": record.get("seconds"), "device": record.get("device"),
-                     "printed": record["printed"]})
-        _write_rows(csv_path, rows, measurer.scale)
-    if progress is not None:
-        progress("probes", len(rows), len(archs))
+
+    def logged(arch: str) -> dict:
+        record = measurer.record(space.parse(arch))
+        return {"arch": arch, **key, "seconds": record.get("seconds"), "device": record.get("device"),
+                "threads": record.get("threads"), "printed": record["printed"]}
+
+    rows.update({a: logged(a) for a in archs if a not in rows and measurer.record(space.parse(a)) is not None})
+    jobs = [Job(a, f"probe {i + 1}/{len(archs)}", measurer.checkpoint_path(space.parse(a)))
+            for i, a in enumerate(archs) if a not in rows]
+
+    def write():
+        _write_rows(csv_path, [rows[a] for a in archs if a in rows], measurer.scale)  # the probes' order, always
+
+    def finished(job, measured):
+        measurer.accept(space.parse(job.key), *measured)
+        rows[job.key] = logged(job.key)
+        write()
+
+    if rows:
+        write()  # the values so far, read on one scale before any training (a mix is refused now)
+    fan_out(train_probe, measurer if ray is None else measurer.shipped(ray), jobs, finished, ray=ray,
+            progress=progress, stage="probes", done_before=len(rows))
+    rows = [rows[a] for a in archs]
     scale = measurer.scale
     _write_rows(csv_path, rows, scale)
     measurer.log.path.unlink(missing_ok=True)  # every value is in the CSV now
@@ -82,6 +95,11 @@ def probe_task(data_path=None, space_name: str = "nb201", probes: int = 20, epoc
                                                "measurements_csv": csv_path.name}}
     profile = fit_dataset_profile(space, measurements, name, source=source, scale=scale)
     return profile, profile.save(out), csv_path
+
+
+def train_probe(trainer, arch: str, checkpoint, progress) -> tuple[float, dict]:
+    """``fanout``'s unit of work for a probe: the trainer's ``train`` of one arch string (here or on a worker)."""
+    return trainer.train(trainer.space.parse(arch), checkpoint, progress)
 
 
 def _read_rows(path: Path) -> list[dict]:

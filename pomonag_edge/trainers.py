@@ -8,7 +8,8 @@
     trainer.describe()                   # where the accuracies come from: a dataset profile's ``source``
 
 ``BuiltinTrainer`` trains with ``training.train_net`` (checkpointed every epoch in ``workdir``, so an
-interrupted net resumes at its last epoch). ``CommandTrainer`` runs ``--trainer CMD`` once per net, with
+interrupted net resumes at its last epoch). ``measure`` is ``train`` then ``accept`` (log it): a fan-out
+(``fanout``) runs ``train`` of a ``shipped`` trainer on a Ray worker and ``accept`` here. ``CommandTrainer`` runs ``--trainer CMD`` once per net, with
 ``{arch}``, ``{space}``, ``{epochs}``, ``{seed}``, ``{classes}``, ``{workdir}`` (a folder holding the untrained
 net: ``state_dict.pt``, a PyTorch state_dict seeded by ``seed``, and ``arch.txt``) and ``{onnx}`` (that net
 exported to ONNX) filled in; the last line of its stdout is the accuracy, in percent or as a fraction. All
@@ -22,6 +23,7 @@ re-run, or another caller with the same workdir, never trains a finished net aga
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import time
 from dataclasses import asdict
@@ -39,7 +41,7 @@ def _net_id(arch) -> str:
 
 
 class Trainer:
-    """Measures nets once each, logging them; subclasses say how (``_train``) and what identifies a result."""
+    """Measures nets once each, logging them; subclasses say how (``train``) and what identifies a result."""
 
     kind = "trainer"
 
@@ -71,10 +73,32 @@ class Trainer:
 
         record = self.record(arch)
         if record is None:
-            printed, extra = self._train(arch, progress)
-            record = self.log.add(self._key(arch), {"arch": str(arch), "printed": printed,
-                                                    "trainer_key": self.trainer_key, **extra})
+            record = self.accept(arch, *self.train(arch, self.checkpoint_path(arch), progress))
         return to_percent(record["printed"], self.scale)
+
+    def train(self, arch, checkpoint=None, progress=None) -> tuple[float, dict]:
+        """Measure ``arch`` now: (the value as printed, what else to log). Nothing is logged here (``accept``
+        does that), so a fan-out can run this on another machine. ``checkpoint``: see ``checkpoint_path``."""
+        raise NotImplementedError
+
+    def accept(self, arch, printed: float, extra: dict) -> dict:
+        """Log a measurement ``train`` made (here or on a worker) and drop the net's checkpoint; its record."""
+        record = self.log.add(self._key(arch), {"arch": str(arch), "printed": printed,
+                                                "trainer_key": self.trainer_key, **extra})
+        if (path := self.checkpoint_path(arch)) is not None:
+            path.unlink(missing_ok=True)  # its number is logged; a probe's weights are not needed again
+        return record
+
+    def checkpoint_path(self, arch) -> Path | None:
+        """Where the training of ``arch`` keeps its per-epoch state here, or None for a trainer that keeps its own."""
+        return None
+
+    def shipped(self, ray) -> "Trainer":
+        """What a fan-out sends to a cluster (``ray``: a ``fanout.RayOptions``) to run ``train`` there: this trainer
+        with an absolute work folder, since a worker's current folder is not this one."""
+        twin = copy.copy(self)
+        twin.workdir = self.workdir.resolve()
+        return twin
 
     def remember(self, arch, printed: float, **extra) -> None:
         """Log a value this trainer gave before (a measurements CSV's row) unless logged: it is not trained
@@ -82,9 +106,6 @@ class Trainer:
         if self.record(arch) is None:
             self.log.add(self._key(arch), {"arch": str(arch), "printed": float(printed),
                                            "trainer_key": self.trainer_key, **extra})
-
-    def _train(self, arch, progress) -> tuple[float, dict]:
-        raise NotImplementedError
 
     def describe(self) -> dict:
         raise NotImplementedError
@@ -99,28 +120,46 @@ class BuiltinTrainer(Trainer):
 
     kind = "built-in trainer"
 
-    def __init__(self, space, data_path, *, epochs: int, seed: int, workdir, device: str | None = None):
+    def __init__(self, space, data_path, *, epochs: int, seed: int, workdir, device: str | None = None,
+                 threads: int | None = None):
         from .dataset_profile import task_input_hw
-        from .training import Recipe
+        from .training import Recipe, training_setup
         from .userdata import load_user_data
 
-        self.data = load_user_data(data_path, input_hw=task_input_hw(space), seed=seed)
-        self.recipe, self.device = Recipe(epochs=epochs, seed=seed), device
+        self.data_path = data_path
+        data = load_user_data(data_path, input_hw=task_input_hw(space), seed=seed)
+        self.setup = training_setup(space, data, data_path, Recipe(epochs=epochs, seed=seed), device, threads)
+        self.recipe = self.setup.recipe
         super().__init__(space, workdir, {"trainer": "built-in", "recipe": asdict(self.recipe),
                                           "data": self.data.source["fingerprint"]})
+
+    @property
+    def data(self):
+        return self.setup.data
 
     @property
     def name(self) -> str:
         return self.data.name
 
-    def _train(self, arch, progress):
-        from .training import train_net
+    def checkpoint_path(self, arch) -> Path:
+        return self.workdir / f"{_net_id(arch)}.pt"
 
-        ckpt = self.workdir / f"{_net_id(arch)}.pt"
-        result = train_net(self.space, arch, self.data, self.recipe, checkpoint=ckpt, device=self.device,
-                           progress=progress)
-        ckpt.unlink(missing_ok=True)  # its number is logged; a probe's weights are not needed again
-        return result["accuracy"], {"seconds": result["seconds"], "device": result["device"]}
+    def train(self, arch, checkpoint=None, progress=None):
+        from .training import train_job
+
+        result = train_job(self.setup, str(arch), checkpoint, progress)
+        return result["accuracy"], {"seconds": result["seconds"], "device": result["device"],
+                                    "threads": result["threads"]}
+
+    def shipped(self, ray):
+        """The data goes with it (Ray's object store, once), or only its path for ``--ray-data shared``; each task
+        trains with the threads it reserved."""
+        from .training import training_setup
+
+        twin = super().shipped(ray)
+        twin.setup = training_setup(self.space, self.setup.data, self.data_path, self.recipe, self.setup.device,
+                                    self.setup.threads, ray)
+        return twin
 
     def describe(self) -> dict:
         return {**self.data.source, "trainer": {"kind": "built-in", "recipe": "NAS-Bench-201's, cosine schedule "
@@ -179,7 +218,8 @@ class CommandTrainer(Trainer):
             export_onnx(model, self.space.input_shape(arch, self.task, batch=1), folder / "net.onnx")
         return values
 
-    def _train(self, arch, progress):
+    def train(self, arch, checkpoint=None, progress=None):
+        """One call of the command (on a Ray worker: on that node, in the same work folder path)."""
         values = self._prepare(arch)
         t0 = time.perf_counter()
         printed = run_for_number(self.template.argv(**values), timeout_s=self.timeout_s, what="--trainer",
@@ -208,7 +248,7 @@ def _input_hw(space) -> int:
 
 def make_trainer(space, *, command: str | None = None, data=None, epochs: int = 10, seed: int = 0, workdir,
                  device: str | None = None, timeout_s: float | None = None, scale: str = "auto",
-                 num_classes: int = 10, name: str = "task") -> Trainer:
+                 num_classes: int = 10, name: str = "task", threads: int | None = None) -> Trainer:
     """``command`` (your pipeline) or ``data`` (the built-in recipe on your images), exactly one of them."""
     from .dataset_profile import check_takes_tasks
 
@@ -222,4 +262,4 @@ def make_trainer(space, *, command: str | None = None, data=None, epochs: int = 
     if command is not None:
         return CommandTrainer(space, command, epochs=epochs, seed=seed, workdir=workdir, timeout_s=timeout_s,
                               scale=scale, num_classes=num_classes, name=name)
-    return BuiltinTrainer(space, data, epochs=epochs, seed=seed, workdir=workdir, device=device)
+    return BuiltinTrainer(space, data, epochs=epochs, seed=seed, workdir=workdir, device=device, threads=threads)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .files import atomic_write_bytes
+from .fanout import Job, as_checkpoint, fan_out
 
 CHECKPOINT_KIND = "pomonag-edge/trained-net"
 
@@ -89,7 +89,8 @@ def train_net(space, arch, data, recipe: Recipe, checkpoint: str | Path | None =
     """Train ``arch`` on ``data`` (a ``userdata.UserData``); returns ``{arch, accuracy, epochs, seed, ...}``
     with ``accuracy`` the validation top-1 in percent. ``progress(epoch, epochs, loss)`` after each epoch.
 
-    With ``checkpoint``, the state is saved there after each epoch and a matching one is resumed."""
+    With ``checkpoint`` (a path, or a ``fanout`` checkpoint), the state is saved there after each epoch and a
+    matching one is resumed."""
     import torch
 
     device = pick_device(device)
@@ -103,8 +104,10 @@ def train_net(space, arch, data, recipe: Recipe, checkpoint: str | Path | None =
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs * steps_per_epoch)
     history: list[dict] = []
     start = 0
-    if checkpoint is not None and Path(checkpoint).exists():
-        state = torch.load(str(checkpoint), map_location=device, weights_only=False)
+    store = as_checkpoint(checkpoint)
+    blob = store.load() if store is not None else None
+    if blob is not None:
+        state = torch.load(io.BytesIO(blob), map_location=device, weights_only=False)
         if state.get("kind") == CHECKPOINT_KIND and state.get("identity") == identity:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
@@ -131,10 +134,11 @@ def train_net(space, arch, data, recipe: Recipe, checkpoint: str | Path | None =
             recompute_bn_statistics(model, data.x_train, device)
             entry["val_accuracy"] = round(evaluate(model, data.x_val, data.y_val, device), 4)
         history.append({**entry, "seconds": round(time.perf_counter() - t0, 3)})
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, {"kind": CHECKPOINT_KIND, "identity": identity, "epoch": epoch + 1,
-                                         "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                         "scheduler": sched.state_dict(), "history": history})
+        if store is not None:
+            buf = io.BytesIO()
+            torch.save({"kind": CHECKPOINT_KIND, "identity": identity, "epoch": epoch + 1, "model": model.state_dict(),
+                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history}, buf)
+            store.save(buf.getvalue())
         if progress is not None:
             progress(epoch + 1, recipe.epochs, total / seen)
     final = history[-1]["val_accuracy"]
@@ -142,12 +146,53 @@ def train_net(space, arch, data, recipe: Recipe, checkpoint: str | Path | None =
             "seconds": round(sum(h["seconds"] for h in history), 3), "history": history, "model": model.cpu()}
 
 
-def save_checkpoint(path: str | Path, state: dict) -> None:
+@dataclass(frozen=True)
+class TrainingSetup:
+    """What every net of one ``probe`` or ``train`` run is trained with; a fan-out sends it to a cluster once.
+    ``data`` is a ``UserData``, or a ``userdata.DataOnNodes`` that each node reads from a path it sees.
+    ``threads``: torch's CPU threads per net (None: torch's default here, 1 in a Ray task). On a CPU they are part
+    of the result: another count sums in another order, and a few epochs of SGD amplify that."""
+
+    space: str
+    data: object
+    recipe: Recipe
+    device: str | None = None
+    threads: int | None = None
+
+
+def training_setup(space, data, data_path, recipe: Recipe, device=None, threads=None, ray=None) -> TrainingSetup:
+    """The setup of a local run, or of a Ray one (``ray``: a ``fanout.RayOptions``): its data sent once through
+    the object store, or by path for ``--ray-data shared``; its threads those each task reserved."""
+    from .userdata import DataOnNodes
+
+    if ray is not None:
+        threads = threads or max(1, int(ray.cpus_per_net))
+        if ray.data == "shared":
+            data = DataOnNodes(str(Path(data_path).resolve()), data.input_hw, data.source["split"]["seed"],
+                               data.source["fingerprint"])
+    return TrainingSetup(space.name, data, recipe, device, threads)
+
+
+def train_job(setup: TrainingSetup, arch: str, checkpoint, progress) -> dict:
+    """``fanout``'s unit of work: ``train_net`` of one arch string with the setup's threads; the result (with
+    the threads it used) without the model object: the weights are in the checkpoint."""
     import torch
 
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    from .spaces import get_space
+    from .userdata import DataOnNodes
+
+    space = get_space(setup.space)
+    data = setup.data.load() if isinstance(setup.data, DataOnNodes) else setup.data
+    saved = torch.get_num_threads()
+    torch.set_num_threads(setup.threads or saved)
+    try:
+        result = train_net(space, space.parse(arch), data, setup.recipe, checkpoint=checkpoint, device=setup.device,
+                           progress=progress)
+        result["threads"] = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(saved)
+    result.pop("model")
+    return result
 
 
 def load_trained_state(path: str | Path) -> dict:
@@ -178,10 +223,12 @@ class Task:
 
 
 def train_run(run_dir, data_path, top: int = 1, epochs: int = 200, seed: int = 0, progress=None,
-              device: str | None = None) -> dict:
+              device: str | None = None, threads: int | None = None, ray=None) -> dict:
     """Train the run's ``top`` nets (rank order, within budget) on the data at ``data_path``; checkpoints in
     ``RUN/train/``, measured validation accuracy beside the predicted one in ``RUN/train/results.json``
-    (rewritten after each net). A rerun resumes unfinished nets and keeps finished ones."""
+    (rewritten after each net). A rerun resumes unfinished nets and keeps finished ones. ``threads``: torch's
+    per net (``TrainingSetup``). With ``ray`` (a ``fanout.RayOptions``) each net is one Ray task; files are
+    written here all the same."""
     import json
 
     from .dataset_profile import check_takes_tasks, task_input_hw
@@ -221,21 +268,31 @@ def train_run(run_dir, data_path, top: int = 1, epochs: int = 200, seed: int = 0
                "task": {"name": task.name if task is not None else data.name, "input_hw": data.input_hw,
                         "num_classes": data.num_classes},
                "data": data.source, "recipe": asdict(recipe), "nets": [], "complete": False}
+    setup = training_setup(space, data, data_path, recipe, device, threads, ray)
+    nets, jobs, order = {}, [], []
     for position, item in enumerate(candidates, start=1):
         arch = space.parse(item["arch"])
+        order.append(str(arch))
         rank = int(item.get("rank") or position)
         ckpt = out / f"{rank:02d}-{hashlib.sha256(str(arch).encode()).hexdigest()[:12]}.pt"
-        label = f"net {position}/{len(candidates)}"
         if str(arch) in previous and Path(previous[str(arch)]["checkpoint"]).is_file():
-            results["nets"].append(previous[str(arch)])
-            continue
-        r = train_net(space, arch, data, recipe, checkpoint=ckpt, device=device,
-                      progress=None if progress is None else (lambda e, n, loss: progress(label, e, n, loss)))
-        results["nets"].append({"rank": rank, "arch": str(arch), "accuracy_predicted": item.get("accuracy"),
-                                "accuracy_measured": r["accuracy"], "split": "validation",
-                                "n_val": int(len(data.y_val)), "recipe": asdict(recipe), "checkpoint": str(ckpt),
-                                "seconds": r["seconds"], "device": r["device"], "history": r["history"]})
+            nets[str(arch)] = previous[str(arch)]
+        else:
+            jobs.append((Job(str(arch), f"net {position}/{len(candidates)}", ckpt), rank, item))
+    details = {job.key: (rank, item) for job, rank, item in jobs}
+
+    def finished(job, r):
+        rank, item = details[job.key]
+        nets[job.key] = {"rank": rank, "arch": job.key, "accuracy_predicted": item.get("accuracy"),
+                         "accuracy_measured": r["accuracy"], "split": "validation", "n_val": int(len(data.y_val)),
+                         "recipe": asdict(recipe), "checkpoint": str(job.checkpoint), "seconds": r["seconds"],
+                         "device": r["device"], "threads": r["threads"], "history": r["history"]}
+        results["nets"] = [nets[a] for a in order if a in nets]
         atomic_write_json(results_path, results)
+
+    results["nets"] = [nets[a] for a in order if a in nets]
+    fan_out(train_job, setup, [job for job, _, _ in jobs], finished, ray=ray, progress=progress,
+            done_before=len(nets))
     results["complete"] = True
     atomic_write_json(results_path, results)
     results["path"] = str(results_path)

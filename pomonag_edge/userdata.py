@@ -98,6 +98,34 @@ def load_user_data(path: str | os.PathLike, input_hw: int = 32, seed: int = 0,
                     y_train=labels[train], x_val=norm(x_val), y_val=labels[val], source=source)
 
 
+@dataclass(frozen=True)
+class DataOnNodes:
+    """The user's data by path, for a cluster whose nodes all see that path (``--ray-data shared``): each worker
+    process reads it once instead of receiving it through Ray's object store. A node that reads other data (another
+    file under the same name) is refused by its fingerprint."""
+
+    path: str
+    input_hw: int
+    seed: int
+    fingerprint: str
+
+    def load(self) -> UserData:
+        if self not in _LOADED:
+            data = load_user_data(self.path, input_hw=self.input_hw, seed=self.seed)
+            if data.source["fingerprint"] != self.fingerprint:
+                import socket
+
+                raise DataError(f"{self.path} on node {socket.gethostname()} holds other data (fingerprint "
+                                f"{data.source['fingerprint']}) than on the driver ({self.fingerprint}): --ray-data "
+                                "shared needs the same files on every node")
+            _LOADED.clear()  # one task's data per worker process at a time
+            _LOADED[self] = data
+        return _LOADED[self]
+
+
+_LOADED: dict = {}
+
+
 def stratified_split(labels: np.ndarray, seed: int, val_fraction: float = VAL_FRACTION) -> tuple[np.ndarray, np.ndarray]:
     """(train, val) index arrays: per class, a seeded permutation; ``round(val_fraction * n)`` of it (at least
     one, at most n - 1) goes to validation. Same labels and seed, same split, on any machine."""

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SSHD = shutil.which("sshd") or next((p for p in ("/usr/sbin/sshd", "/usr/local/sbin/sshd") if os.path.exists(p)), None)
@@ -118,3 +119,24 @@ def ssh_host(sshd, tmp_path):
         "Host 127.0.0.1", f"  IdentityFile {sshd.key}", "  IdentitiesOnly yes", f"  UserKnownHostsFile {sshd.known_hosts}",
         "  StrictHostKeyChecking accept-new", "  LogLevel ERROR", ""]))
     return f"{sshd.user}@127.0.0.1:{sshd.port}", str(config)
+
+
+PER_CLASS = 16  # 160 of the 1,797 real digits: enough to exercise every stage in seconds
+
+
+@pytest.fixture
+def digits_folder(tmp_path):
+    """scikit-learn's bundled digits (real images) as an image folder DIR/<digit>/*.png, PER_CLASS of each."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    counts: dict = {}
+    for i, (image, label) in enumerate(zip(digits.images, digits.target)):
+        if counts.get(label, 0) >= PER_CLASS:
+            continue
+        counts[label] = counts.get(label, 0) + 1
+        folder = tmp_path / "digits" / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((image * 255 / 16).astype(np.uint8), mode="L").save(folder / f"{i:04d}.png")
+    return tmp_path / "digits"

@@ -1,5 +1,6 @@
-"""Real images end to end: scikit-learn's digits as an image folder -> probe -> generate -> train -> export, and
-the exported ONNX file's accuracy on the validation split equals the one report.json states."""
+"""Real images end to end: scikit-learn's digits as an image folder (conftest's ``digits_folder``) -> probe ->
+generate -> train -> export, and the exported ONNX file's accuracy on the validation split equals the one
+report.json states."""
 
 import json
 
@@ -8,26 +9,6 @@ import pytest
 from click.testing import CliRunner
 
 from pomonag_edge.cli import cli
-
-PER_CLASS = 16  # 160 of the 1,797 real digits: enough to exercise every stage in seconds
-
-
-@pytest.fixture
-def digits_folder(tmp_path):
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    counts: dict = {}
-    for i, (image, label) in enumerate(zip(digits.images, digits.target)):
-        if counts.get(label, 0) >= PER_CLASS:
-            continue
-        counts[label] = counts.get(label, 0) + 1
-        folder = tmp_path / "digits" / str(label)
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray((image * 255 / 16).astype(np.uint8), mode="L").save(folder / f"{i:04d}.png")
-    return tmp_path / "digits"
-
 
 def _ok(args):
     r = CliRunner().invoke(cli, [str(a) for a in args])

@@ -1,4 +1,5 @@
-"""Progress of long work, fed by the library's ``progress(stage, done, total, loss=None)`` callbacks.
+"""Progress of long work, fed by the library's ``progress(stage, done, total, loss=None, detail=None)`` callbacks;
+``detail`` (a fan-out's "2 running, 15 queued") follows the stage's name.
 
 On a terminal: one rich bar per stage on stderr with elapsed time, ETA and the last loss, gone when done. Off a
 terminal (piped, logged, CI) a bar would print nothing useful, so each report becomes a line on stderr instead
@@ -26,7 +27,7 @@ class _Lines:
     def __init__(self, console):
         self.console, self.started, self.last_line = console, {}, {}
 
-    def __call__(self, stage, done, total, loss=None):
+    def __call__(self, stage, done, total, loss=None, detail=None):
         now = time.monotonic()
         start = self.started.setdefault(stage, (now, done))
         if total and total > EVERY_REPORT and done < total and now - self.last_line.get(stage, -1e9) < LINE_EVERY_S:
@@ -40,12 +41,14 @@ class _Lines:
         parts.append(_seconds(elapsed))
         if total and 0 < done < total and rate > 0:
             parts.append(f"eta {_seconds((total - done) / rate)}")
+        if detail is not None:
+            parts.append(detail)
         self.console.print(f"{stage}: {', '.join(parts)}", highlight=False, soft_wrap=True)
 
 
 @contextmanager
 def stage_progress():
-    """Yields ``progress(stage, done, total, loss=None)``. The display starts at the first report, so an error
+    """Yields ``progress(stage, done, total, loss=None, detail=None)``. The display starts at the first report, so an error
     before any work (bad data) prints its one line and nothing else."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
@@ -60,12 +63,14 @@ def stage_progress():
                    transient=True)
     tasks: dict = {}
 
-    def progress(stage, done, total, loss=None):
+    def progress(stage, done, total, loss=None, detail=None):
         if not tasks:
             bar.start()
         if stage not in tasks:
             tasks[stage] = bar.add_task(stage, total=total, loss="")
-        bar.update(tasks[stage], completed=done, total=total, loss="" if loss is None else f"loss {loss:.4f}")
+        described = {} if detail is None else {"description": f"{stage} ({detail})"}
+        bar.update(tasks[stage], completed=done, total=total, loss="" if loss is None else f"loss {loss:.4f}",
+                   **described)
 
     try:
         yield progress

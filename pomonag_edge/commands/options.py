@@ -55,3 +55,44 @@ def make_ssh_options(ssh_config, remote_python, remote_dir, hosts):
                             "without it the nets are timed on this machine")
 
     return SSHOptions(config=ssh_config, python=remote_python, remote_dir=remote_dir)
+
+
+def placement_options(f):
+    """``--ray``, ``--cpus-per-net``, ``--gpus-per-net``, ``--ray-data``, ``--retries``: where and with what each
+    net trains (``--cpus-per-net`` also without --ray)."""
+    f = click.option("--retries", type=int, default=None, metavar="N",
+                     help="With --ray: times a net whose worker died is started again from its last epoch "
+                          "[default: 2].")(f)
+    f = click.option("--ray-data", type=click.Choice(["object-store", "shared"]), default=None,
+                     help="With --ray: send your data to the cluster once through Ray's object store, or let every "
+                          "node read it from the same path (a shared file system) [default: object-store].")(f)
+    f = click.option("--gpus-per-net", type=float, default=None, metavar="G",
+                     help="With --ray: GPUs each net reserves; 0.25 packs four nets per GPU [default: 0].")(f)
+    f = click.option("--cpus-per-net", type=float, default=None, metavar="C",
+                     help="torch's CPU threads per net (with --ray also the CPUs it reserves) [default: torch's own "
+                          "here, 1 with --ray]. The same seeds and threads give the same weights, here or on Ray.")(f)
+    f = click.option("--ray", "ray_address", default=None, metavar="HOST:PORT|auto|local",
+                     help="Train each net as one Ray task: on the cluster whose head is HOST:PORT (`ray start --head` "
+                          "prints it), the one this node belongs to (auto), or a Ray started here (local). Needs "
+                          "the ray extra: pip install -e '.[ray]'.")(f)
+    return f
+
+
+def make_placement(ray_address, cpus_per_net, gpus_per_net, ray_data, retries):
+    """(a ``fanout.RayOptions`` or None without --ray, torch threads per net or None); Ray's own options are
+    refused without --ray."""
+    from ..errors import UserError
+    from ..fanout import RayOptions
+
+    if cpus_per_net is not None and not cpus_per_net > 0:
+        raise UserError(f"--cpus-per-net must be above 0, got {cpus_per_net:g}")
+    threads = None if cpus_per_net is None else max(1, int(cpus_per_net))
+    if ray_address is None:
+        given = {"--gpus-per-net": gpus_per_net, "--ray-data": ray_data, "--retries": retries}
+        stray = [name for name, value in given.items() if value is not None]
+        if stray:
+            raise UserError(f"{', '.join(stray)} only apply with --ray ADDRESS")
+        return None, threads
+    chosen = {k: v for k, v in {"cpus_per_net": cpus_per_net, "gpus_per_net": gpus_per_net, "data": ray_data,
+                                "retries": retries}.items() if v is not None}
+    return RayOptions(ray_address, **chosen), threads

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..predictors.calibration import ACCURACY_SCALES
-from .options import SEED
+from .options import SEED, make_placement, placement_options
 
 
 @click.command(short_help="Dataset profile from a few nets trained on your data or by your pipeline.")
@@ -37,19 +37,23 @@ from .options import SEED
               help="Dataset profile to write [default: datasets/NAME.json]; measurements go beside it as .csv.")
 @click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seed of the split, the probe choice and training (--trainer: the untrained weights, its {seed}).")
-def command(data, trainer, trainer_timeout, accuracy_scale, num_classes, space, probes, epochs, name, out, seed):
+@placement_options
+def command(data, trainer, trainer_timeout, accuracy_scale, num_classes, space, probes, epochs, name, out, seed,
+            **placement):
     """Train PROBES nets chosen to inform the accuracy model on your task, measure each on a held-out split,
     and fit the dataset profile that `generate --dataset PATH` uses. With --data the built-in recipe trains
     them (on a GPU when torch sees one); with --trainer CMD your pipeline does.
-    Interrupted? Run the same command again: finished probes are kept, the current one resumes."""
+    Interrupted? Run the same command again: finished probes are kept, the current one resumes.
+    With --ray, each probe is one Ray task (--trainer's too) and the same seeds give the same measurements."""
     from ..probe import probe_task
     from ._progress import stage_progress
 
+    cluster, threads = make_placement(**placement)
     with stage_progress() as progress:
         profile, path, csv_path = probe_task(data, space, probes=probes, epochs=epochs, out=out, seed=seed,
                                              name=name, progress=progress, trainer=trainer,
                                              trainer_timeout_s=trainer_timeout, accuracy_scale=accuracy_scale,
-                                             num_classes=num_classes)
+                                             num_classes=num_classes, threads=threads, ray=cluster)
     cv = profile.accuracy_model["cv"]
     accs = [m["accuracy"] for m in profile.measurements]
     how = f"trained {epochs} epoch(s), validation accuracy" if trainer is None else \
