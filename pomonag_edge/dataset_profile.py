@@ -16,7 +16,9 @@ from pathlib import Path
 
 from . import __version__
 from .errors import UserError
-from .files import atomic_write_json, from_versioned_json, json_sha256, read_user_json, save_revision_json
+from .fields import FieldError, check, flag, list_of, number, record, text
+from .files import (atomic_write_json, from_versioned_json, json_sha256, read_user_json, revision_parent_spec,
+                    save_revision_json)
 
 SCHEMA = "pomonag-edge/dataset-profile"
 SCHEMA_VERSION = 1
@@ -25,6 +27,57 @@ DATASETS_DIR = Path("datasets")
 
 class DatasetProfileError(UserError):
     """A dataset profile that is missing, corrupt, foreign, of a newer schema, or of another space."""
+
+
+def _same_length(a: str, b: str):
+    def rule(obj: dict, where: str) -> None:
+        if a in obj and b in obj and len(obj[a]) != len(obj[b]):
+            raise FieldError(f"{where}.{b}", f"holds {len(obj[b])} item(s) but {where}.{a} {len(obj[a])}")
+
+    return rule
+
+
+def _measured_count(d: dict, where: str) -> None:
+    from .predictors.accuracy_fewshot import is_current
+
+    model, measurements = d.get("accuracy_model"), d.get("measurements", [])
+    if is_current(model) and model["n_measurements"] != len(measurements):
+        raise FieldError("measurements", f"holds {len(measurements)} item(s) but accuracy_model.n_measurements "
+                                         f"says {model['n_measurements']} (the file was cut or edited: "
+                                         "rebuild it with `pomonag-edge calibrate` or `probe`)")
+
+
+def _accuracy_model(state, where: str) -> None:
+    """This version's model is checked field by field; another kind or version is refitted, so any object goes."""
+    from .predictors.accuracy_fewshot import is_current, state_spec
+
+    (state_spec() if is_current(state) else record(optional=True))(state, where)
+
+
+def _spec():
+    """Every field of a dataset profile, as written by ``probe`` and ``calibrate`` (``fields.check``)."""
+    seed = number(0, integer=True, optional=True)
+    count = number(0, integer=True)
+    measurement = record({"arch": text(nonempty=True), "accuracy": number(0, 100),
+                          "epochs": number(1, integer=True, optional=True), "seed": seed, "source": text(),
+                          "repeats": number(1, integer=True), "lines": list_of(count)},
+                         required=("arch", "accuracy"))
+    source = record({
+        "kind": text(), "path": text(), "images": count, "classes": list_of(text(), min_len=2),
+        "counts": list_of(count), "num_classes": number(2, integer=True),
+        "input_shape": list_of(number(1, integer=True), length=3),
+        "normalisation": record({"mean": list_of(number(), length=3), "std": list_of(number(0, above=True), length=3),
+                                 "pixel_scale": text(), "computed_on": text()}),
+        "split": record({"seed": seed, "val_fraction": number(0, 1, above=True), "stratified": flag(),
+                         "n_train": count, "n_val": count}),
+        "fingerprint": text(), "measurements": text(), "num_classes_note": text(),
+        "probe": record({"probes": count, "epochs": number(1, integer=True, optional=True), "seed": seed,
+                         "choice": text(), "measurements_csv": text()}),
+    }, rules=(_same_length("classes", "counts"),))
+    return record({"name": text(nonempty=True), "space": text(nonempty=True), "source": source,
+                   "measurements": list_of(measurement), "scale": text(("percent", "fraction")),
+                   "features": record(), "accuracy_model": _accuracy_model, "tool_version": text(),
+                   "created": text(), "parent": revision_parent_spec()}, rules=(_measured_count,))
 
 
 @dataclass
@@ -76,9 +129,7 @@ class DatasetProfile:
             d.get("schema") == "pomonag-edge/profile" else ""
         profile = from_versioned_json(cls, d, source, schema=SCHEMA, schema_version=SCHEMA_VERSION,
                                       kind="dataset profile", error=DatasetProfileError, hint=hint)
-        for item in profile.measurements:
-            if not isinstance(item, dict) or "arch" not in item or "accuracy" not in item:
-                raise DatasetProfileError(f"{source}: every measurement needs 'arch' and 'accuracy'")
+        check(d, _spec(), source, DatasetProfileError)
         return profile
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -122,6 +173,25 @@ def resolve_dataset(spec, space):
         raise DatasetProfileError(f"dataset profile {spec} is for space {profile.space!r}, not {space.name!r}: "
                                   f"pass --space {profile.space}, or probe/calibrate the task for {space.name}")
     check_takes_tasks(space)
+    return check_against_space(profile, space, f"dataset profile {spec}")
+
+
+def check_against_space(profile: DatasetProfile, space, source: str) -> DatasetProfile:
+    """What the field checks cannot know alone: every measured arch is one of ``space`` (the profile's own), and
+    its stored model reads tables ``space`` ships. The first that is not is one line naming the field."""
+    from .errors import ArchParseError
+    from .predictors.accuracy_fewshot import is_current
+
+    for i, item in enumerate(profile.measurements):
+        try:
+            space.parse(item["arch"])
+        except ArchParseError as e:
+            raise DatasetProfileError(f"{source} is malformed: measurements[{i}].arch: {e}") from None
+    if is_current(profile.accuracy_model):
+        unknown = [t for t in profile.accuracy_model["tables"] if t not in space.datasets]
+        if unknown:
+            raise DatasetProfileError(f"{source} is malformed: accuracy_model.tables names {unknown[0]!r}, not a "
+                                      f"{space.name} table ({', '.join(space.datasets)})")
     return profile
 
 

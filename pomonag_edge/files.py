@@ -290,6 +290,14 @@ def save_revision_json(parent_path: str | os.PathLike, obj, what: str, error=Non
     raise (error or UserError)(f"too many revisions of {parent_path}")
 
 
+def revision_parent_spec():
+    """The ``parent`` a revision records (``{"path", "name", "sha256"}`` of the profile it extends, or null), as a
+    ``fields`` check for the profiles that keep revisions."""
+    from .fields import record, text
+
+    return record({"path": text(), "name": text(), "sha256": text()}, optional=True)
+
+
 def create_new_json(path: str | os.PathLike, obj, what: str = "file") -> bool:
     """Write ``path`` only if no file of that name exists (atomic: two writers never both succeed).
     Returns False when it existed."""

@@ -14,12 +14,36 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ProfileError
+from .fields import check, flag, list_of, number, record, text
 from .files import (atomic_write_json, check_writable, from_versioned_json, json_sha256, read_user_json,
-                    save_revision_json)
+                    revision_parent_spec, save_revision_json)
 
 SCHEMA = "pomonag-edge/profile"
 SCHEMA_VERSION = 1
 PROFILES_DIR = Path("profiles")
+
+
+def _latency_model(state, where: str) -> None:
+    from .predictors.latency import check_state
+
+    check_state(state, where)
+
+
+def _spec():
+    """Every field of a device profile (``fields.check``), its stored latency model's by the model's own spec."""
+    ms = number(0, optional=True)
+    timing = {"median_ms": number(0), "p90_ms": ms, "p99_ms": ms, "mean_ms": ms, "cv": ms,
+              "runs": number(0, integer=True, optional=True)}
+    return record({
+        "name": text(nonempty=True), "space": text(nonempty=True), "dataset": text(optional=True),
+        "device": record(), "runtime": record(),
+        "lut": record(values=record(timing, required=("median_ms",))),
+        "calibration": list_of(record({**timing, "arch": text(nonempty=True), "latency_ms": number(0, above=True)},
+                                      required=("arch", "latency_ms"))),
+        "latency_model": _latency_model, "reference": text(optional=True),
+        "tool_version": text(), "created": text(), "partial": flag(),
+        "parent": revision_parent_spec(),
+    })
 
 
 @dataclass
@@ -57,14 +81,7 @@ class Profile:
     def from_dict(cls, d: dict, source: str = "profile") -> "Profile":
         profile = from_versioned_json(cls, d, source, schema=SCHEMA, schema_version=SCHEMA_VERSION, kind="profile",
                                       error=ProfileError)
-        types = {"name": str, "space": str, "device": dict, "runtime": dict, "lut": dict, "calibration": list,
-                 "latency_model": (dict, type(None)), "partial": bool, "parent": (dict, type(None))}
-        for key, kind in types.items():
-            if not isinstance(getattr(profile, key), kind):
-                raise ProfileError(f"{source} is malformed: {key!r} is a {type(getattr(profile, key)).__name__}")
-        for item in profile.calibration:
-            if not isinstance(item, dict) or "arch" not in item or "latency_ms" not in item:
-                raise ProfileError(f"{source}: every calibration item needs 'arch' and 'latency_ms'")
+        check(d, _spec(), source, ProfileError)
         return profile
 
     def save(self, path: str | os.PathLike) -> Path:

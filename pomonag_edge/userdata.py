@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from .errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 VAL_FRACTION = 0.2
+MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3  # Pillow's limit for untrusted images (89 M): larger are refused
 MAX_ASPECT = 4.0  # an image more than 4x wider than tall (or the reverse) cannot be squeezed to a square honestly
 
 
@@ -166,8 +169,13 @@ def _read_folder(path: Path, hw: int) -> tuple[np.ndarray, np.ndarray, list[str]
             raise DataError(f"class folder {path / name} holds no .png/.jpg/.jpeg images")
         for file in files:
             try:
-                with Image.open(file) as im:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # said below, in one line
+                    im = Image.open(file)
+                with im:
                     w, h = im.size
+                    if w * h > MAX_IMAGE_PIXELS:
+                        raise DataError(_too_large(file, f"{w}x{h} ({w * h / 1e6:.0f} megapixels)"))
                     if max(w, h) > MAX_ASPECT * min(w, h):
                         raise DataError(f"image {file} is {w}x{h}: more than {MAX_ASPECT:g}:1, it cannot be resized "
                                         f"to {hw}x{hw} without distorting it; crop it first")
@@ -175,39 +183,88 @@ def _read_folder(path: Path, hw: int) -> tuple[np.ndarray, np.ndarray, list[str]
                     images.append(np.asarray(im, dtype=np.float32).transpose(2, 0, 1) / 255.0)
             except DataError:
                 raise
+            except Image.DecompressionBombError as e:  # Pillow's own refusal, at twice its limit
+                pixels = re.search(r"\((\d+) pixels\)", str(e))
+                raise DataError(_too_large(file, f"{int(pixels[1]) / 1e6:.0f} megapixels" if pixels else "huge")) \
+                    from None
             except (UnidentifiedImageError, OSError, ValueError) as e:
                 raise DataError(f"cannot read image {file}: {e}") from None
             labels.append(label)
     return np.stack(images), np.array(labels, dtype=np.int64), classes
 
 
-def _read_npz(path: Path, hw: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _too_large(file: Path, size: str) -> str:
+    return (f"image {file} is {size}, more than the {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels read from one image (a "
+            f"decompression bomb?); the data folder is refused: shrink the image or move it out")
+
+
+def _npz_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` and ``y`` of the .npz at ``path``, read whole here, so that a damaged file fails inside this error
+    boundary and not later: a file that is not a zip archive (a single .npy renamed, anything else), a damaged
+    archive, missing arrays and object arrays (pickle is never loaded) are each one line."""
+    import zipfile
+    import zlib
+
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+    if not zipfile.is_zipfile(path):
+        what = ("a single array saved with numpy.save (.npy), not an .npz archive" if magic == b"\x93NUMPY"
+                else "empty" if not magic else "a damaged or truncated .npz archive" if magic.startswith(b"PK")
+                else "not an .npz archive (a zip file of .npy arrays)")
+        raise DataError(f"data {path} is {what}: save the images and labels with numpy.savez(path, x=images, "
+                        "y=labels)")
     try:
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in ("x", "y") if k not in f.files]
             if missing:
-                raise DataError(f"{path} has no array {' or '.join(missing)} (it holds {', '.join(f.files) or 'nothing'}); "
-                                "an .npz needs x (images) and y (labels)")
+                raise DataError(f"{path} has no array {' or '.join(missing)} (it holds "
+                                f"{', '.join(f.files) or 'nothing'}); an .npz needs x (images) and y (labels)")
             x, y = f["x"], f["y"]
     except DataError:
         raise
-    except ValueError as e:  # object arrays (ragged images) need pickle, which we do not load
-        raise DataError(f"{path}: x and y must be plain numeric arrays (images of one size), not objects: {e}") from None
-    except (OSError, EOFError) as e:
-        raise DataError(f"cannot read {path}: {e}") from None
+    except ValueError as e:
+        if "allow_pickle" in str(e) or "pickled" in str(e):  # object arrays (ragged images) need pickle
+            raise DataError(f"{path}: x and y must be plain numeric arrays (images of one size), not Python objects "
+                            "(which are never unpickled)") from None
+        raise DataError(f"{path} is damaged: {e}") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise DataError(f"{path} is damaged ({e}): write it again with numpy.savez") from None
+    for key, value in (("x", x), ("y", y)):
+        if not isinstance(value, np.ndarray):  # a member that is not in .npy format comes back as its bytes
+            raise DataError(f"{path}: {key} is not a numpy array (the archive member is not in .npy format): write "
+                            "it with numpy.savez")
+    return x, y
+
+
+def _read_npz(path: Path, hw: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    x, y = _npz_arrays(path)
     if x.dtype.kind not in "uif":
         raise DataError(f"{path}: x must hold numbers, got dtype {x.dtype}")
-    y = np.asarray(y).reshape(-1) if np.asarray(y).ndim <= 1 or np.asarray(y).shape[1:] == (1,) else None
-    if y is None or y.dtype.kind not in "ui" and not (y.dtype.kind == "f" and np.all(y == np.round(y))):
-        raise DataError(f"{path}: y must be one integer class label per image")
-    if len(y) != len(x):
-        raise DataError(f"{path}: x holds {len(x)} images but y {len(y)} labels")
     if x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
         x = x.transpose(0, 3, 1, 2)
     elif not (x.ndim == 4 and x.shape[1] in (1, 3)):
         raise DataError(f"{path}: x has shape {x.shape}; expected (n, h, w), (n, h, w, c) or (n, c, h, w) with c 1 or 3")
+    if len(x) == 0 or 0 in x.shape[2:]:
+        raise DataError(f"{path}: x holds no image (shape {x.shape})")
+    y = np.asarray(y)
+    y = y.reshape(-1) if y.ndim == 1 or y.ndim == 2 and y.shape[1:] == (1,) else None
+    if y is None or y.dtype.kind not in "ui" and not (y.dtype.kind == "f" and np.all(y == np.round(y))):
+        raise DataError(f"{path}: y must be one integer class label per image")
+    if len(y) != len(x):
+        raise DataError(f"{path}: x holds {len(x)} images but y {len(y)} labels")
+    lo, hi = (float(v) for v in (x.min(), x.max()))
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise DataError(f"{path}: x holds NaN or infinite values")
+    top = 255 if x.dtype.kind in "ui" else 1
+    if lo < 0 or hi > top:
+        expected = "0..255 (uint8)" if top == 255 else "0..1 (or uint8 0..255)"
+        raise DataError(f"{path}: x holds {'integers' if top == 255 else 'floats'} from {lo:g} to {hi:g}; pixels must "
+                        f"be {expected}")
     h, w = x.shape[2:]
     if max(h, w) > MAX_ASPECT * min(h, w):
         raise DataError(f"{path}: images are {w}x{h}, more than {MAX_ASPECT:g}:1; crop them before resizing to {hw}x{hw}")

@@ -359,3 +359,238 @@ def test_write_failures_say_what_failed_where_and_what_to_do(tmp_path, monkeypat
         files.atomic_write_json(tmp_path / "p.json", {}, "profile")
     assert str(e.value).startswith(f"cannot write profile {tmp_path / 'p.json'}: ") and words in str(e.value)
     assert list(tmp_path.iterdir()) == []  # no temp file left behind
+
+
+# ------------------------------------------------------------------ hand-edited profiles: every field checked
+
+def _task_profile(path: Path) -> dict:
+    """A dataset profile fitted to ARCHS (as `calibrate` writes one), saved at ``path``; returns its JSON."""
+    from pomonag_edge.dataset_profile import fit_dataset_profile
+    from pomonag_edge.spaces import get_space
+
+    measurements = [{"arch": a, "accuracy": 60.0 + 3 * i} for i, a in enumerate(ARCHS)]
+    fit_dataset_profile(get_space("nb201"), measurements, "task", source={"num_classes": 10}).save(path)
+    return json.loads(path.read_text())
+
+
+def _model(d):
+    return d["accuracy_model"]
+
+
+DATASET_EDITS = {  # edit of a good dataset profile -> words of the one line
+    "head weights are strings": (lambda d: _model(d).update(head=["a"] * len(_model(d)["head"])),
+                                 ["accuracy_model.head[0]", "not a number"]),
+    "one NaN head weight": (lambda d: _model(d)["head"].__setitem__(1, float("nan")),
+                            ["accuracy_model.head[1]", "NaN", "finite"]),
+    "an infinite head weight": (lambda d: _model(d)["head"].__setitem__(0, float("inf")),
+                                ["accuracy_model.head[0]", "inf"]),
+    "head of the wrong length": (lambda d: _model(d).update(head=_model(d)["head"][:2]),
+                                 ["accuracy_model.head", "holds 2", "not 5"]),
+    "NaN sibling weight": (lambda d: _model(d)["sibling"]["coef"].__setitem__(0, float("nan")),
+                           ["accuracy_model.sibling.coef[0]"]),
+    "sibling fit missing": (lambda d: _model(d).pop("sibling"), ["accuracy_model.sibling is missing"]),
+    "negative y_std": (lambda d: _model(d).update(y_std=-1), ["accuracy_model.y_std", "above 0"]),
+    "NaN error": (lambda d: _model(d)["cv"].update(error_points=float("nan")), ["accuracy_model.cv.error_points"]),
+    "a table of no space": (lambda d: _model(d).update(tables=["cifar10", "cifar100", "svhn"]),
+                            ["accuracy_model.tables", "'svhn'"]),
+    "accuracy missing": (lambda d: d["measurements"][0].pop("accuracy"), ["measurements[0].accuracy is missing"]),
+    "accuracy a string": (lambda d: d["measurements"][2].update(accuracy="high"), ["measurements[2].accuracy"]),
+    "accuracy NaN": (lambda d: d["measurements"][0].update(accuracy=float("nan")), ["measurements[0].accuracy"]),
+    "accuracy over 100": (lambda d: d["measurements"][0].update(accuracy=250), ["within 0..100"]),
+    "arch not of the space": (lambda d: d["measurements"][1].update(arch="|x~0|"), ["measurements[1].arch"]),
+    "fewer measurements than declared": (lambda d: d.update(measurements=d["measurements"][:3]),
+                                         ["measurements holds 3", "n_measurements says 6"]),
+    "measurements an object": (lambda d: d.update(measurements={}), ["measurements is an object, not a list"]),
+    "source a list": (lambda d: d.update(source=[]), ["source is a list"]),
+    "classes a number": (lambda d: d["source"].update(classes=5), ["source.classes"]),
+    "num_classes text": (lambda d: d["source"].update(num_classes="ten"), ["source.num_classes"]),
+    "counts not one per class": (lambda d: d["source"].update(classes=["a", "b"], counts=[3]), ["source.counts"]),
+    "input_shape of text": (lambda d: d["source"].update(input_shape=[3, "a", 32]), ["source.input_shape[1]"]),
+    "unknown scale": (lambda d: d.update(scale="permille"), ["scale", "percent, fraction"]),
+    "name a number": (lambda d: d.update(name=3), ["name is 3, not text"]),
+}
+
+
+def test_the_dataset_profile_a_run_copied_is_checked_too(here):
+    d = _task_profile(here / "task.json")
+    _model(d)["head"][0] = float("nan")
+    (here / "runs" / "r" / "dataset.json").write_text(json.dumps(d))
+    assert_one_line_exit_2(invoke("export", "runs/r", "--no-measure"), "runs/r/dataset.json", "head[0]")
+
+
+def test_a_good_dataset_profile_still_loads_and_predicts(here):
+    _task_profile(here / "task.json")
+    r = invoke("predict", "--archs", "archs.txt", "--profile", "pixel3", "--dataset", "task.json", "--format", "json")
+    assert r.exit_code == 0, r.output
+    assert all(np.isfinite(row["accuracy"]) for row in json.loads(r.stdout))
+
+
+def _device_profile(path: Path) -> dict:
+    from pomonag_edge.predictors.calibration import calibrate_profile
+    from pomonag_edge.spaces import get_space
+
+    items = [{"arch": a, "latency_ms": 1.0 + i / 4} for i, a in enumerate(ARCHS)]
+    calibrate_profile(get_space("nb201"), items, "dev").save(path)
+    return json.loads(path.read_text())
+
+
+DEVICE_EDITS = {
+    "NaN calibration timing": (lambda d: d["calibration"][0].update(latency_ms=float("nan")),
+                               ["calibration[0].latency_ms", "NaN"]),
+    "negative calibration timing": (lambda d: d["calibration"][1].update(latency_ms=-1), ["calibration[1]"]),
+    "NaN latency model weight": (lambda d: d["latency_model"]["coef"].__setitem__(0, float("nan")),
+                                 ["latency_model.coef[0]"]),
+    "latency model weight a string": (lambda d: d["latency_model"]["coef"].__setitem__(0, "x"),
+                                      ["latency_model.coef[0]", "not a number"]),
+    "latency model error a string": (lambda d: d["latency_model"].update(relative_error="x"),
+                                     ["latency_model.relative_error"]),
+    "LUT entry without a median": (lambda d: d["lut"].update({"stem": {"p90_ms": 1.0}}), ["lut.stem.median_ms"]),
+    "partial as text": (lambda d: d.update(partial="no"), ["partial is 'no', not true/false"]),
+}
+
+
+PROFILE_KINDS = {  # how a good one is made, its edits, how predict is given it, how the line names it
+    "dataset": (_task_profile, DATASET_EDITS, ("--profile", "pixel3", "--dataset"), "dataset profile bad.json"),
+    "device": (_device_profile, DEVICE_EDITS, ("--profile",), "profile bad.json"),
+}
+
+
+@pytest.mark.parametrize("kind, case", [(k, c) for k, (_, edits, _, _) in PROFILE_KINDS.items() for c in edits])
+def test_hand_edited_profile_is_one_line_naming_the_field(here, kind, case):
+    make, edits, flags, source = PROFILE_KINDS[kind]
+    d = make(here / "good.json")
+    edit, words = edits[case]
+    edit(d)
+    (here / "bad.json").write_text(json.dumps(d))
+    assert_one_line_exit_2(invoke("predict", "--archs", "archs.txt", *flags, "bad.json"), f"{source} is malformed: ",
+                           *words)
+
+
+# ------------------------------------------------------------------ your data: .npz files and huge images
+
+def _npy_renamed(p):
+    np.save(open(p, "wb"), np.zeros((4, 8, 8)))
+
+
+def _truncated(p):
+    np.savez(p, x=np.zeros((20, 8, 8), np.uint8), y=np.arange(20) % 2)
+    p.write_bytes(p.read_bytes()[:300])
+
+
+def _bad_member_crc(p):
+    np.savez(p, x=np.zeros((20, 8, 8), np.uint8), y=np.arange(20) % 2)
+    b = p.read_bytes()
+    p.write_bytes(b[:100] + b"\0" * 50 + b[150:])
+
+
+NPZ = {  # how the .npz is made -> words of the one line
+    "empty (savez of nothing)": (lambda p: np.savez(p), ["no array x or y", "holds nothing"]),
+    "not a zip file": (lambda p: p.write_text("hello"), ["not an .npz archive", "numpy.savez"]),
+    "zero bytes": (lambda p: p.write_bytes(b""), ["is empty"]),
+    "an .npy renamed": (_npy_renamed, ["numpy.save (.npy), not an .npz"]),
+    "truncated": (_truncated, ["damaged or truncated"]),
+    "a damaged member": (_bad_member_crc, ["is damaged", "CRC"]),
+    "no y": (lambda p: np.savez(p, x=np.zeros((4, 8, 8))), ["no array y", "holds x"]),
+    "object arrays": (lambda p: np.savez(p, x=np.array([np.zeros((8, 8)), np.zeros((4, 4))], dtype=object), y=[0, 1]),
+                      ["not Python objects"]),
+    "strings as images": (lambda p: np.savez(p, x=np.array(["a"] * 4), y=np.arange(4)), ["x must hold numbers"]),
+    "a scalar x": (lambda p: np.savez(p, x=np.float32(3), y=np.arange(4)), ["x has shape ()"]),
+    "no images": (lambda p: np.savez(p, x=np.zeros((0, 8, 8)), y=np.zeros(0, int)), ["x holds no image"]),
+    "images of 0x0": (lambda p: np.savez(p, x=np.zeros((4, 0, 0)), y=np.arange(4)), ["x holds no image"]),
+    "NaN pixels": (lambda p: np.savez(p, x=np.full((4, 8, 8), np.nan, np.float32), y=np.arange(4)), ["NaN"]),
+    "floats beyond 0..1": (lambda p: np.savez(p, x=np.full((4, 8, 8), 255.0), y=np.arange(4)), ["0..1"]),
+    "16-bit integers": (lambda p: np.savez(p, x=np.full((4, 8, 8), 1000, np.int16), y=np.arange(4)), ["0..255"]),
+    "labels as strings": (lambda p: np.savez(p, x=np.zeros((4, 8, 8)), y=np.array(list("abab"))), ["y must be"]),
+}
+
+
+@pytest.mark.parametrize("case", list(NPZ))
+def test_bad_npz_is_one_line(here, case):
+    make, words = NPZ[case]
+    make(here / "bad.npz")
+    assert_one_line_exit_2(invoke("probe", "--data", "bad.npz"), "bad.npz", *words)
+
+
+def _png_header(path: Path, w: int, h: int) -> None:
+    """A PNG that claims ``w`` x ``h`` pixels and holds none: Pillow reads the size from the header alone."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("side, size", [(13_000, "13000x13000 (169 megapixels)"), (20_000, "400 megapixels")])
+def test_a_decompression_bomb_refuses_the_folder_in_one_line(here, side, size):
+    """13,000 squared is over Pillow's warning limit (it would decode 0.5 GB, warning once), 20,000 squared over
+    its error limit: both are one line naming the image, and nothing is decoded."""
+    from PIL import Image
+
+    for c in "ab":
+        (here / "imgs" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8)).save(here / "imgs" / c / f"{i}.png")
+    _png_header(here / "imgs" / "a" / "huge.png", side, side)
+    r = invoke("probe", "--data", "imgs")
+    assert_one_line_exit_2(r, "imgs/a/huge.png", size, "decompression bomb", "refused")
+    assert "Warning" not in r.output
+
+
+def test_the_image_size_limit_is_the_codes_own_knob(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from pomonag_edge import userdata
+
+    for c in "ab":
+        (tmp_path / c).mkdir()
+        for i in range(2):
+            Image.new("RGB", (16, 16)).save(tmp_path / c / f"{i}.png")
+    assert userdata.load_user_data(tmp_path).source["images"] == 4
+    monkeypatch.setattr(userdata, "MAX_IMAGE_PIXELS", 255)
+    with pytest.raises(userdata.DataError, match="16x16"):
+        userdata.load_user_data(tmp_path)
+
+
+# ------------------------------------------------------------------ seeds: 0 <= seed < 2**32 everywhere
+
+SEEDED = [("generate",), ("probe", "--data", "d.npz"), ("train", "runs/r", "--data", "d.npz"),
+          ("profile", "--quick"), ("export", "runs/r"), ("pretrain", "latency"), ("pretrain", "accuracy"),
+          ("pretrain", "generator")]
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32), "1180591620717411303424"])
+@pytest.mark.parametrize("command", SEEDED, ids=[" ".join(c[:2]) for c in SEEDED])
+def test_seed_out_of_range_is_one_line(here, command, seed):
+    assert_one_line_exit_2(invoke(*command, "--seed", seed), "--seed", "0<=x<=4294967295")
+
+
+def test_every_seed_option_takes_the_full_range_and_says_it():
+    import click
+
+    from pomonag_edge.commands.options import SEED
+
+    ctx = click.Context(cli)
+
+    def commands(group, path=()):
+        for name in group.list_commands(ctx):
+            cmd = group.get_command(ctx, name)
+            if isinstance(cmd, click.Group):
+                yield from commands(cmd, path + (name,))
+            else:
+                yield path + (name,), cmd
+
+    seeded = {path: p for path, cmd in commands(cli) for p in cmd.params if p.name == "seed"}
+    assert set(seeded) == {c[:2] if c[0] == "pretrain" else c[:1] for c in SEEDED}  # a new one: add it above
+    for path, param in seeded.items():
+        assert param.type is SEED, path
+    assert (SEED.min, SEED.max) == (0, 2**32 - 1)
+    assert "0<=x<=4294967295" in invoke("generate", "--help").output
+
+
+def test_the_largest_seed_runs(here):
+    r = invoke(*GEN, "--max-latency", "50ms", "--seed", 2**32 - 1, "--out", "runs/big")
+    assert r.exit_code == 0, r.output
+    assert json.loads((here / "runs" / "big" / "manifest.json").read_text())["seed"] == 2**32 - 1

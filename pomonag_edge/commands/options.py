@@ -14,7 +14,7 @@ dataset_option = click.option(
          "or a dataset profile of your task (.json from `pomonag-edge probe` or `calibrate`; nb201).",
 )
 # a seed feeds numpy's and torch's generators, which take 0 .. 2**32 - 1; shown in --help as the range
-SEED = click.IntRange(0, 2**31 - 1)
+SEED = click.IntRange(0, 2**32 - 1)
 profile_option = click.option(
     "--profile", "profile", default=None, metavar="PATH|NAME",
     help="A profile file, or the name of a shipped reference profile (see `pomonag-edge devices`).",

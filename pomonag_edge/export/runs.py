@@ -104,12 +104,14 @@ def load_run(path: str | os.PathLike) -> Run:
     _check_archs(path / "pareto.json", pareto, str(space))
     task = None
     if (path / "dataset.json").is_file():
-        from ..dataset_profile import load_dataset_profile
+        from ..dataset_profile import check_against_space, load_dataset_profile
+        from ..spaces import get_space
 
         task = load_dataset_profile(path / "dataset.json")
         if task.space != str(space):
             raise UserError(f"{path / 'dataset.json'} is a dataset profile of space {task.space}, but the run is of "
                             f"space {space}: the run folder mixes two runs; generate it again")
+        check_against_space(task, get_space(task.space), f"dataset profile {path / 'dataset.json'}")
     return Run(path=path, space=str(space), dataset=manifest.get("dataset"), candidates=pareto,
                budget={k: budget.get(k) for k in ("max_latency_ms", "max_params", "max_macs")},
                profile_spec=spec, profile_sha256=sha, manifest=manifest, task=task)

@@ -123,6 +123,42 @@ def _predict(feats: np.ndarray, theta, coef, shift) -> np.ndarray:
     return (1 - SIBLING_MIX) * (feats @ theta) + SIBLING_MIX * (feats[:, :-1] @ coef + shift)
 
 
+def _state_lengths(state: dict, where: str) -> None:
+    from ..fields import FieldError
+
+    p = len(state["tables"]) + 2  # a normal score per table, log params, bias
+    for key, coef, n in (("head", state["head"], p), ("sibling.coef", state["sibling"]["coef"], p - 1)):
+        if len(coef) != n:
+            raise FieldError(f"{where}.{key}", f"holds {len(coef)} weight(s), not {n} (one per table of "
+                                               f"{where}.tables, log params{', bias' if n == p else ''})")
+    predictions = state["cv"].get("predictions")
+    if predictions is not None and len(predictions) != state["n_measurements"]:
+        raise FieldError(f"{where}.cv.predictions", f"holds {len(predictions)} item(s) but {where}.n_measurements "
+                                                    f"says {state['n_measurements']}")
+
+
+def state_spec():
+    """The fields of a stored model's ``state`` (``FewShotAccuracyModel.to_dict``), for ``fields.check``."""
+    from ..fields import list_of, number, record, text
+
+    return record({
+        "kind": text(), "version": number(integer=True), "space": text(), "task": text(),
+        "tables": list_of(text(), min_len=1), "features": list_of(text()),
+        "y_mean": number(), "y_std": number(0, above=True), "head": list_of(number()),
+        "sibling": record({"mix": number(0, 1), "coef": list_of(number()), "shift": number()},
+                          required=("coef", "shift")),
+        "cv": record({"method": text(), "error_quantile": number(0, 1), "error_points": number(0),
+                      "mae_points": number(0), "spearman": number(-1, 1, finite=False, optional=True),
+                      "predictions": list_of(number())}, required=("error_points",)),
+        "n_measurements": number(MIN_MEASUREMENTS, integer=True),
+    }, required=("tables", "y_mean", "y_std", "head", "sibling", "cv", "n_measurements"), rules=(_state_lengths,))
+
+
+def is_current(state) -> bool:
+    """Whether ``state`` is this version's stored model (else it is refitted from the measurements)."""
+    return isinstance(state, dict) and state.get("kind") == MODEL_KIND and state.get("version") == MODEL_VERSION
+
+
 class FewShotAccuracyModel:
     """``predict(archs)`` in percent for one task; ``state`` is its JSON form (stored in a dataset profile)."""
 

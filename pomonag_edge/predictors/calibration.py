@@ -174,6 +174,9 @@ def read_accuracy_measurements(space, path: str | os.PathLike, scale: str = "aut
                     item[key] = int(value)
                 except ValueError:
                     raise UserError(f"{path}, line {line}: {key} {value!r} is not an integer") from None
+                least = 1 if key == "epochs" else 0
+                if item[key] < least:
+                    raise UserError(f"{path}, line {line}: {key} must be at least {least}, got {value!r}")
         items.append(item)
     scale = accuracy_scale([i["accuracy"] for i in items], [f"line {i['_line']}" for i in items], str(path), scale)
     items = _distinct(path, items, "accuracy")

@@ -560,6 +560,14 @@ def _error_state(errors: np.ndarray) -> dict:
             "cv_relative_errors": [round(float(v), 6) for v in errors], "n_calibration": int(len(errors))}
 
 
+def _error_fields() -> dict:
+    """The fields ``_error_state`` writes, for the models' ``state_spec``."""
+    from ..fields import list_of, number
+
+    return {"relative_error": number(0), "relative_error_quantile": number(0, 1),
+            "cv_relative_errors": list_of(number(0)), "n_calibration": number(0, integer=True)}
+
+
 # ------------------------------------------------------------------------------------------ the models
 
 
@@ -628,6 +636,30 @@ def _soft_table_lookup(space, values: np.ndarray, x):
     return t.reshape(len(x))
 
 
+def _square_gram(leverage: dict, where: str) -> None:
+    from ..fields import FieldError
+
+    n = len(leverage["columns"])
+    if len(leverage["gram_inv"]) != n or any(len(row) != n for row in leverage["gram_inv"]):
+        raise FieldError(f"{where}.gram_inv", f"is not {n} x {n} (one row and column per {where}.columns)")
+
+
+def _within_features(state: dict, where: str) -> None:
+    """A head's weights and each candidate's cover at most the features the state names; columns index them."""
+    from ..fields import FieldError
+
+    n = len(state.get("features") or []) or None
+    if n is None:
+        return
+    for key, coef in [("coef", state["coef"])] + [(f"candidates[{i}].coef", c["coef"])
+                                                 for i, c in enumerate(state["candidates"])]:
+        if len(coef) > n:
+            raise FieldError(f"{where}.{key}", f"holds {len(coef)} weight(s), more than the {n} of {where}.features")
+    for i, c in enumerate(state["candidates"]):
+        if len(c["coef"]) != n or any(j >= n for j in c["leverage"]["columns"]):
+            raise FieldError(f"{where}.candidates[{i}]", f"does not span the {n} features of {where}.features")
+
+
 class HeadModel(LatencyModel):
     """A device's model from K timings: the candidates of ``fit_candidates`` (embedding head, sibling tables and
     their average where tables cover the space, cost proxies) weighed by ``candidate_weights``, collapsed into
@@ -675,6 +707,20 @@ class HeadModel(LatencyModel):
                  "coef": [float(v) for v in theta], "relative_error": rel, "relative_error_quantile": 0.9,
                  "heldout": held}
         return cls(pre, theta, rel, state)
+
+    @classmethod
+    def state_spec(cls):
+        from ..fields import list_of, number, record, text
+
+        leverage = record({"columns": list_of(number(0, integer=True)), "gram_inv": list_of(list_of(number()))},
+                          required=("columns", "gram_inv"), rules=(_square_gram,))
+        candidate = record({"name": text(), "weight": number(0, 1), "rms_log": number(0), "coef": list_of(number()),
+                            "leverage": leverage}, required=("weight", "rms_log", "coef", "leverage"))
+        return record({"embedding": record({"checkpoint": text(optional=True), "sha256": text()}),
+                       "features": list_of(text()),
+                       "coef": list_of(number(), min_len=1), "noise_log_std": number(0), "kappa": number(0, above=True),
+                       "candidates": list_of(candidate), **_error_fields()},
+                      required=("coef", "relative_error", "candidates", "kappa"), rules=(_within_features,))
 
     @classmethod
     def from_state(cls, pre: PretrainedEmbedding, state: dict) -> "HeadModel | None":
@@ -780,6 +826,14 @@ class LutModel(LatencyModel):
         return cls(space, profile, scale, power, state["relative_error"], state)
 
     @classmethod
+    def state_spec(cls):
+        from ..fields import number, record, text
+
+        return record({"form": text(), "lut_scale_log": number(), "lut_power": number(0, above=True),
+                       "lut_entries": number(0, integer=True), **_error_fields()},
+                      required=("lut_scale_log", "lut_power", "relative_error"))
+
+    @classmethod
     def from_state(cls, space, profile, state: dict) -> "LutModel | None":
         if (state.get("kind") != cls.kind or state.get("version") != cls.version or not profile.lut
                 or state.get("lut_entries") != len(profile.lut)):
@@ -824,6 +878,13 @@ class ProxyModel(LatencyModel):
         state = {"kind": cls.kind, "version": cls.version, "coef": [float(v) for v in coef],
                  "features": ["log_macs", "log_params", "bias"], **_error_state(errors)}
         return cls(space, dataset, coef, state["relative_error"], state)
+
+    @classmethod
+    def state_spec(cls):
+        from ..fields import list_of, number, record, text
+
+        return record({"coef": list_of(number(), length=3), "features": list_of(text()), **_error_fields()},
+                      required=("coef", "relative_error"))
 
     @classmethod
     def from_state(cls, space, profile, state: dict) -> "ProxyModel | None":
@@ -885,6 +946,17 @@ def _fit(space, profile, pretrained=None) -> LatencyModel:
 def fit_profile_model(space, profile, pretrained: PretrainedEmbedding | None = None) -> dict:
     """The JSON state of the latency model fitted to ``profile`` (stored in ``profile.latency_model``)."""
     return _fit(space, profile, pretrained).to_state()
+
+
+def check_state(state, where: str) -> None:
+    """``fields`` check of a profile's stored ``latency_model``: a state of this version's kinds field by field
+    (each model's ``state_spec``); any other is refitted from the timings, so any object (or null) goes."""
+    from ..fields import record
+
+    for cls in (LutModel, ProxyModel, HeadModel):
+        if isinstance(state, dict) and state.get("kind") == cls.kind and state.get("version") == cls.version:
+            return cls.state_spec()(state, where)
+    record(optional=True)(state, where)
 
 
 def latency_model_for(space, profile, pretrained: PretrainedEmbedding | None = None) -> LatencyModel:
