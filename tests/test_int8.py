@@ -21,7 +21,6 @@ from pomonag_edge.hardware.profiler import ProfileRequest, build_profile, int8_w
 from pomonag_edge.hardware.timers import BackendTimer, Graph, RunnerTimer
 from pomonag_edge.hardware.timing import Protocol
 from tests.test_runner import _trtexec_with_help
-from tests.test_your_data_e2e import digits_folder  # noqa: F401 (a fixture: real digits as an image folder)
 
 TINY = Protocol(name="tiny", warmup_ms=0, warmup_runs=1, min_runs=3, min_time_s=0.02, floor_runs=2, retries=0,
                 settle_s=0.05)
@@ -313,7 +312,7 @@ def test_int8_export_refusals_are_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_trained_digits_export_int8_accuracy_beside_fp32(tmp_path, monkeypatch, digits_folder):  # noqa: F811
+def test_trained_digits_export_int8_accuracy_beside_fp32(tmp_path, monkeypatch, digits_folder):
     """Real digits, a net trained briefly, exported at int8: calibrated on the training split, its accuracy
     measured on the validation split beside the FP32 file's, and the report's number is the file's."""
     import onnxruntime as ort
