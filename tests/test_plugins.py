@@ -150,6 +150,16 @@ def test_command_device_times_a_lut_when_it_can_time_single_ops(tmp_path):
     assert len(timer.time(graphs, tag="end-check")) == 1 and len(calls(tmp_path)) == 6  # a tag times it again
 
 
+def test_an_int8_command_device_is_told_int8_and_quantizes_itself(tmp_path):
+    toml = descriptor(tmp_path, extra='precision = "int8"\n')
+    toml.write_text(toml.read_text().replace("{arch}", "{precision}"))
+    r = invoke("profile", "--device", toml, "--calibration", 5, "--out", tmp_path / "p.json")
+    assert r.exit_code == 0, r.output
+    assert set(calls(tmp_path)) == {"int8"}
+    runtime = json.loads((tmp_path / "p.json").read_text())["runtime"]
+    assert runtime["precision"] == "int8" and runtime["int8"]["scheme"] == "the command's own"
+
+
 @pytest.mark.slow
 def test_command_device_that_times_single_ops_takes_the_lut_through_it(tmp_path):
     toml = descriptor(tmp_path, extra="single_ops = true\n")

@@ -162,7 +162,8 @@ def _report(console, result, host) -> None:
     console.print(f"{'resumed and finished' if result.resumed else 'wrote'} [bold]{result.path}[/] in "
                   f"{result.seconds:.0f} s{f' (measured on {host})' if host else ''}: {len(p.lut)} LUT entries, "
                   f"{len(calib)} calibration nets ({span}); {rt['backend']} {rt['precision']}, batch {rt['batch']}, "
-                  f"{rt['threads']} thread(s), {rt['protocol']} protocol, {rt['clock']} clock")
+                  f"{rt['threads']} thread(s), {rt['protocol']} protocol"
+                  + ("" if rt["backend"] == "command" else f", {rt['clock']} clock"))
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if result.model_note:

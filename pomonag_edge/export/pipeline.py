@@ -327,7 +327,10 @@ def export_run(run_dir: str | Path, options: ExportOptions,
         from ..training import trained_results
 
         ctx.trained = trained_results(run.path)
-    if precision == "int8":
+    if precision == "int8" and command is not None:  # the device's toolchain quantizes: it gets the FP32 files
+        notes.append(f"int8: device {command.descriptor.name}'s command is given the FP32 ONNX files with "
+                     "{precision} = int8 and quantizes them its own way")
+    elif precision == "int8":
         from ..hardware.quantize import scheme_for
         from .int8 import calibration_data
 

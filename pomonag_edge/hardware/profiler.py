@@ -250,7 +250,10 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
     runtime = {"backend": backend_name, "precision": precision, "batch": batch, "threads": threads,
                "clock": req.clock, **timing, **timer.versions(),
                "calibration_count": req.calibration, "calibration_seed": req.seed, "timed_by": timer.where}
-    if precision == "int8":  # how its Q/DQ graphs were made: export quantizes its nets the same way
+    if precision == "int8" and descriptor.is_command:  # {precision} said; pomonag-edge quantizes nothing
+        runtime["int8"] = {"scheme": "the command's own", "quantizer": "the device's toolchain, given FP32 ONNX files "
+                           "and {precision} = int8"}
+    elif precision == "int8":  # how its Q/DQ graphs were made: export quantizes its nets the same way
         runtime["int8"] = {"scheme": scheme_for(backend_name), "quantizer": "onnxruntime.quantization.quantize_static "
                            "(QDQ, per-channel, MinMax) after quant_pre_process", "calibration": "random inputs"}
     plan = space.lut_plan(dataset, req.quick, req.resolutions)

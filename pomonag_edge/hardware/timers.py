@@ -201,8 +201,14 @@ class CommandTimer:
         return d
 
     def facts(self) -> dict:
-        """What identifies the device: its command (the machine that runs it may be any)."""
-        return {"runner": "command", "command": self.template.text,
+        """What identifies the device: its command; the machine that called it is recorded beside (a simulator's
+        speed is this machine's), not compared."""
+        import platform
+
+        from .devices import cpu_facts
+
+        here = {"hostname": platform.node(), "os": platform.platform(), "cpu": cpu_facts().get("cpu")}
+        return {"runner": "command", "command": self.template.text, "called_from": here,
                 **({"command_version": self._command_version()} if self.descriptor.version_command else {})}
 
     def settle(self, graph: Graph) -> None:
