@@ -93,6 +93,9 @@ def probe_task(data_path=None, space_name: str = "nb201", probes: int = 20, epoc
                                                "seed": seed,
                                                "choice": "spread over the shipped tables' upper half and params",
                                                "measurements_csv": csv_path.name}}
+    counts, n_val = source.get("counts"), (source.get("split") or {}).get("n_val")
+    if counts and n_val:
+        source["probe"]["chance"] = chance_check([m["accuracy"] for m in measurements], counts, int(n_val))
     profile = fit_dataset_profile(space, measurements, name, source=source, scale=scale)
     return profile, profile.save(out), csv_path
 
@@ -100,6 +103,25 @@ def probe_task(data_path=None, space_name: str = "nb201", probes: int = 20, epoc
 def train_probe(trainer, arch: str, checkpoint, progress) -> tuple[float, dict]:
     """``fanout``'s unit of work for a probe: the trainer's ``train`` of one arch string (here or on a worker)."""
     return trainer.train(trainer.space.parse(arch), checkpoint, progress)
+
+
+CHANCE_ALPHA = 0.05  # family-wise: the chance that probes which learned nothing look as if one had learned
+
+
+def chance_check(accuracies: list[float], counts: list[int], n_val: int, alpha: float = CHANCE_ALPHA) -> dict:
+    """Whether the probes learned anything: the best probe's validation accuracy (percent) against chance, the
+    accuracy of always answering the largest class (100 / classes when they are balanced). A net that learned
+    nothing scores chance plus binomial noise on ``n_val`` images; the best of K such nets stays below chance +
+    z * sd with probability 1 - ``alpha`` when z is taken at ``alpha / K`` (Bonferroni). ``at_chance`` is true
+    when the best probe is within that band: its accuracies then rank nets by luck."""
+    from statistics import NormalDist
+
+    p = max(counts) / sum(counts)
+    sd_pct = 100.0 * (p * (1.0 - p) / max(n_val, 1)) ** 0.5
+    z = NormalDist().inv_cdf(1.0 - alpha / max(len(accuracies), 1))
+    best, threshold = max(accuracies), 100.0 * p + z * sd_pct
+    return {"chance_pct": round(100.0 * p, 3), "best_pct": round(best, 3), "threshold_pct": round(threshold, 3),
+            "n_val": n_val, "probes": len(accuracies), "alpha": alpha, "at_chance": bool(best <= threshold)}
 
 
 def _read_rows(path: Path) -> list[dict]:

@@ -264,9 +264,11 @@ def train_run(run_dir, data_path, top: int = 1, epochs: int = 200, seed: int = 0
     candidates = [c for c in run.candidates if c.get("feasible", True)][:top]
     if not candidates:
         raise UserError(f"{run.path / 'pareto.json'} holds no net within budget to train")
+    same_task, predicted_for = predicted_task_matches(run, data)
     results = {"schema": RESULTS_SCHEMA, "schema_version": 1, "run_dir": str(run.path), "space": run.space,
-               "task": {"name": task.name if task is not None else data.name, "input_hw": data.input_hw,
-                        "num_classes": data.num_classes},
+               "task": {"name": task.name if task is not None and same_task else data.name, "input_hw": data.input_hw,
+                        "num_classes": data.num_classes, "classes": list(data.classes)},
+               "predicted_for": predicted_for, "same_task": same_task,
                "data": data.source, "recipe": asdict(recipe), "nets": [], "complete": False}
     setup = training_setup(space, data, data_path, recipe, device, threads, ray)
     nets, jobs, order = {}, [], []
@@ -283,7 +285,8 @@ def train_run(run_dir, data_path, top: int = 1, epochs: int = 200, seed: int = 0
 
     def finished(job, r):
         rank, item = details[job.key]
-        nets[job.key] = {"rank": rank, "arch": job.key, "accuracy_predicted": item.get("accuracy"),
+        nets[job.key] = {"rank": rank, "index": item.get("index"), "arch": job.key,
+                         "accuracy_predicted": item.get("accuracy"), "accuracy_predicted_for": predicted_for,
                          "accuracy_measured": r["accuracy"], "split": "validation", "n_val": int(len(data.y_val)),
                          "recipe": asdict(recipe), "checkpoint": str(job.checkpoint), "seconds": r["seconds"],
                          "device": r["device"], "threads": r["threads"], "history": r["history"]}
@@ -297,6 +300,19 @@ def train_run(run_dir, data_path, top: int = 1, epochs: int = 200, seed: int = 0
     atomic_write_json(results_path, results)
     results["path"] = str(results_path)
     return results
+
+
+def predicted_task_matches(run, data) -> tuple[bool, str]:
+    """(whether the run's predicted accuracies are for ``data``'s task, what they are for). A run generated for a
+    shipped dataset predicts that dataset: nets trained on the user's data are measured on another task, and the
+    two numbers are not compared. A run of a user task predicts it when the data is the data its profile was
+    made from (same content fingerprint, where the profile records one)."""
+    if run.task is None:
+        return False, str(run.dataset)
+    recorded = run.task.source.get("fingerprint")
+    if recorded and recorded != data.source.get("fingerprint"):
+        return False, f"{run.task.name} (as profiled, from other data than {data.source.get('path')})"
+    return True, run.task.name
 
 
 def trained_results(run_dir) -> dict | None:

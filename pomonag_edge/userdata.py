@@ -1,6 +1,7 @@
 """The user's own images: an image folder or an ``.npz``, resized to the space's input, split by seed.
 
-Layouts: ``DIR/<class>/*.png|jpg|jpeg`` (class names are the folder names, sorted), or a file ``.npz`` with
+Layouts: ``DIR/<class>/*.png|jpg|jpeg`` (class names are the folder names, sorted; 16-bit grayscale PNGs are
+scaled by their own range, not clipped to 8 bits), or a file ``.npz`` with
 ``x`` (n images: (n, h, w), (n, h, w, c) or (n, c, h, w), c in 1 or 3; uint8 0..255 or floats 0..1) and
 ``y`` (n integer labels). Grayscale becomes 3 channels; every image is resized to the space's square input.
 The validation split is stratified and fixed by the seed; per-channel mean and std come from the training
@@ -179,8 +180,7 @@ def _read_folder(path: Path, hw: int) -> tuple[np.ndarray, np.ndarray, list[str]
                     if max(w, h) > MAX_ASPECT * min(w, h):
                         raise DataError(f"image {file} is {w}x{h}: more than {MAX_ASPECT:g}:1, it cannot be resized "
                                         f"to {hw}x{hw} without distorting it; crop it first")
-                    im = im.convert("RGB").resize((hw, hw), Image.BILINEAR)
-                    images.append(np.asarray(im, dtype=np.float32).transpose(2, 0, 1) / 255.0)
+                    images.append(_pixels(im, hw))
             except DataError:
                 raise
             except Image.DecompressionBombError as e:  # Pillow's own refusal, at twice its limit
@@ -191,6 +191,19 @@ def _read_folder(path: Path, hw: int) -> tuple[np.ndarray, np.ndarray, list[str]
                 raise DataError(f"cannot read image {file}: {e}") from None
             labels.append(label)
     return np.stack(images), np.array(labels, dtype=np.int64), classes
+
+
+def _pixels(im, hw: int) -> np.ndarray:
+    """One image as float32 (3, hw, hw) in 0..1, scaled by its mode's range: 16-bit grayscale (Pillow's ``I;16``
+    modes, and ``I`` for a 16-bit PNG) by 65535, everything else through 8-bit RGB. Converting a 16-bit image to
+    RGB directly would clip every value above 255 to white."""
+    from PIL import Image
+
+    if im.mode.startswith("I"):
+        gray = Image.fromarray(np.asarray(im, dtype=np.float32) / 65535.0).resize((hw, hw), Image.BILINEAR)  # mode F
+        return np.repeat(np.clip(np.asarray(gray, dtype=np.float32), 0.0, 1.0)[None], 3, axis=0)
+    im = im.convert("RGB").resize((hw, hw), Image.BILINEAR)
+    return np.asarray(im, dtype=np.float32).transpose(2, 0, 1) / 255.0
 
 
 def _too_large(file: Path, size: str) -> str:

@@ -402,3 +402,178 @@ def test_an_interrupted_export_leaves_nothing_hidden_and_export_as_it_was(tmp_pa
     again = invoke("export", run, "--top", "1", "--no-measure")
     assert again.exit_code == 0, again.output
     assert not list(run.glob(".export.*")) and (run / "export" / "report.json").is_file()
+
+
+# ------------------------------------------------------------------ 6: 16-bit grayscale images
+
+
+def test_16_bit_grayscale_pngs_are_scaled_by_their_range_not_clipped(tmp_path):
+    from pomonag_edge.userdata import load_user_data
+
+    ramp = np.linspace(0, 60000, 64 * 64).reshape(64, 64).astype(np.uint16)  # 16-bit values, most above 255
+    for c, flip in (("a", False), ("b", True)):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            _png(tmp_path / c / f"{i}.png", (ramp[::-1] if flip else ramp) // (i + 1))
+    from PIL import Image
+
+    assert Image.open(tmp_path / "a" / "0.png").mode.startswith("I")
+    data = load_user_data(tmp_path, input_hw=32)
+    x = np.concatenate([data.x_train, data.x_val])[:, 0]  # normalised: an affine map of the pixels
+    assert len(np.unique(x.round(5))) > 1000  # clipped to 8 bits: 30 distinct values
+    assert (x >= x.max() - 1e-6).mean() < 0.01  # clipped: 30% at the maximum
+    raw = np.asarray(x) * data.source["normalisation"]["std"][0] + data.source["normalisation"]["mean"][0]
+    assert 0.85 < raw.max() <= 60000 / 65535 + 1e-3  # the brightest pixel of the brightest image, on 0..1
+
+
+# ------------------------------------------------------------------ 10 + deployment metadata: train, export
+
+
+@pytest.fixture
+def trained_on_other_task(tmp_path, facts):
+    """A run generated for CIFAR-10 (shipped), trained for one epoch on a user's two-class folder."""
+    from test_export import ARCHS
+
+    from pomonag_edge.spaces import get_space
+
+    run = make_run(tmp_path, str(make_profile(tmp_path / "p.json", facts)), archs=ARCHS[:2])
+    pareto = json.loads((run / "pareto.json").read_text())  # as generate writes it: each net's table index
+    nb201 = get_space("nb201")
+    (run / "pareto.json").write_text(json.dumps([{**n, "index": nb201.table_index(nb201.parse(n["arch"]))}
+                                                 for n in pareto]))
+    data = tmp_path / "shapes"
+    rng = np.random.default_rng(0)
+    for c, level in (("circle", 60), ("square", 190)):
+        (data / c).mkdir(parents=True)
+        for i in range(6):
+            _png(data / c / f"{i}.png", np.clip(rng.normal(level, 20, (12, 12, 3)), 0, 255).astype(np.uint8))
+    r = invoke("train", run, "--data", data, "--epochs", "1", "--top", "2", env={"COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    return run, r
+
+
+def test_nets_trained_on_another_task_are_labelled_not_compared(trained_on_other_task):
+    run, r = trained_on_other_task
+    results = json.loads((run / "train" / "results.json").read_text())
+    assert results["same_task"] is False and results["predicted_for"] == "cifar10"
+    assert all(n["accuracy_predicted_for"] == "cifar10" for n in results["nets"])
+    assert "predicted accuracies are for cifar10" in r.stdout and "not shown beside the measured" in r.stdout
+    rows = [line.split() for line in r.stdout.splitlines() if "|" in line]
+    assert len(rows) == 2 and all(row[3] == "-" for row in rows)  # no predicted value beside the measured one
+
+    e = invoke("export", run, "--top", "2", "--no-measure")
+    assert e.exit_code == 0, e.output
+    report = json.loads((run / "export" / "report.json").read_text())
+    for net in report["nets"]:
+        assert net["weights"] == "trained" and net["accuracy_comparable"] is False
+        assert net["predicted"]["accuracy_for"] == "cifar10" and net["accuracy_measured_task"] == "shapes"
+    assert any("not compared" in n for n in report["notes"])
+    assert not any("seeded random weights" in n for n in report["notes"])
+
+
+def test_report_and_onnx_metadata_say_how_to_feed_the_net(trained_on_other_task):
+    from pomonag_edge.export.onnx_export import read_metadata
+
+    run, _ = trained_on_other_task
+    assert invoke("export", run, "--top", "1", "--no-measure").exit_code == 0
+    report = json.loads((run / "export" / "report.json").read_text())
+    results = json.loads((run / "train" / "results.json").read_text())
+    net = report["nets"][0]
+    pre = net["preprocessing"]
+    assert pre["input_shape"] == [1, 3, 32, 32] and pre["layout"] == "NCHW" and pre["pixel_scale"] == "0..1"
+    assert pre["mean"] == results["data"]["normalisation"]["mean"] and len(pre["std"]) == 3
+    assert pre["classes"] == ["circle", "square"]
+    meta = read_metadata(net["files"]["onnx"]["path"])
+    assert {k: meta[k] for k in pre} == pre and meta["arch"] == net["arch"] and meta["weights"] == "trained"
+
+
+def test_untrained_exports_state_their_input_and_no_normalisation(tmp_path, facts):
+    from pomonag_edge.export.onnx_export import read_metadata
+
+    run = make_run(tmp_path, str(make_profile(tmp_path / "p.json", facts)))
+    assert invoke("export", run, "--top", "1", "--no-measure", "--dynamic-batch").exit_code == 0
+    net = json.loads((run / "export" / "report.json").read_text())["nets"][0]
+    meta = read_metadata(net["files"]["onnx"]["path"])
+    assert meta["input_shape"] == ["batch", 3, 32, 32] and meta["mean"] is None and meta["classes"] is None
+    assert meta["weights"] == "random (seeded)"
+
+
+# ------------------------------------------------------------------ tables at 80 columns, progress when piped
+
+
+def test_train_table_fits_80_columns_with_each_nets_index(trained_on_other_task):
+    run, r = trained_on_other_task
+    table = r.stdout[:r.stdout.index("predicted accuracies")]
+    assert max(len(line) for line in table.splitlines()) <= 80
+    results = json.loads((run / "train" / "results.json").read_text())
+    for n in results["nets"]:
+        assert any(line.split()[:2] == [str(n["rank"]), str(n["index"])] for line in table.splitlines())
+        assert f"{n['accuracy_measured']:.2f}" in table
+
+
+def test_training_logs_a_line_per_epoch_when_stderr_is_not_a_terminal(trained_on_other_task):
+    _, r = trained_on_other_task
+    lines = [line for line in r.stderr.splitlines() if line.startswith("net ")]
+    assert [line.split(":")[0] for line in lines] == ["net 1/2", "net 2/2"], r.stderr
+    assert all("1/1, loss " in line for line in lines)
+
+
+def test_devices_tables_fit_80_columns_without_cutting_a_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = invoke("devices", "--no-detect", env={"COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80 and not any("…" in line for line in lines)
+    for name in ("onnxruntime-trt,", "desktop-cpu-core-i7-7820x-fp32", "HELP / HW-NAS-Bench", "fp16 b1 t1"):
+        assert any(name in line for line in lines), name
+
+
+def test_progress_lines_off_a_terminal_have_eta_and_loss():
+    import io
+
+    from rich.console import Console
+
+    from pomonag_edge.commands._progress import _Lines
+
+    out = io.StringIO()
+    lines = _Lines(Console(file=out, width=200))
+    for epoch in (1, 2, 3):
+        lines("probe 1/5", epoch, 3, 0.5 / epoch)
+    text = out.getvalue().splitlines()
+    assert len(text) == 3 and text[0].startswith("probe 1/5: 1/3, loss 0.5000")
+    assert "eta" in text[1] and "eta" not in text[2]  # the last step has nothing left
+    for step in range(1, 1001):  # a long stage of optimizer steps: its last line, not a thousand
+        lines("steps", step, 1000, 1.0)
+    assert len(out.getvalue().splitlines()) - 3 <= 2
+
+
+# ------------------------------------------------------------------ 11: probes at chance
+
+
+def test_chance_check_tells_probes_that_learned_nothing_from_ones_that_learned():
+    from pomonag_edge.probe import chance_check
+
+    counts = [36] * 10  # ten balanced classes, 360 validation images: chance 10%
+    nothing = chance_check([6.7, 8.1, 9.4, 10.0, 10.3, 11.0, 12.5], counts, 360)
+    assert nothing["at_chance"] and nothing["chance_pct"] == 10.0 and 10.0 < nothing["threshold_pct"] < 16.0
+    learned = chance_check([9.0, 14.0, 22.0, 31.0, 40.5], counts, 360)
+    assert not learned["at_chance"]
+    # few validation images: more is luck (15% on 40 images is within chance's noise)
+    assert chance_check([7.5, 10.0, 15.0, 12.5, 10.0], [4] * 10, 40)["at_chance"]
+    # imbalanced classes: answering the largest class is chance
+    assert chance_check([79.0, 80.0, 80.5, 78.0, 81.0], [80, 10, 10], 100)["at_chance"]
+
+
+@pytest.mark.slow  # ~15 s: five probes trained one epoch on noise
+def test_probe_warns_when_the_probes_learned_nothing(tmp_path):
+    rng = np.random.default_rng(0)
+    for c in ("a", "b", "c"):
+        (tmp_path / "noise" / c).mkdir(parents=True)
+        for i in range(10):
+            _png(tmp_path / "noise" / c / f"{i}.png", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    r = invoke("probe", "--data", tmp_path / "noise", "--probes", "5", "--epochs", "1", "--out", tmp_path / "n.json")
+    assert r.exit_code == 0, r.output
+    warning = [line for line in r.stderr.splitlines() if line.startswith("warning: the probes learned nothing")]
+    assert len(warning) == 1 and "--epochs 2" in warning[0], r.stderr
+    profile = json.loads((tmp_path / "n.json").read_text())
+    assert profile["source"]["probe"]["chance"]["at_chance"] is True

@@ -14,7 +14,6 @@ def command(detect, fmt):
     published device settings' measured latency tables, per search space. The names you type are never cut:
     on a narrow terminal the other columns wrap."""
     from rich.console import Console
-    from rich.table import Table
 
     from ..hardware.devices import JETSON_SUPPORT, descriptor_names, detect_device, load_descriptor
     from ..errors import ProfileError
@@ -29,14 +28,13 @@ def command(detect, fmt):
         sys.stdout.write("\n")
         return
     console = Console()
-    table = Table(title="Device descriptors (profile --device NAME)")
-    for col in ("name", "description", "backends (first usable wins)", "--host runner", "precision", "batch",
-                "threads"):
-        table.add_column(col, no_wrap=col == "name")
+    table = _table("Device descriptors (profile --device NAME; the first usable backend wins; precision, "
+                   "batch b, threads t)")
+    for col in ("name", "description", "backends", "--host runner", "settings"):
+        _column(table, col, whole=col in ("name", "settings"))
     for name in descriptor_names():
         d = load_descriptor(name)
-        table.add_row(d.name, d.description, ", ".join(d.backends), d.runner, d.precision, str(d.batch),
-                      str(d.threads))
+        table.add_row(d.name, d.description, ", ".join(d.backends), d.runner, f"{d.precision} b{d.batch} t{d.threads}")
     console.print(table)
     console.print("Measuring on the device itself (profile/export --host USER@ADDR[:PORT]): the host builds every "
                   "graph; the device needs python3 >= 3.6 and trtexec or the onnxruntime package.", highlight=False)
@@ -54,32 +52,57 @@ def command(detect, fmt):
 
     mine = sorted(PROFILES_DIR.glob("*.json"))
     if mine:
-        own = Table(title=f"Measured profiles in ./{PROFILES_DIR} (--profile PATH)")
-        for col in ("file", "device", "runtime", "LUT entries", "calibration nets", "created"):
-            own.add_column(col, no_wrap=col == "file")
+        own = _table(f"Measured profiles in ./{PROFILES_DIR} (--profile PATH; LUT entries, calibration nets)")
+        for col in ("file", "device", "runtime", "LUT", "nets", "created (UTC)"):
+            _column(own, col, whole=col not in ("device", "runtime"))
         for path in mine:
             try:
                 p = load_profile(path)
             except ProfileError as e:
-                own.add_row(str(path), f"[red]unreadable[/]: {e}", "", "", "", "")
+                own.add_row(str(path), "[red]unreadable[/]", str(e), "", "", "")
                 continue
             rt = p.runtime
             own.add_row(str(path), p.device.get("name", p.name),
                         f"{rt.get('backend')} {rt.get('precision')} b{rt.get('batch')} t{rt.get('threads')}",
                         str(len(p.lut)), str(len(p.calibration)),
-                        "partial (never a default)" if p.partial else p.created)
+                        "partial, never a default" if p.partial else _when(p.created))
         console.print(own)
 
     for name in space_names():
         devices = get_space(name).reference_devices()
         if not devices:
             continue
-        refs = Table(title=f"Reference profiles for --space {name} (--profile NAME)")
-        for col, justify in (("name", "left"), ("source", "left"), ("batch", "right"), ("nets measured", "right")):
-            refs.add_column(col, justify=justify, no_wrap=col == "name")
+        refs = _table(f"Reference profiles for --space {name} (--profile NAME)")
+        for col, justify in (("name", "left"), ("source", "left"), ("batch", "right"), ("nets", "right")):
+            _column(refs, col, justify=justify, whole=col != "source")
         for device, info in devices.items():
             refs.add_row(device, info["source"], str(info["batch"]), f"{info['measured']:,}")
         console.print(refs)
+
+
+def _table(title: str):
+    """A table without vertical rules: at 80 columns they would cost the text its room."""
+    from rich import box
+    from rich.table import Table
+
+    return Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", show_edge=False, pad_edge=False,
+                 collapse_padding=True)
+
+
+def _column(table, name: str, justify: str = "left", whole: bool = False) -> None:
+    """``whole``: names a user types and single values, never wrapped nor cut; the free-text columns take what
+    is left, wrapping at spaces (and folding a word too long for them rather than cutting it)."""
+    table.add_column(name, justify=justify, no_wrap=whole, overflow="fold")
+
+
+def _when(created: str) -> str:
+    """A profile's ``created`` (``%Y-%m-%dT%H:%M:%S%z``) as a short UTC time, or as it is when it does not parse."""
+    from datetime import datetime, timezone
+
+    try:
+        return datetime.strptime(created, "%Y-%m-%dT%H:%M:%S%z").astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M")
+    except (TypeError, ValueError):
+        return str(created)
 
 
 def _listing(detect: bool) -> dict:

@@ -61,3 +61,10 @@ def command(data, trainer, trainer_timeout, accuracy_scale, num_classes, space, 
     click.echo(f"{csv_path}: {len(accs)} probes {how} {min(accs):.1f}-{max(accs):.1f}%")
     click.echo(f"{path}: accuracy model fitted (cross-validated: {int(cv['error_quantile'] * 100)}% of errors "
                f"within {cv['error_points']:.2f} points, Spearman {cv['spearman']:.2f})")
+    chance = profile.source.get("probe", {}).get("chance") or {}
+    if chance.get("at_chance"):
+        click.echo(f"warning: the probes learned nothing: the best of {chance['probes']} reached "
+                   f"{chance['best_pct']:.1f}%, within noise of chance ({chance['chance_pct']:.1f}%, the largest class; "
+                   f"{chance['threshold_pct']:.1f}% is the most {chance['n_val']} validation images give by luck), so "
+                   f"their accuracies rank nets by luck: train them longer (--epochs {2 * epochs}) or give more "
+                   "images", err=True)

@@ -32,14 +32,38 @@ def command(run_dir, data, top, epochs, seed, **placement):
     with stage_progress() as progress:
         results = train_run(resolve_run_dir(run_dir), data, top=top, epochs=epochs, seed=seed, progress=progress,
                             threads=threads, ray=cluster)
-    table = Table(title=f"{len(results['nets'])} net(s) trained on {results['task']['name']} "
-                        f"({epochs} epochs, validation split of {results['data']['split']['n_val']} images)")
-    for col in ("#", "arch", "predicted %", "measured %", "seconds"):
-        table.add_column(col, justify="left" if col == "arch" else "right", overflow="fold")
-    for n in results["nets"]:
-        pred = n.get("accuracy_predicted")
-        table.add_row(str(n["rank"]), n["arch"], "-" if pred is None else f"{pred:.2f}",
-                      f"{n['accuracy_measured']:.2f}", f"{n['seconds']:.0f}")
     console = Console()
-    console.print(table)
-    console.print(f"wrote {results['path']}", highlight=False)
+    console.print(render_table(results, epochs, console.width))
+    if not results.get("same_task", True):
+        console.print(f"predicted accuracies are for {results['predicted_for']}, the task the run was generated for, "
+                      f"not for {results['task']['name']}: not shown beside the measured ones (results.json keeps "
+                      "them, labelled). For predictions of your task, `pomonag-edge probe --data` it and generate "
+                      "with --dataset datasets/NAME.json", highlight=False)
+    console.print(f"wrote {results['path']}", highlight=False, soft_wrap=True)
+
+
+def render_table(results: dict, epochs: int, width: int):
+    """One row per net in ``width`` columns. Only the arch column shrinks, abbreviated with an ellipsis (the
+    results file holds the full strings); each net's table index keeps abbreviated rows distinct, and the
+    numbers are never cut."""
+    from rich import box
+    from rich.table import Table
+
+    comparable = results.get("same_task", True)
+    headers = ("#", "index", "arch", "predicted %", "measured %", "seconds")
+    cells = []
+    for n in results["nets"]:
+        pred = n.get("accuracy_predicted") if comparable else None
+        cells.append((str(n["rank"]), "-" if n.get("index") is None else str(n["index"]), n["arch"],
+                      "-" if pred is None else f"{pred:.2f}", f"{n['accuracy_measured']:.2f}", f"{n['seconds']:.0f}"))
+    widths = [max([len(h)] + [len(c[k]) for c in cells]) for k, h in enumerate(headers)]
+    arch_width = max(10, width - (sum(widths) - widths[2]) - 3 * (len(headers) - 1))  # 3: between two columns
+    table = Table(title=f"{len(cells)} net(s) trained on {results['task']['name']} ({epochs} epochs, validation "
+                        f"split of {results['data']['split']['n_val']} images)", box=box.SIMPLE_HEAD,
+                  show_edge=False, pad_edge=False, title_justify="left")
+    for k, col in enumerate(headers):
+        table.add_column(col, justify="left" if col == "arch" else "right", no_wrap=True, overflow="ellipsis",
+                         min_width=None if col == "arch" else widths[k], max_width=arch_width if col == "arch" else None)
+    for row in cells:
+        table.add_row(*row)
+    return table

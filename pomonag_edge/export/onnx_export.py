@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import warnings
 from pathlib import Path
 
@@ -27,6 +28,7 @@ OUTPUT_NAMES = ("logits",)
 DEFAULT_OPSET = 17
 MIN_OPSET, MAX_OPSET = 11, 20  # 20: the newest the TorchScript exporter (torch 2.x) writes
 _BATCH_AXIS = "batch"
+METADATA_PREFIX = "pomonag_edge."  # keys of the metadata_props an exported file carries
 ARCH_KEY_PREFIXES = ("|", "ks=")  # how canonical arch strings start (nb201, mbv3): {arch: state_dict} files
 
 
@@ -78,9 +80,25 @@ def load_weights(path: str | Path, arch) -> dict:
     return obj
 
 
+def preprocessing(input_shape: tuple[int, ...], trained: dict | None) -> dict:
+    """What a deployment engineer must do to an image before the net sees it: input shape and layout, pixel
+    scale, per-channel mean and std, and the class of each output. ``trained``: ``train``'s results (the data's
+    normalisation from its training split, its class names); without it the weights are untrained and there is
+    no normalisation to state (``mean``, ``std`` and ``classes`` are null)."""
+    data = (trained or {}).get("data") or {}
+    norm = data.get("normalisation") or {}
+    classes = (trained or {}).get("task", {}).get("classes") or data.get("classes")
+    return {"input_name": INPUT_NAME, "input_shape": list(input_shape), "layout": "NCHW", "channels": "RGB",
+            "pixel_scale": norm.get("pixel_scale", "0..1"), "mean": norm.get("mean"), "std": norm.get("std"),
+            "normalise": "(pixel - mean) / std per channel" if norm else None,
+            "classes": list(classes) if classes else None, "output_name": OUTPUT_NAMES[0]}
+
+
 def export_onnx(model, input_shape: tuple[int, ...], path: str | Path, opset: int = DEFAULT_OPSET,
-                dynamic_batch: bool = False) -> Path:
-    """Export, write atomically, then ``onnx.checker`` with full shape inference. Returns the path."""
+                dynamic_batch: bool = False, metadata: dict | None = None) -> Path:
+    """Export, write atomically, then ``onnx.checker`` with full shape inference. Returns the path.
+    ``metadata``: stored in the model's ``metadata_props`` as ``pomonag_edge.KEY`` -> JSON text, so the file
+    itself says how to feed it (``preprocessing``)."""
     import onnx
     import torch
 
@@ -95,9 +113,21 @@ def export_onnx(model, input_shape: tuple[int, ...], path: str | Path, opset: in
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
         torch.onnx.export(model, (dummy,), buf, dynamo=False, opset_version=opset, do_constant_folding=True,
                           input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic_axes)
-    data = buf.getvalue()
-    onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
-    return atomic_write_bytes(path, data)
+    proto = onnx.load_from_string(buf.getvalue())
+    for key, value in (metadata or {}).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = f"{METADATA_PREFIX}{key}", json.dumps(value)
+    onnx.checker.check_model(proto, full_check=True)
+    return atomic_write_bytes(path, proto.SerializeToString())
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The ``pomonag_edge.*`` metadata of an exported file (``export_onnx``), keys without the prefix."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key[len(METADATA_PREFIX):]: json.loads(p.value) for p in model.metadata_props
+            if p.key.startswith(METADATA_PREFIX)}
 
 
 def check_opset(opset: int) -> None:

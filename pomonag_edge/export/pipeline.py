@@ -26,7 +26,7 @@ from ..profile import Profile, resolve_profile
 from ..spaces import get_space
 from .int8 import CALIB_IMAGES
 from .onnx_export import (DEFAULT_OPSET, INPUT_NAME, build_model, check_opset, export_onnx, file_stem, load_weights,
-                          onnx_summary, random_inputs)
+                          onnx_summary, preprocessing, random_inputs)
 from .report import SCHEMA, SCHEMA_VERSION, environment, write_report
 from .runs import Run, load_run, profile_spec_for
 from .validate import check_outputs, onnxruntime_runner, tolerance_for
@@ -395,6 +395,11 @@ def export_run(run_dir: str | Path, options: ExportOptions,
         notes.append(f"{which} exported with seeded random weights (untrained): right for timing and numerics, "
                      f"not for deployment; train them first (`pomonag-edge train {run.path} --data DIR`) or pass "
                      "--weights")
+    other = next((n for n in report["nets"] if n.get("accuracy_comparable") is False), None)
+    if other is not None:
+        notes.append(f"predicted accuracies are for {other['predicted']['accuracy_for']}, measured ones for "
+                     f"{other['accuracy_measured_task']} (the nets were trained on another task than the run was "
+                     "generated for): the two are not compared")
     if measure and options.feedback and not mismatch and not informative:
         report["feedback"] = _feedback(ctx, report["nets"])
     report["summary"] = summarize(report["nets"], options.allow_over_budget, report["drift"])
@@ -457,11 +462,18 @@ def _export_one(ctx: _Context, rank: int, item: dict, predicted_ms: float | None
     if trained is not None:
         entry["accuracy_measured"] = trained["accuracy_measured"]
         entry["accuracy_measured_on"] = f"{trained['split']} split ({trained['n_val']} images)"
+        entry["accuracy_measured_task"] = ctx.trained["task"]["name"]
+        # the run predicted another task's accuracy (a shipped dataset, or other data): never set side by side
+        entry["predicted"]["accuracy_for"] = ctx.trained.get("predicted_for", ctx.run.dataset)
+        entry["accuracy_comparable"] = bool(ctx.trained.get("same_task", True))
     at_generate = {k: item.get(f) for k, f in (("latency_ms", "latency_ms_measured"), ("accuracy", "accuracy_measured"))
                    if item.get(f) is not None}
     if at_generate:  # what generate's closed loop measured for this net (its rank used these)
         entry["measured_by_generate"] = at_generate
     input_shape = space.input_shape(arch, dataset, batch=ctx.batch)
+    entry["preprocessing"] = preprocessing(input_shape, ctx.trained if trained is not None else None)
+    if options.dynamic_batch:
+        entry["preprocessing"]["input_shape"][0] = "batch"
     batches = sorted({1, 2, ctx.batch}) if options.dynamic_batch else [ctx.batch]
     onnx_path = ctx.out_dir / f"{stem}.onnx"  # the file to deploy (int8: the Q/DQ one)
     int8 = ctx.calibration is not None
@@ -476,7 +488,8 @@ def _export_one(ctx: _Context, rank: int, item: dict, predicted_ms: float | None
     model = build_model(space, arch, dataset, weights, seed=options.seed)
     try:
         if not reuse:
-            export_onnx(model, input_shape, fp32_path, opset=options.opset, dynamic_batch=options.dynamic_batch)
+            export_onnx(model, input_shape, fp32_path, opset=options.opset, dynamic_batch=options.dynamic_batch,
+                        metadata={"arch": str(arch), "weights": entry["weights"], **entry["preprocessing"]})
     except UserError:
         raise
     except Exception as e:  # an exporter or checker failure fails this net, with its message, not the run

@@ -10,7 +10,10 @@ within_10pct, compared}``. ``complete`` is false while nets are still being expo
 
 Each net: ``rank, arch, params, macs, predicted {latency_ms, accuracy}, weights ("trained", "--weights" or
 "random (seeded)"), accuracy_measured? and accuracy_measured_on? (nets ``train`` trained on the user's data: top-1
-% on the validation split), files {onnx {path, bytes, sha256,
+% on the validation split), accuracy_measured_task? and accuracy_comparable? (false when the run predicted another
+task, named in predicted.accuracy_for: the two are then not compared), preprocessing {input_name, input_shape, layout,
+channels, pixel_scale, mean, std, normalise, classes, output_name} (also in each ONNX file's metadata_props as
+``pomonag_edge.KEY``; mean, std and classes are null for untrained weights), files {onnx {path, bytes, sha256,
 nodes, opset, input_shape, reused}, engine? {path, bytes, precision}}, checks [NumericCheck.to_dict(), one
 per runtime], measured {backend: Measurement.to_dict()}, noisy?, latency_error_pct?, within_10pct?,
 measured_over_predicted? {raw, drift_corrected}, latency_error_pct_corrected?, within_10pct_corrected?,
@@ -109,7 +112,8 @@ def render(report: dict, console) -> None:
                       f"{n['latency_error_pct']:+.1f}" if n.get("latency_error_pct") is not None else "-",
                       *((f"{n['measured_fp32']['median_ms']:.3f}" if n.get("measured_fp32") else "-",
                          f"{n['int8_speedup']:.2f}" if n.get("int8_speedup") else "-") if speed else ()),
-                      *((_pct(n["predicted"].get("accuracy")), _pct(n.get("accuracy_measured"))) if accuracy else ()),
+                      *((_pct(n["predicted"].get("accuracy") if n.get("accuracy_comparable", True) else None),
+                         _pct(n.get("accuracy_measured"))) if accuracy else ()),
                       *((_pct(n.get("accuracy_measured_fp32")),) if int8 else ()),
                       f"[{style[n['status']]}]{n['status']}[/]")
     console.print(table)
