@@ -141,6 +141,14 @@ class BuiltinTrainer(Trainer):
     def name(self) -> str:
         return self.data.name
 
+    @property
+    def epochs(self) -> int:  # as a CommandTrainer says them, so a caller records either the same way
+        return self.recipe.epochs
+
+    @property
+    def seed(self) -> int:
+        return self.recipe.seed
+
     def checkpoint_path(self, arch) -> Path:
         return self.workdir / f"{_net_id(arch)}.pt"
 
