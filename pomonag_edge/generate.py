@@ -127,7 +127,7 @@ def _one_writer(generate):
 def generate_run(*, space="nb201", profile=None, dataset=None, max_latency=None, max_params=None, max_macs=None,
                  weights=None, num=10, samples=512, strategy="diffusion", seed=0, out=None, progress=None,
                  predictors=None, strategy_options=None, command=None, force=False, level=DEFAULT_LEVEL,
-                 loop=None, predictors_for=None, say=None) -> Run:
+                 loop=None, predictors_for=None, say=None, precision=None) -> Run:
     """Resolve the profile, budget and weights; search; write the run folder (unless nothing is feasible).
 
     ``out`` is checked before the search; an existing run there is refused unless ``force``, which replaces
@@ -135,6 +135,7 @@ def generate_run(*, space="nb201", profile=None, dataset=None, max_latency=None,
     tables); ``level``: the probability of fitting the latency budget each kept net must reach. ``loop``
     (``closed_loop.LoopOptions``): measure the deciding candidates in rounds (``closed_loop``), the predictors
     of each round from ``predictors_for(profile, dataset)`` (default: the product's); ``say`` gets its news.
+    ``precision``: the profile must be of it (the default profile: the newest of it); its runs export at it.
     """
     from .predictors import search_predictors
     from .profile import resolve_profile
@@ -148,7 +149,7 @@ def generate_run(*, space="nb201", profile=None, dataset=None, max_latency=None,
     dataset_spec = dataset
     dataset = resolve_dataset(dataset, sp)  # a shipped name (checked), or a user task's DatasetProfile
     out_dir = check_run_out(out, force)
-    prof = resolve_profile(profile, space=sp.name)
+    prof = resolve_profile(profile, space=sp.name, precision=precision)
     strat = make_strategy(strategy, weights=w, **(strategy_options or {}))
     profile_spec, loop_record, extra_files = profile, None, {}
     if loop is not None and loop.active:

@@ -148,14 +148,20 @@ def _shown(folder: Path) -> str:
     return str(folder) if folder.is_absolute() else f"./{folder}"
 
 
-def default_profile(folder: str | os.PathLike = PROFILES_DIR, space: str | None = None) -> tuple[Path, str]:
+def precision_of(profile: Profile) -> str:
+    """The precision a profile's nets were timed at (profiles that do not say are fp32)."""
+    return (profile.runtime or {}).get("precision") or "fp32"
+
+
+def default_profile(folder: str | os.PathLike = PROFILES_DIR, space: str | None = None,
+                    precision: str | None = None) -> tuple[Path, str]:
     """The profile a command uses without ``--profile``, and why (one clause for the user).
 
-    The newest *finished* profile of ``space`` in ``folder``, by the time recorded inside it when it was
-    finished, not by the file's modification time; partial, unreadable and other spaces' profiles are
-    never chosen."""
+    The newest *finished* profile of ``space`` (and of ``precision`` when given) in ``folder``, by the time
+    recorded inside it when it was finished, not by the file's modification time; partial, unreadable and
+    other spaces' profiles are never chosen."""
     folder = Path(folder)
-    found, skipped, others = [], {"partial": 0, "unreadable": 0}, set()
+    found, skipped, others = [], {"partial": 0, "unreadable": 0, "of another precision": 0}, set()
     for path in sorted(folder.glob("*.json")):
         try:
             p = load_profile(path)
@@ -166,17 +172,22 @@ def default_profile(folder: str | os.PathLike = PROFILES_DIR, space: str | None 
             skipped["partial"] += 1
         elif space is not None and p.space != space:
             others.add(p.space)
+        elif precision is not None and precision_of(p) != precision:
+            skipped["of another precision"] += 1
         else:
             found.append((_created_key(p), path.name, path, p))
     if not found:
         hint = (f" (only profiles of space {', '.join(sorted(others))}: pass --space {sorted(others)[0]} to use "
                 "one)") if others else " (partial ones are never chosen)" if skipped["partial"] else ""
-        raise ProfileError(f"no profile found in {_shown(folder)}{' for space ' + space if space else ''}{hint}: run `pomonag-edge profile --device cpu"
-                           f"{' --space ' + space if space and space != 'nb201' else ''}` or pass --profile "
-                           "PATH|NAME (`pomonag-edge devices` lists reference profiles)")
+        raise ProfileError(f"no {precision + ' ' if precision else ''}profile found in {_shown(folder)}"
+                           f"{' for space ' + space if space else ''}{hint}: run `pomonag-edge profile --device cpu"
+                           f"{' --space ' + space if space and space != 'nb201' else ''}"
+                           f"{' --precision ' + precision if precision and precision != 'fp32' else ''}` or pass "
+                           "--profile PATH|NAME (`pomonag-edge devices` lists reference profiles)")
     created, _, path, p = max(found)
     left = "; ".join(f"{n} {k} skipped" for k, n in skipped.items() if n)
-    why = (f"newest finished {p.space} profile in {_shown(folder)}, made {p.created}"
+    why = (f"newest finished {p.space}{' ' + precision if precision else ''} profile in {_shown(folder)}, made "
+           f"{p.created}"
            + (f", revision of {p.parent.get('path')}" if p.parent else "") + (f"; {left}" if left else ""))
     return path, why
 
@@ -189,13 +200,20 @@ def announce(message: str) -> None:
 
 
 def resolve_profile(spec: str | None, folder: str | os.PathLike = PROFILES_DIR, space: str | None = None,
-                    say=announce, hint: str | None = None) -> Profile:
+                    say=announce, hint: str | None = None, precision: str | None = None) -> Profile:
     """``--profile`` as the user gives it: a path, a reference name (of ``space`` when given), or None for the
-    default (``default_profile``), which is announced through ``say``. A profile of another space is refused."""
+    default (``default_profile``), which is announced through ``say``. A profile of another space is refused,
+    and with ``precision`` one measured at another precision."""
     if spec is None:
-        path, why = default_profile(folder, space)
+        path, why = default_profile(folder, space, precision)
         say(f"profile: {path} ({why}; --profile chooses another)")
         return load_profile(path)
+    if precision is not None:
+        profile = resolve_profile(spec, folder, space, say, hint)
+        if precision_of(profile) != precision:
+            raise ProfileError(f"--precision {precision}, but profile {spec} was measured at {precision_of(profile)}: "
+                               f"pass a {precision} profile, or leave --profile out to take the newest one")
+        return profile
     if os.path.sep in spec or spec.endswith(".json") or Path(spec).exists():
         profile = load_profile(spec)
         if profile.partial:

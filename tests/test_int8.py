@@ -346,3 +346,80 @@ def test_trained_digits_export_int8_accuracy_beside_fp32(tmp_path, monkeypatch, 
     assert abs(100.0 * float(np.mean(np.array(preds) == data.y_val)) - net["accuracy_measured"]) < 1e-3
     assert net["accuracy_drop_points"] == pytest.approx(net["accuracy_measured_fp32"] - net["accuracy_measured"])
     assert "accuracy drop from FP32" not in out.output  # --no-measure: no speed line, accuracy is in the table
+
+
+# ----------------------------------------------------------------------------- calibrate and generate at int8
+
+
+def _csv(path, precision_column=None, n=8):
+    from tests.test_calibrate import _write_measurements
+
+    _write_measurements(path, n=n)
+    if precision_column is not None:
+        lines = path.read_text().splitlines()
+        values = precision_column if isinstance(precision_column, list) else [precision_column] * (len(lines) - 1)
+        path.write_text("\n".join([lines[0] + ",precision"] + [f"{l},{v}" for l, v in zip(lines[1:], values)]) + "\n")
+    return path
+
+
+def test_calibrate_records_the_precision_from_the_csv_or_the_flag(tmp_path):
+    from click.testing import CliRunner
+
+    from pomonag_edge.cli import cli
+    from pomonag_edge.profile import load_profile
+
+    def calibrate(csv_path, *extra):
+        return CliRunner().invoke(cli, ["calibrate", "--measurements", str(csv_path), "--name", "x", "--force",
+                                        "--out", str(tmp_path / "x.json"), *extra])
+
+    r = calibrate(_csv(tmp_path / "a.csv", "int8"))
+    assert r.exit_code == 0, r.output
+    assert load_profile(tmp_path / "x.json").runtime["precision"] == "int8"
+    r = calibrate(_csv(tmp_path / "b.csv"), "--precision", "int8")
+    assert r.exit_code == 0 and load_profile(tmp_path / "x.json").runtime["precision"] == "int8"
+    for csv_path, extra, match in (
+            (_csv(tmp_path / "c.csv", "fp16"), ("--precision", "int8"), "timed at fp16"),
+            (_csv(tmp_path / "d.csv", ["int8"] * 4 + ["fp32"] * 4), (), "several precisions"),
+            (_csv(tmp_path / "e.csv", ["int8"] * 4 + [""] * 4), (), "empty on some rows"),
+            (_csv(tmp_path / "f.csv", "int4"), (), "precision 'int4'")):
+        r = calibrate(csv_path, *extra)
+        assert r.exit_code == 2 and match in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_generate_precision_picks_the_profile_of_that_precision(tmp_path):
+    from pomonag_edge.errors import ProfileError
+    from pomonag_edge.profile import Profile, default_profile, resolve_profile
+
+    folder = tmp_path / "profiles"
+    for name, precision, created in (("cpu", "fp32", "2026-01-02T00:00:00+0000"),
+                                     ("cpu-int8", "int8", "2026-01-01T00:00:00+0000")):
+        Profile(name=name, runtime={"precision": precision}, created=created).save(folder / f"{name}.json")
+    assert default_profile(folder, "nb201")[0].name == "cpu.json"  # newest
+    path, why = default_profile(folder, "nb201", "int8")
+    assert path.name == "cpu-int8.json" and "int8" in why
+    with pytest.raises(ProfileError, match="no fp16 profile.*--precision fp16"):
+        default_profile(folder, "nb201", "fp16")
+    with pytest.raises(ProfileError, match="measured at fp32"):
+        resolve_profile(str(folder / "cpu.json"), space="nb201", precision="int8", say=lambda m: None)
+    assert resolve_profile(str(folder / "cpu-int8.json"), precision="int8", say=lambda m: None).name == "cpu-int8"
+
+
+@pytest.mark.slow
+def test_a_mobilenetv3_net_quantizes_to_qdq_and_runs():
+    import onnxruntime as ort
+
+    from pomonag_edge.export.onnx_export import build_model
+    from pomonag_edge.hardware.runnable import onnx_bytes
+    from pomonag_edge.spaces import get_space
+
+    space = get_space("mbv3")
+    arch = space.parse("ks=3-3-3-3-3-3-3-3-3-3-3-3-3-3-3-3-3-3-3-3:e=3-3-3-3-3-3-3-3-3-3-3-3-3-3-3-3-3-3-3-3:"
+                       "d=2-2-2-2-2:r=128:w=1.0")
+    x = np.random.default_rng(0).standard_normal(space.input_shape(arch, None, 1)).astype(np.float32)
+    fp32 = onnx_bytes(build_model(space, arch, None), {"input": x})
+    int8 = Q.quantize_onnx(fp32, Q.random_calibration({"input": x}), "tensorrt", "mbv3")
+    ops = _ops(int8)
+    assert ops["QuantizeLinear"] >= ops["Conv"] and "BatchNormalization" not in ops
+    ref, got = (ort.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+                for m in (fp32, int8))
+    assert got.shape == ref.shape and np.isfinite(got).all()

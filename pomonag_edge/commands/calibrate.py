@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 
+from ..hardware.backends import PRECISIONS
 from ..predictors.calibration import ACCURACY_SCALES
 from .options import space_option
 
@@ -26,10 +27,13 @@ EXPLANATIONS = {"head": "shipped-device embedding", "siblings": "shipped devices
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Where to write the profile [default: profiles/NAME.json; datasets/NAME.json for accuracy].")
 @click.option("--force", is_flag=True, help="Replace the profile already at the output path.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="Precision the nets were timed at (or a precision column in the CSV, one value for all rows); "
+                   "recorded in the device profile, whose runs export at it [default: fp32].")
 @click.option("--accuracy-scale", type=click.Choice(ACCURACY_SCALES), default="auto", show_default=True,
               help="Scale of an arch,accuracy CSV: auto reads all values within 0..1 as fractions, others as "
                    "percent, and refuses a mix; percent or fraction says so outright.")
-def command(space, measurements, name, base, out, force, accuracy_scale):
+def command(space, measurements, name, base, out, force, precision, accuracy_scale):
     """Fit the latency model to timings measured on another machine and write a device profile, or the
     accuracy model to accuracies measured on your task and write a dataset profile (for --dataset PATH).
 
@@ -38,7 +42,7 @@ def command(space, measurements, name, base, out, force, accuracy_scale):
     from pathlib import Path
 
     from ..files import check_name
-    from ..predictors.calibration import calibrate_profile, measurements_kind, read_measurements
+    from ..predictors.calibration import calibrate_profile, measured_precision, measurements_kind, read_measurements
     from ..profile import PROFILES_DIR, check_profile_out, check_space, load_profile
     from ..spaces import get_space
 
@@ -49,8 +53,9 @@ def command(space, measurements, name, base, out, force, accuracy_scale):
         from ..errors import UserError
         from ..predictors.calibration import read_accuracy_measurements
 
-        if base:
-            raise UserError("--base refines a device profile; an arch,accuracy CSV makes a dataset profile on its own")
+        if base or precision:
+            raise UserError(f"{'--base' if base else '--precision'} is for a device profile; an arch,accuracy CSV "
+                            "makes a dataset profile")
         path = check_profile_out(out or DATASETS_DIR / f"{name}.json", force)
         items, scale = read_accuracy_measurements(sp, measurements, accuracy_scale)
         dprofile = fit_dataset_profile(sp, [dict(i, source=Path(measurements).name) for i in items], name,
@@ -67,7 +72,8 @@ def command(space, measurements, name, base, out, force, accuracy_scale):
     path = check_profile_out(out or PROFILES_DIR / f"{name}.json", force)
     items = read_measurements(sp, measurements)
     base_profile = check_space(load_profile(base), sp.name, base) if base else None
-    profile = calibrate_profile(sp, items, name, base=base_profile, source=Path(measurements).name)
+    profile = calibrate_profile(sp, items, name, base=base_profile, source=Path(measurements).name,
+                                precision=measured_precision(measurements, items, precision, base_profile))
     path = profile.save(path)
     model = profile.latency_model
     rows = sum(i.get("repeats", 1) for i in items)

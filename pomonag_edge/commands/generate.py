@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import click
 
+from ..hardware.backends import PRECISIONS
 from ..strategies import STRATEGIES
 from .options import SEED, dataset_option, make_ssh_options, profile_option, space_option, ssh_options
 
@@ -15,6 +16,9 @@ from .options import SEED, dataset_option, make_ssh_options, profile_option, spa
 @space_option
 @profile_option
 @dataset_option
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="Latency at this precision: without --profile, the newest finished profile measured at it; with "
+                   "--profile, it must be one. Export ships the run's nets at the profile's precision.")
 @click.option("--max-latency", default=None, metavar="TIME", help="Latency budget, e.g. 5ms (tested with the "
               "latency model's error margin for each net, see --confidence).")
 @click.option("--max-params", default=None, metavar="COUNT", help="Parameter budget, e.g. 1.5M.")
@@ -41,7 +45,7 @@ from .options import SEED, dataset_option, make_ssh_options, profile_option, spa
               help="With --measure: the device to time on, over SSH through the device runner [default: this "
                    "machine, which must be the profile's device].")
 @ssh_options
-def command(space, profile, dataset, max_latency, max_params, max_macs, weights, confidence, num, samples, strategy,
+def command(space, profile, precision, dataset, max_latency, max_params, max_macs, weights, confidence, num, samples, strategy,
             seed, out, force, fmt, measure, host, ssh_config, remote_python, remote_dir):
     """Generate nets on the accuracy / latency / params / MACs Pareto front inside the budget.
 
@@ -90,7 +94,7 @@ def command(space, profile, dataset, max_latency, max_params, max_macs, weights,
         (bar.console if tasks else console).print(message, highlight=False, soft_wrap=True)
 
     try:
-        run = generate_run(space=space, profile=profile, dataset=dataset, max_latency=max_latency,
+        run = generate_run(space=space, profile=profile, precision=precision, dataset=dataset, max_latency=max_latency,
                            max_params=max_params, max_macs=max_macs, weights=weights, num=num, samples=samples,
                            strategy=strategy, seed=seed, out=out, progress=progress, force=force,
                            level=parse_probability(confidence, "--confidence"),

@@ -62,13 +62,42 @@ def _distinct(path: Path, items: list[dict], value: str) -> list[dict]:
 def read_measurements(space, path: str | os.PathLike) -> list[dict]:
     """Rows of ``arch,latency_ms`` as calibration items (repeats merged); the first bad row raises naming its line."""
     path = Path(path)
+    from ..hardware.backends import PRECISIONS
+
     items = []
-    for item, ms_text, _ in _rows(space, path, "latency_ms"):
+    for item, ms_text, row in _rows(space, path, "latency_ms"):
         if not math.isfinite(item["latency_ms"]) or item["latency_ms"] <= 0:
             raise UserError(f"{path}, line {item['_line']}: latency_ms must be a positive number of milliseconds, "
                             f"got {ms_text!r}")
+        precision = (row.get("precision") or "").strip().lower()
+        if precision:  # an optional column: the precision each net was timed at
+            if precision not in PRECISIONS:
+                raise UserError(f"{path}, line {item['_line']}: precision {precision!r} is not one of "
+                                f"{', '.join(PRECISIONS)}")
+            item["precision"] = precision
         items.append(item)
     return _distinct(path, items, "latency_ms")
+
+
+def measured_precision(path, items: list[dict], declared: str | None, base=None) -> str | None:
+    """The one precision of a device profile made from timings: the CSV's ``precision`` column and ``--precision``
+    (and the ``--base`` profile's) must agree; None when nothing says (the profile is then taken as fp32)."""
+    said = {i["precision"] for i in items if i.get("precision")}
+    if len(said) > 1:
+        raise UserError(f"{path}: nets timed at several precisions ({', '.join(sorted(said))}); a profile is one "
+                        "precision: split the CSV and calibrate one profile each")
+    if said and any(not i.get("precision") for i in items):
+        raise UserError(f"{path}: the precision column is empty on some rows: fill it on every row, or drop it and "
+                        "pass --precision")
+    column = next(iter(said), None)
+    if declared and column and declared != column:
+        raise UserError(f"--precision {declared}, but {path} says its nets were timed at {column}")
+    precision = declared or column
+    base_precision = (base.runtime.get("precision") or "fp32") if base is not None else None
+    if base_precision and precision and precision != base_precision:
+        raise UserError(f"the --base profile {base.name!r} was measured at {base_precision}, these timings at "
+                        f"{precision}: refine a profile of the same precision")
+    return precision
 
 
 def merge_repeats(items: list[dict], value: str = "latency_ms") -> list[dict]:
@@ -91,7 +120,8 @@ def merge_repeats(items: list[dict], value: str = "latency_ms") -> list[dict]:
     return out
 
 
-def calibrate_profile(space, items: list[dict], name: str, base=None, source: str = ""):
+def calibrate_profile(space, items: list[dict], name: str, base=None, source: str = "",
+                      precision: str | None = None):
     """A profile for ``name`` holding ``items`` (plus ``base``'s device facts, LUT and calibration), fitted."""
     from ..profile import Profile
     from . import fit_profile_model  # dispatches on the space (nb201 / mbv3)
@@ -109,7 +139,8 @@ def calibrate_profile(space, items: list[dict], name: str, base=None, source: st
         profile.runtime["calibrated_from"] = source
     else:
         profile = Profile(name=name, space=space.name, dataset=space.default_dataset,
-                          device={"name": name}, runtime={"backend": "measured elsewhere", "calibrated_from": source},
+                          device={"name": name}, runtime={"backend": "measured elsewhere", "calibrated_from": source,
+                                                          **({"precision": precision} if precision else {})},
                           calibration=[dict(i, source=source) for i in items])
     profile.latency_model = fit_profile_model(space, profile)
     return profile
