@@ -18,6 +18,13 @@ PyTorch, ONNX Runtime timing with the default protocol) and prints:
     python benchmarks/export.py --device gpu --backend tensorrt --format onnx,tensorrt --precision fp16 \
         --nets 3 --quick                              # the GPU check: 3 nets as fp16 TensorRT engines
     python benchmarks/export.py --profile /tmp/p.json --host root@127.0.0.1:2222 --remote-python "$(which python)"
+    python benchmarks/export.py --precision int8 --quick --nets 12 --digits 3   # INT8: an int8 profile first
+
+With --precision int8 the profile built here is an INT8 one and the exported files are Q/DQ INT8 (each timed
+beside its FP32 file): it adds the INT8/FP32 speed-up over the nets, and with --digits K, K nets trained on
+scikit-learn's bundled digits (all 1,797, resized to 32x32, the tool's 80/20 split; the K sampled nets with the
+fewest MACs, as training costs minutes a net on this CPU) exported at int8: each
+INT8 file's validation accuracy beside its FP32 file's (target: a drop of at most 1 point).
 
 The machine is shared (2 cores, several engineers): timings are noisy, the load average is printed.
 """
@@ -51,7 +58,10 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", help="descriptor of the profile built when --profile is not given")
     ap.add_argument("--backend", default=None, help="profiling backend (default: the descriptor's first available)")
     ap.add_argument("--format", default="onnx", help="onnx, or onnx,tensorrt on an NVIDIA GPU with TensorRT")
-    ap.add_argument("--precision", default=None, help="fp32 or fp16 (default: the profile's)")
+    ap.add_argument("--precision", default=None, help="fp32, fp16 or int8 (default: the profile's)")
+    ap.add_argument("--digits", type=int, default=0, metavar="K",
+                    help="int8: also train K nets on the digits and report INT8's accuracy drop from FP32")
+    ap.add_argument("--epochs", type=int, default=10, help="--digits: training epochs per net")
     ap.add_argument("--latency-checkpoint", default=None,
                     help="pretrained latency embedding (default: the shipped one)")
     args = ap.parse_args(argv)
@@ -158,8 +168,57 @@ def main(argv=None) -> int:
     for k, v in times.items():
         print(f"{k + ' seconds per net (median, max)':46s} {f'{statistics.median(v):.2f}, {max(v):.2f}':>12s}")
     print(f"{'export + check + measure seconds per net (median)':46s} {statistics.median(total):12.2f}")
+    speedups = [n["int8_speedup"] for n in nets if n.get("int8_speedup")]
+    if speedups:
+        print(f"{'INT8 / FP32 speed-up, files timed together':46s} {statistics.median(speedups):12.2f} "
+              f"{f'range {min(speedups):.2f}-{max(speedups):.2f}; > 1: INT8 faster':>28s}")
     print(f"report: {report['path']}")
+    if args.digits and report["settings"]["precision"] == "int8":
+        small = sorted(archs, key=lambda a: space.macs(a, "cifar10"))[: args.digits]  # cheapest to train here
+        digits_accuracy(work, profile_path, small, args.epochs)
     return 0 if not failed else 1
+
+
+def digits_accuracy(work: Path, profile_path: Path, archs: list, epochs: int) -> None:
+    """Train ``archs`` on the bundled digits, export them at int8 (calibrated on the training split), and print
+    each INT8 file's validation accuracy beside its FP32 file's."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    from pomonag_edge.export import ExportOptions, export_run
+    from pomonag_edge.profile import load_profile
+    from pomonag_edge.training import train_run
+
+    folder = work / "digits"
+    digits = load_digits()
+    for i, (image, label) in enumerate(zip(digits.images, digits.target)):
+        (folder / str(label)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray((image * 255 / 16).astype(np.uint8), mode="L").save(folder / str(label) / f"{i:04d}.png")
+    profile = load_profile(profile_path)
+    run = work / "digits-run"
+    run.mkdir(exist_ok=True)
+    (run / "pareto.json").write_text(json.dumps([{"rank": i + 1, "arch": str(a), "feasible": True}
+                                                 for i, a in enumerate(archs)]))
+    (run / "manifest.json").write_text(json.dumps({
+        "space": "nb201", "dataset": profile.dataset, "budget": {},
+        "profile": {"spec": str(profile_path), "name": profile.name, "sha256": profile.sha256}}))
+    t0 = time.perf_counter()
+    train_run(run, folder, top=len(archs), epochs=epochs)
+    trained_s = time.perf_counter() - t0
+    report = export_run(run, ExportOptions(top=len(archs), measure=False, feedback=False))
+    nets = [n for n in report["nets"] if "accuracy_drop_points" in n]
+    print(f"\ndigits: {len(nets)} nets trained {epochs} epochs ({trained_s:.0f} s), exported at int8, calibrated on "
+          f"{report['settings']['int8']['described']}; load average {os.getloadavg()[0]:.2f}")
+    print(f"{'net':>4s} {'fp32 %':>8s} {'int8 %':>8s} {'drop':>6s} {'top-1 agree':>12s}")
+    for n in nets:
+        agree = next(c["top1_agreement"] for c in n["checks"] if c.get("kind") == "int8 vs fp32")
+        print(f"{n['rank']:>4d} {n['accuracy_measured_fp32']:8.2f} {n['accuracy_measured']:8.2f} "
+              f"{n['accuracy_drop_points']:6.2f} {100 * agree:11.1f}%")
+    drops = [n["accuracy_drop_points"] for n in nets]
+    if drops:
+        print(f"{'INT8 accuracy drop from FP32, points (mean, max)':46s} "
+              f"{f'{float(np.mean(drops)):.2f}, {max(drops):.2f}':>12s} {'target <= 1':>28s}")
 
 
 if __name__ == "__main__":

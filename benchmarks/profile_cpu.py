@@ -6,8 +6,13 @@ time of the profile and the Spearman, Kendall and MAPE of (a) the raw LUT-sum an
 of LUT-sum on the calibration nets, against those measurements, beside the targets.
 
     python benchmarks/profile_cpu.py [--quick] [--nets 100] [--calibration 20] [--threads 1] [--clock wall|cpu]
-                                     [--ceiling] [--save JSON]
+                                     [--ceiling] [--save JSON] [--precision fp32|int8]
                                      [--host USER@ADDR[:PORT] [--ssh-config F] [--remote-python CMD]]
+
+With --precision int8, an INT8 profile (every graph a Q/DQ ONNX made by ONNX Runtime's static quantization)
+is taken beside the FP32 one, the held-out nets (30 by default) are timed at both precisions, interleaved net
+by net, and it prints each profile's Spearman / MAPE on its own precision's timings and the INT8/FP32 speed
+ratio over those nets (median, range), with the load average.
 
 With --host, a second profile of the same settings is taken there through the device runner over SSH,
 and its rows are printed beside the local ones, against the same held-out nets (timed here): pointed at
@@ -65,6 +70,8 @@ def main() -> None:
                     help="time the held-out nets a second time: how well two measurements agree (the noise ceiling)")
     ap.add_argument("--save", metavar="JSON", help="also write the profile and the held-out timings here")
     ap.add_argument("--host", help="also profile this host over SSH (device runner) and compare")
+    ap.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
+                    help="int8: also an INT8 profile, both judged on held-out nets timed at both precisions")
     ap.add_argument("--ssh-config", default=None)
     ap.add_argument("--remote-python", default="python3")
     args = ap.parse_args()
@@ -72,6 +79,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
+    if args.precision == "int8":
+        return int8_main(args)
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         t, cpu = time.perf_counter(), time.process_time()
@@ -151,6 +160,56 @@ def main() -> None:
     if args.save:
         atomic_write_json(args.save, {"profile": profile.to_dict(), "held_out": [
             {"arch": str(a), "latency_ms": float(m), "lut_sum_ms": float(r)} for a, m, r in zip(archs, measured, raw)]})
+
+
+def int8_main(args) -> None:
+    """FP32 and INT8 profiles of this CPU, judged on the same held-out nets timed at both precisions."""
+    from pomonag_edge.hardware.timers import BackendTimer, Graph
+    from pomonag_edge.predictors import fit_profile_model, latency_model_for
+
+    nets = args.nets if args.nets != 100 else 30
+    load = [os.getloadavg()[0]]
+    profiles, seconds = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for precision in ("fp32", "int8"):
+            t = time.perf_counter()
+            profiles[precision] = build_profile(ProfileRequest(
+                device="cpu", quick=args.quick, calibration=args.calibration, threads=args.threads, seed=args.seed,
+                clock=args.clock, precision=precision, out=f"{tmp}/cpu-{precision}.json")).profile
+            seconds[precision] = time.perf_counter() - t
+    load.append(os.getloadavg()[0])
+    protocol = PROTOCOLS[profiles["fp32"].runtime["protocol"]]
+    seen = {c["arch"] for p in profiles.values() for c in p.calibration}
+    archs = held_out_archs(nets, seen, seed=args.seed + 1)
+    timers = {p: BackendTimer(get_backend("onnxruntime", precision=p, threads=args.threads, clock=args.clock),
+                              protocol) for p in ("fp32", "int8")}
+    x = np.random.default_rng(args.seed).standard_normal(SPACE.input_shape(None, "cifar10")).astype(np.float32)
+    measured = {"fp32": [], "int8": []}
+    t = time.perf_counter()
+    for i, a in enumerate(archs):  # interleaved net by net, alternating which precision goes first
+        graph = Graph(SPACE.build(a, "cifar10").eval(), {"input": x})
+        for p in (("fp32", "int8") if i % 2 == 0 else ("int8", "fp32")):
+            measured[p].append(timers[p].time({str(i): graph})[str(i)].median_ms)
+    held_s = time.perf_counter() - t
+    load.append(os.getloadavg()[0])
+    measured = {p: np.array(v) for p, v in measured.items()}
+    print(f"machine: {os.cpu_count()} cores, load average {load[0]:.2f} at start, {load[1]:.2f} after profiling, "
+          f"{load[2]:.2f} at end; onnxruntime {profiles['fp32'].runtime.get('onnxruntime')}, {args.threads} thread(s), "
+          f"{protocol.name} protocol, {args.clock} clock; int8 scheme {profiles['int8'].runtime['int8']['scheme']}")
+    print(f"profiles: fp32 {seconds['fp32']:.0f} s, int8 {seconds['int8']:.0f} s wall "
+          f"({len(profiles['int8'].lut)} LUT entries + {len(profiles['int8'].calibration)} calibration nets each)")
+    print(f"held-out: {len(archs)} nets timed at fp32 and int8, interleaved, in {held_s:.0f} s")
+    print(f"{'profile, judged on its precision':<40}{'spearman':>10}{'kendall':>10}{'MAPE %':>10}")
+    for p in ("fp32", "int8"):
+        s = scores(latency_model_for(SPACE, profiles[p]).predict_ms(archs), measured[p])
+        print(f"{p + ' latency model':<40}{s['spearman']:>10.3f}{s['kendall']:>10.3f}{s['mape_%']:>10.1f}")
+    ratio = measured["int8"] / measured["fp32"]
+    print(f"INT8 / FP32 latency over the {len(archs)} nets: median {np.median(ratio):.2f} (range {ratio.min():.2f}-"
+          f"{ratio.max():.2f}); INT8 faster on {int((ratio < 1).sum())} of {len(archs)}")
+    if args.save:
+        atomic_write_json(args.save, {"profiles": {p: v.to_dict() for p, v in profiles.items()}, "held_out": [
+            {"arch": str(a), "fp32_ms": float(f), "int8_ms": float(q)}
+            for a, f, q in zip(archs, measured["fp32"], measured["int8"])]})
 
 
 if __name__ == "__main__":

@@ -423,3 +423,27 @@ def test_a_mobilenetv3_net_quantizes_to_qdq_and_runs():
     ref, got = (ort.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
                 for m in (fp32, int8))
     assert got.shape == ref.shape and np.isfinite(got).all()
+
+
+def test_calibration_falls_back_from_training_split_to_task_images_to_random(tmp_path):
+    from types import SimpleNamespace
+
+    from pomonag_edge.export.int8 import calibration_data, feeds
+    from pomonag_edge.spaces import get_space
+
+    space = get_space("nb201")
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "task.npz"
+    np.savez(npz, x=rng.integers(0, 255, (30, 8, 8), dtype=np.uint8), y=np.repeat([0, 1, 2], 10))
+    run = SimpleNamespace(task=SimpleNamespace(source={"path": str(npz), "split": {"seed": 0}}))
+    calib = calibration_data(space, run, None, 8, None)
+    assert calib.source == "task images" and calib.train.shape == (8, 3, 32, 32) and not calib.claims_accuracy
+    assert [f["input"].shape for f in feeds(calib, (4, 3, 32, 32), 0)] == [(4, 3, 32, 32)] * 2
+    trained = {"data": {"path": str(npz), "split": {"seed": 0}}}
+    calib = calibration_data(space, run, trained, 100, None)  # fewer images than asked: all of the split
+    assert calib.source == "training split" and calib.claims_accuracy and len(calib.train) == 24
+    assert len(calib.val_x) == 6
+    gone = SimpleNamespace(task=SimpleNamespace(source={"path": str(tmp_path / "moved.npz")}))
+    assert calibration_data(space, gone, None, 8, None).source == "random inputs"
+    with pytest.raises(UserError, match="fingerprint changed"):
+        calibration_data(space, run, {"data": {"path": str(npz), "fingerprint": "other"}}, 8, None)
