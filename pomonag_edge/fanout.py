@@ -1,10 +1,10 @@
 """Independent jobs (one net's training each) fanned out: here, one after another, or as Ray tasks on a cluster.
 
-``fan_out(work, shared, jobs, on_result)`` runs ``work(shared, job.key, checkpoint, progress) -> dict`` for each
-job and calls ``on_result(job, result)`` in this process as each one finishes. ``shared`` is what every job needs
-(the task's data, the recipe, a trainer): with Ray it goes to the cluster once (``ray.put``) and each task reads
-it from the object store. ``work`` reports ``progress(done, total, loss=None)`` (epochs) and keeps its resumable state in
-``checkpoint`` (``load() -> bytes | None``, ``save(bytes)``).
+``fan_out(work, shared, jobs, on_result)`` runs ``work(shared, job.key, checkpoint, progress)`` for each job and
+calls ``on_result(job, result)`` in this process as each one finishes. ``shared`` is what every job needs (a
+trainer with the task's data, or the data and recipe): with Ray it goes to the cluster once (``ray.put``) and each
+task reads it from the object store. ``work`` reports ``progress(done, total, loss=None)`` (epochs) and keeps its
+resumable state in ``checkpoint`` (``load() -> bytes | None``, ``save(bytes)``).
 
 Where files are written: only here, by the driver (the process the user started). A Ray task is a generator
 that yields each epoch's checkpoint as it is saved and then its result; the driver writes the checkpoint to
@@ -21,6 +21,7 @@ import queue
 import socket
 import sys
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -284,3 +285,69 @@ def _ray_job(work, shared, key, blob, version):
     if "error" in box:
         raise box["error"]
     yield ("result", box["result"])
+
+
+# ------------------------------------------------------------------ a throwaway head on this machine
+
+# Ray's single-machine mode (its name says Windows and macOS): every address it uses is 127.0.0.1, nothing else
+# listens; and no token auth, so a ~/.ray/auth_token of whoever shares this home cannot decide whether we connect
+LOCAL_HEAD_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
+                  "RAY_DISABLE_USAGE_STATS": "1", "RAY_memory_monitor_refresh_ms": "0"}
+
+
+@dataclass
+class LocalHead:
+    address: str  # what --ray takes
+    env: dict  # the environment a driver (a pomonag-edge command) runs with to reach it
+    pid: int  # the head's process, leader of its own process group (its raylet and workers are in it)
+
+
+@contextmanager
+def local_head(num_cpus: int, num_gpus: int | None = None, object_store_bytes: int = 200_000_000,
+               start_timeout_s: float = 90.0):
+    """A Ray head on 127.0.0.1 for tests and benchmarks: ``num_cpus`` CPUs, no dashboard, a small object store,
+    its own short temp folder (Ray's socket paths have a length limit) and its own session; stopped by killing
+    its own process group, nothing broader. Yields a ``LocalHead``."""
+    import shutil
+    import signal
+    import subprocess
+    import tempfile
+    import time
+
+    ray_bin = Path(sys.executable).with_name("ray")
+    temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, **LOCAL_HEAD_ENV}
+    log_path = Path(temp) / "head.log"
+    argv = [str(ray_bin) if ray_bin.exists() else "ray", "start", "--head", "--port", str(port), "--num-cpus",
+            str(num_cpus), "--include-dashboard=false", "--temp-dir", temp, "--object-store-memory",
+            str(object_store_bytes), "--disable-usage-stats", "--block"]
+    if num_gpus is not None:
+        argv += ["--num-gpus", str(num_gpus)]
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while "Ray runtime started" not in log_path.read_text():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the Ray head did not start: {log_path.read_text()[-400:]}")
+            time.sleep(0.5)
+        yield LocalHead(f"127.0.0.1:{port}", env, process.pid)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and subprocess.run(["pgrep", "-g", str(process.pid)],
+                                                             capture_output=True).returncode == 0:
+            time.sleep(0.2)
+        shutil.rmtree(temp, ignore_errors=True)

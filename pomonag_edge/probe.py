@@ -33,10 +33,9 @@ def probe_task(data_path=None, space_name: str = "nb201", probes: int = 20, epoc
     called per epoch (built-in) and per probe. ``threads``: torch's per built-in probe (``training.TrainingSetup``).
     With ``ray`` (a ``fanout.RayOptions``) each probe is one Ray task, a command trainer's too; the CSV, log,
     checkpoints and profile are written here, as without it."""
-    from .fanout import Job, fan_out
     from .predictors.accuracy_fewshot import choose_probes
     from .spaces import get_space
-    from .trainers import make_trainer
+    from .trainers import make_trainer, measure_all
     from .userdata import data_name
 
     if probes < 5:
@@ -65,21 +64,17 @@ def probe_task(data_path=None, space_name: str = "nb201", probes: int = 20, epoc
                 "threads": record.get("threads"), "printed": record["printed"]}
 
     rows.update({a: logged(a) for a in archs if a not in rows and measurer.record(space.parse(a)) is not None})
-    jobs = [Job(a, f"probe {i + 1}/{len(archs)}", measurer.checkpoint_path(space.parse(a)))
-            for i, a in enumerate(archs) if a not in rows]
 
     def write():
         _write_rows(csv_path, [rows[a] for a in archs if a in rows], measurer.scale)  # the probes' order, always
 
-    def finished(job, measured):
-        measurer.accept(space.parse(job.key), *measured)
-        rows[job.key] = logged(job.key)
+    def finished(arch):
+        rows[str(arch)] = logged(str(arch))
         write()
 
     if rows:
         write()  # the values so far, read on one scale before any training (a mix is refused now)
-    fan_out(train_probe, measurer if ray is None else measurer.shipped(ray), jobs, finished, ray=ray,
-            progress=progress, stage="probes", done_before=len(rows))
+    measure_all(measurer, archs, finished, ray=ray, progress=progress, stage="probes", noun="probe")  # unlogged ones
     rows = [rows[a] for a in archs]
     scale = measurer.scale
     _write_rows(csv_path, rows, scale)
@@ -98,11 +93,6 @@ def probe_task(data_path=None, space_name: str = "nb201", probes: int = 20, epoc
         source["probe"]["chance"] = chance_check([m["accuracy"] for m in measurements], counts, int(n_val))
     profile = fit_dataset_profile(space, measurements, name, source=source, scale=scale)
     return profile, profile.save(out), csv_path
-
-
-def train_probe(trainer, arch: str, checkpoint, progress) -> tuple[float, dict]:
-    """``fanout``'s unit of work for a probe: the trainer's ``train`` of one arch string (here or on a worker)."""
-    return trainer.train(trainer.space.parse(arch), checkpoint, progress)
 
 
 CHANCE_ALPHA = 0.05  # family-wise: the chance that probes which learned nothing look as if one had learned

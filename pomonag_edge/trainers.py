@@ -248,6 +248,31 @@ class CommandTrainer(Trainer):
                 "seed": str(self.seed), "data": ""}
 
 
+def measure_all(trainer: Trainer, archs, on_measured, ray=None, progress=None, stage: str = "nets",
+                noun: str = "net") -> None:
+    """``trainer.measure`` of every arch not logged yet, through a fan-out: here in turn, or each one Ray task
+    (``ray``: a ``fanout.RayOptions``; the trainer goes to the cluster once, ``shipped``). ``train`` runs where
+    the job runs and ``accept`` logs it here; ``on_measured(arch)`` follows each, in this process."""
+    from .fanout import Job, fan_out
+
+    archs = [trainer.space.parse(str(a)) for a in archs]
+    jobs = [Job(str(a), f"{noun} {i + 1}/{len(archs)}", trainer.checkpoint_path(a))
+            for i, a in enumerate(archs) if trainer.record(a) is None]
+
+    def finished(job, measured):
+        arch = trainer.space.parse(job.key)
+        trainer.accept(arch, *measured)
+        on_measured(arch)
+
+    fan_out(_train_job, trainer if ray is None else trainer.shipped(ray), jobs, finished, ray=ray,
+            progress=progress, stage=stage, done_before=len(archs) - len(jobs))
+
+
+def _train_job(trainer: Trainer, arch: str, checkpoint, progress) -> tuple[float, dict]:
+    """``fanout``'s unit of work: the trainer's ``train`` of one arch string (here or on a worker)."""
+    return trainer.train(trainer.space.parse(arch), checkpoint, progress)
+
+
 def _input_hw(space) -> int:
     from .dataset_profile import task_input_hw
 

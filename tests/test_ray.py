@@ -1,24 +1,21 @@
 """``--ray``: probe and train with each net as one Ray task, on a real Ray head this fixture starts on 127.0.0.1.
 
-The head (2 CPUs, no dashboard, a small object store, its own temp folder) runs in its own session and is stopped
-by killing that process group, nothing broader; drivers run as subprocesses, as a user's would. Ray pins every
-address to 127.0.0.1 with ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (its single-machine mode), so nothing listens
-beyond the loopback. The error paths (no ray package, nothing at the address, bad options) need no head.
+The head (``fanout.local_head``: 2 CPUs, no dashboard, a small object store, its own temp folder, every address
+127.0.0.1) runs in its own session and is stopped by killing that process group, nothing broader; drivers run as
+subprocesses, as a user's would. The error paths (no ray package, nothing at the address, bad options) need no
+head.
 """
 
 import csv
 import io
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -26,10 +23,6 @@ from click.testing import CliRunner
 
 from pomonag_edge.cli import cli
 
-LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # Ray's own switch: every address is 127.0.0.1
-# small and on its own: no usage stats, no memory monitor, and no token auth (a ~/.ray/auth_token of whoever shares
-# this home, which Ray would otherwise pick up on either side, must not decide whether the test connects)
-TEST_RAY = {"RAY_DISABLE_USAGE_STATS": "1", "RAY_memory_monitor_refresh_ms": "0", "RAY_AUTH_MODE": "disabled"}
 TASK_TITLE = "ray::_ray_job"  # a Ray worker's process title while it runs a job (fanout._ray_job)
 
 
@@ -39,59 +32,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@dataclass
-class RayHead:
-    address: str
-    process: subprocess.Popen
-    env: dict
-
-    def job_workers(self) -> list[int]:
-        """Pids of this head's worker processes that are running a job now."""
-        out = subprocess.run(["ps", "-o", "pid=,args=", "-g", str(self.process.pid)], capture_output=True, text=True)
-        return [int(line.split(None, 1)[0]) for line in out.stdout.splitlines()
-                if line.split(None, 1)[1:] and line.split(None, 1)[1].startswith(TASK_TITLE)]
-
-
-def _ray_bin() -> str:
-    here = Path(sys.executable).with_name("ray")
-    return str(here) if here.exists() else shutil.which("ray")
+def job_workers(head) -> list[int]:
+    """Pids of the head's worker processes that are running a job now."""
+    out = subprocess.run(["ps", "-o", "pid=,args=", "-g", str(head.pid)], capture_output=True, text=True)
+    return [int(line.split(None, 1)[0]) for line in out.stdout.splitlines()
+            if line.split(None, 1)[1:] and line.split(None, 1)[1].startswith(TASK_TITLE)]
 
 
 @pytest.fixture(scope="module")
 def ray_head():
     pytest.importorskip("ray")
-    temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths have a length limit
-    port = _free_port()
-    env = {**os.environ, **LOOPBACK_ONLY, **TEST_RAY}
-    log = open(Path(temp) / "head.log", "w")
-    process = subprocess.Popen([_ray_bin(), "start", "--head", "--port", str(port), "--num-cpus", "2",
-                                "--include-dashboard=false", "--temp-dir", temp, "--object-store-memory", "200000000",
-                                "--disable-usage-stats", "--block"],
-                               stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    from pomonag_edge.fanout import local_head
+
     try:
-        deadline = time.monotonic() + 90
-        while "Ray runtime started" not in (Path(temp) / "head.log").read_text():
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.skip(f"the Ray head did not start: {(Path(temp) / 'head.log').read_text()[-400:]}")
-            time.sleep(0.5)
-        yield RayHead(f"127.0.0.1:{port}", process, env)
-    finally:  # the head's own process group, and nothing else
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait(timeout=10)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and subprocess.run(["pgrep", "-g", str(process.pid)],
-                                                             capture_output=True).returncode == 0:
-            time.sleep(0.2)
-        log.close()
-        shutil.rmtree(temp, ignore_errors=True)
+        with local_head(num_cpus=2) as head:
+            yield head
+    except RuntimeError as e:
+        if "did not start" not in str(e):
+            raise
+        pytest.skip(str(e))
 
 
 def _cli(args, env=None, timeout=600):
@@ -156,7 +115,7 @@ def test_killed_worker_loses_only_the_epoch_in_flight(ray_head, digits_folder, t
         def watch():
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline and not killed:
-                if ready() and (pids := ray_head.job_workers()):
+                if ready() and (pids := job_workers(ray_head)):
                     os.kill(pids[0], signal.SIGKILL)
                     killed.append(pids[0])
                 time.sleep(0.1)
