@@ -264,7 +264,8 @@ def test_export_at_int8_ships_qdq_files_checked_and_timed_beside_fp32(tmp_path):
         fp32_check, int8_check = net["checks"]
         assert fp32_check["tolerance_rel"] == 1e-4 and fp32_check["passed"]
         assert int8_check["kind"] == "int8 vs fp32" and int8_check["passed"]
-        assert int8_check["top1_agreement"] >= 0.9 and int8_check["max_rel_error"] <= int8_check["tolerance_rel"]
+        assert int8_check["max_rel_error"] <= int8_check["tolerance_rel"]
+        assert int8_check["top1_agreement_min"] is None  # random weights: near-tied logits, agreement not judged
         m, fp32 = net["measured"]["onnxruntime"], net["measured_fp32"]
         assert m["runs"] >= QUICK.floor_runs and fp32["median_ms"] > 0
         assert net["int8_speedup"] == pytest.approx(fp32["median_ms"] / m["median_ms"])

@@ -10,8 +10,10 @@ times), with the Q/DQ scheme of the profile's runtime. Calibration, in order of 
 3. otherwise seeded random inputs, said so: the latency is right, no accuracy is claimed.
 
 The numeric check of an INT8 file is not FP32's 1e-4: it compares the INT8 file with the FP32 file on the
-check images (validation split, else calibration images, else random inputs) by top-1 agreement and by the
-logits' error relative to their scale, each with its stated tolerance below.
+check images (validation split, else calibration images, else random inputs) by the logits' error relative to
+their scale and, for trained weights, by top-1 agreement, each with its stated tolerance below. Untrained
+(seeded random) weights give near-tied logits whose top-1 flips on a 1% error (86% agreement at 1.5% error
+was measured), so there the agreement is reported, not judged.
 """
 
 from __future__ import annotations
@@ -141,7 +143,7 @@ class AgreementCheck:
     n: int
     top1_agreement: float
     max_rel_error: float
-    top1_agreement_min: float = TOP1_AGREEMENT_MIN
+    top1_agreement_min: float | None = TOP1_AGREEMENT_MIN  # None: reported, not judged (untrained weights)
     tolerance_rel: float = LOGITS_REL_MAX
     max_abs_error: float | None = None
     passed: bool = True
@@ -168,9 +170,10 @@ def check_int8(fp32_path, int8_path, calib: CalibrationData, input_shape: tuple[
     diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
     scale = float(np.abs(ref).max()) or 1.0
     agree = float((got.argmax(1) == ref.argmax(1)).mean())
+    judged = calib.val_y is not None  # trained weights: their classes mean something
     check = AgreementCheck("onnxruntime-int8", what, int(len(x)), agree, float(diff.max() / scale),
-                           max_abs_error=float(diff.max()))
-    if agree < TOP1_AGREEMENT_MIN:
+                           top1_agreement_min=TOP1_AGREEMENT_MIN if judged else None, max_abs_error=float(diff.max()))
+    if judged and agree < TOP1_AGREEMENT_MIN:
         check.passed = False
         check.failures.append(f"INT8 and FP32 agree on the top-1 class for {100 * agree:.1f}% of {len(x)} inputs ({what}) "
                               f"(tolerance: at least {100 * TOP1_AGREEMENT_MIN:.0f}%)")

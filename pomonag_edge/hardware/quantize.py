@@ -77,14 +77,19 @@ def image_calibration(images: np.ndarray, batch: int, input_name: str = "input")
 @contextlib.contextmanager
 def _quiet():
     """ONNX Runtime's quantizer logs advice through the root logger (per-channel axis notes on rank-1 BatchNorm
-    weights, 'consider pre-processing' although we did): kept off the user's terminal."""
+    weights, 'consider pre-processing' although we did) and its sessions warn of the fp32 weights it replaced:
+    kept off the user's terminal."""
+    import onnxruntime as ort
+
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
+    ort.set_default_logger_severity(3)  # its calibration sessions: "Removing initializer ... not used" per weight
     try:
         yield
     finally:
         root.setLevel(level)
+        ort.set_default_logger_severity(2)  # onnxruntime's default (it offers no getter)
 
 
 def quantize_onnx(onnx: bytes, calibration: Iterable[dict[str, np.ndarray]], scheme: str = "onnxruntime",
