@@ -1,5 +1,5 @@
 """Declarative checks of the fields of a JSON document the tool reads back (device and dataset profiles, stored
-model states).
+model states, a run's train results).
 
 A spec is a tree of small checks (``number``, ``text``, ``flag``, ``list_of``, ``record``); ``check`` walks a
 document with it and turns the first problem into one ``UserError`` line naming the field by its path
@@ -121,6 +121,7 @@ def record(fields: dict[str, Check] | None = None, *, required: tuple[str, ...] 
         for rule in rules:
             rule(v, where)
 
+    check.fields = fields  # what it declares, for a test that every field of a document is
     return _optional(check, optional)
 
 
@@ -128,10 +129,10 @@ def join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
-def check(document, spec: Check, source: str, error: type, where: str = "") -> None:
-    """Raise ``error`` (a ``UserError``) as ``{source} is malformed: {field} {problem}`` at the first field of
-    ``document`` that fails ``spec``."""
+def check(document, spec: Check, source: str, error: type, where: str = "", hint: str = "") -> None:
+    """Raise ``error`` (a ``UserError``) as ``{source} is malformed: {field} {problem}[; {hint}]`` at the first
+    field of ``document`` that fails ``spec``."""
     try:
         spec(document, where)
     except FieldError as e:
-        raise error(f"{source} is malformed: {e}") from None
+        raise error(f"{source} is malformed: {e}" + (f"; {hint}" if hint else "")) from None

@@ -51,7 +51,7 @@ def probe_task(data_path=None, space_name: str = "nb201", probes: int = 20, epoc
                             name=name, threads=threads)
     check_writable(out, "dataset profile")  # before any training
     key = measurer.row_key()
-    done = {r["arch"]: r for r in _read_rows(csv_path) if all((r.get(k) or "") == v for k, v in key.items())}
+    done = {r["arch"]: r for r in _read_rows(csv_path, space) if all((r.get(k) or "") == v for k, v in key.items())}
     archs = [str(a) for a in choose_probes(space, probes, seed)]
     rows = {a: done[a] for a in archs if a in done}
     for r in rows.values():  # a value as printed takes part in the trainer's scale; an older CSV's rows are percent
@@ -114,13 +114,40 @@ def chance_check(accuracies: list[float], counts: list[int], n_val: int, alpha: 
             "n_val": n_val, "probes": len(accuracies), "alpha": alpha, "at_chance": bool(best <= threshold)}
 
 
-def _read_rows(path: Path) -> list[dict]:
-    if not path.is_file():
+def _read_rows(path: Path, space) -> list[dict]:
+    """The rows of an earlier probe's measurements CSV (none if it is absent or empty), read and checked as
+    ``calibrate`` reads one (``calibration.csv_rows``): a file that is not a probe's CSV is refused (it would be
+    replaced), and a hand-edited row that cannot be read is one line naming it, never a traceback."""
+    import math
+
+    from .files import read_user_text
+    from .predictors.calibration import csv_rows, row_integers
+
+    if not path.exists() or not read_user_text(path, "probe measurements file").strip():
         return []
+    fix = "fix or delete that line (its probe is then trained again)"
+    rows = []
+    for item, _, row in csv_rows(space, path, "accuracy", hint=fix):
+        where = f"{path}, line {item['_line']}"
+        missing = [c for c in CSV_FIELDS[:5] if c not in row]
+        if missing:
+            raise UserError(f"{path} is not a probe measurements CSV (no column {', '.join(missing)}) and would be "
+                            "replaced: move it away, or pass another --out")
+        for key in ("accuracy", "printed"):
+            if row.get(key):
+                value = item["accuracy"] if key == "accuracy" else _number(row[key], f"{where}: {key}", fix)
+                if not (math.isfinite(value) and 0 <= value <= 100):
+                    raise UserError(f"{where}: {key} {row[key]!r} must be a number within 0..100; {fix}")
+        row_integers(row, where, f"; {fix}")
+        rows.append(row)
+    return rows
+
+
+def _number(text: str, what: str, fix: str) -> float:
     try:
-        return [r for r in csv.DictReader(path.read_text(encoding="utf-8").splitlines()) if r.get("arch")]
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return []
+        return float(text)
+    except ValueError:
+        raise UserError(f"{what} {text!r} is not a number; {fix}") from None
 
 
 def _write_rows(path: Path, rows: list[dict], scale: str) -> None:

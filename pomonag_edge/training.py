@@ -96,23 +96,31 @@ def train_net(space, arch, data, recipe: Recipe, checkpoint: str | Path | None =
     device = pick_device(device)
     identity = {"arch": str(arch), "recipe": asdict(recipe), "data": data.source.get("fingerprint"),
                 "num_classes": data.num_classes}
-    torch.manual_seed(recipe.seed)
-    model = space.build(arch, data).to(device)
     steps_per_epoch = -(-len(data.x_train) // recipe.batch_size)
-    opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
-                          weight_decay=recipe.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs * steps_per_epoch)
+
+    def fresh():
+        torch.manual_seed(recipe.seed)
+        model = space.build(arch, data).to(device)
+        opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
+                              weight_decay=recipe.weight_decay)
+        return model, opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs * steps_per_epoch)
+
+    model, opt, sched = fresh()
     history: list[dict] = []
     start = 0
     store = as_checkpoint(checkpoint)
     blob = store.load() if store is not None else None
-    if blob is not None:
-        state = torch.load(io.BytesIO(blob), map_location=device, weights_only=False)
-        if state.get("kind") == CHECKPOINT_KIND and state.get("identity") == identity:
+    state = read_checkpoint(blob, device, store) if blob is not None else None
+    if state is not None and state.get("identity") == identity:
+        try:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             history, start = list(state["history"]), int(state["epoch"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:  # our kind, but not a state of this net
+            _discarded(store, f"it does not fit this net ({type(e).__name__}: {str(e)[:120]})")
+            model, opt, sched = fresh()
+            history, start = [], 0
     x = torch.from_numpy(data.x_train).to(device)
     y = torch.from_numpy(data.y_train).to(device)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -144,6 +152,40 @@ def train_net(space, arch, data, recipe: Recipe, checkpoint: str | Path | None =
     final = history[-1]["val_accuracy"]
     return {"arch": str(arch), "accuracy": final, "epochs": recipe.epochs, "seed": recipe.seed, "device": device,
             "seconds": round(sum(h["seconds"] for h in history), 3), "history": history, "model": model.cpu()}
+
+
+def read_checkpoint(blob: bytes, device: str = "cpu", where=None) -> dict | None:
+    """The state in a checkpoint's bytes, or None when they are not a readable pomonag-edge training checkpoint
+    (then, with ``where``, a note on stderr says so: that net is trained from its first epoch).
+
+    Read with ``weights_only=True``: tensors and plain values only, never code, so a foreign .pt put in a work
+    folder runs nothing. A per-epoch checkpoint is work in progress this tool wrote atomically; one that cannot
+    be read (cut short by a full disk or a copy, another tool's file) holds nothing to recover, so it is
+    discarded and that net retrained rather than the run refused over a hidden file."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    try:
+        state = torch.load(io.BytesIO(blob), map_location=device, weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, pickle.UnpicklingError,
+            zipfile.BadZipFile) as e:
+        if where is not None:
+            _discarded(where, f"it cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+        return None
+    if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
+        if where is not None:
+            _discarded(where, "it is not a pomonag-edge training checkpoint")
+        return None
+    return state
+
+
+def _discarded(where, why: str) -> None:
+    from .profile import announce
+
+    announce(f"note: checkpoint {getattr(where, 'path', where)} is discarded, {why}: that net is trained from its "
+             "first epoch")
 
 
 @dataclass(frozen=True)
@@ -195,11 +237,24 @@ def train_job(setup: TrainingSetup, arch: str, checkpoint, progress) -> dict:
     return result
 
 
-def load_trained_state(path: str | Path) -> dict:
-    """The weights (a state_dict on the CPU) of a finished training checkpoint."""
-    import torch
+def load_trained_state(path: str | Path, run_dir: str | Path | None = None) -> dict:
+    """The weights (a state_dict on the CPU) of a finished training checkpoint. A path recorded relative to where
+    ``train`` ran is looked for in ``run_dir``'s train folder too; a missing or unreadable one is one line."""
+    from .files import read_user_bytes
 
-    state = torch.load(str(path), map_location="cpu", weights_only=False)
+    path = Path(path)
+    if not path.is_file() and run_dir is not None and (Path(run_dir) / TRAIN_DIR / path.name).is_file():
+        path = Path(run_dir) / TRAIN_DIR / path.name
+    retrain = (f"delete it and run `pomonag-edge train {run_dir or 'RUN'} --data ...` again to train that net "
+               "anew, or export with --weights")
+    try:
+        blob = read_user_bytes(path, "trained weights")
+    except UserError as e:
+        raise UserError(f"{e}: run `pomonag-edge train {run_dir or 'RUN'} --data ...` again to train that net anew, "
+                        "or export with --weights") from None
+    state = read_checkpoint(blob)
+    if state is None or not isinstance(state.get("model"), dict):
+        raise UserError(f"trained weights {path} are not a readable pomonag-edge training checkpoint: {retrain}")
     return state["model"]
 
 
@@ -208,6 +263,7 @@ def load_trained_state(path: str | Path) -> dict:
 TRAIN_DIR = "train"
 RESULTS_FILE = "results.json"
 RESULTS_SCHEMA = "pomonag-edge/trained"
+RESULTS_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -229,8 +285,6 @@ def train_run(run_dir, data_path, top: int = 1, epochs: int = 200, seed: int = 0
     (rewritten after each net). A rerun resumes unfinished nets and keeps finished ones. ``threads``: torch's
     per net (``TrainingSetup``). With ``ray`` (a ``fanout.RayOptions``) each net is one Ray task; files are
     written here all the same."""
-    import json
-
     from .dataset_profile import check_takes_tasks, task_input_hw
     from .export.runs import load_run
     from .files import atomic_write_json, check_writable
@@ -252,22 +306,17 @@ def train_run(run_dir, data_path, top: int = 1, epochs: int = 200, seed: int = 0
     out = check_writable(Path(run.path) / TRAIN_DIR, "training folder", folder=True)  # before any training
     results_path = check_writable(out / RESULTS_FILE, "training results")
     recipe = Recipe(epochs=epochs, seed=seed)
-    previous = {}
-    if results_path.is_file():
-        try:
-            old = json.loads(results_path.read_text(encoding="utf-8"))
-            previous = {n["arch"]: n for n in old.get("nets", [])
-                        if n.get("recipe") == asdict(recipe) and old.get("data", {}).get("fingerprint") ==
-                        data.source["fingerprint"]}
-        except (OSError, ValueError, KeyError, TypeError):
-            previous = {}
+    old = trained_results(run.path) or {"nets": []}
+    same_data = old.get("data", {}).get("fingerprint") == data.source["fingerprint"]
+    previous = {n["arch"]: n for n in old["nets"] if same_data and n["recipe"] == asdict(recipe)}
     candidates = [c for c in run.candidates if c.get("feasible", True)][:top]
     if not candidates:
         raise UserError(f"{run.path / 'pareto.json'} holds no net within budget to train")
     same_task, predicted_for = predicted_task_matches(run, data)
-    results = {"schema": RESULTS_SCHEMA, "schema_version": 1, "run_dir": str(run.path), "space": run.space,
-               "task": {"name": task.name if task is not None and same_task else data.name, "input_hw": data.input_hw,
-                        "num_classes": data.num_classes, "classes": list(data.classes)},
+    results = {"schema": RESULTS_SCHEMA, "schema_version": RESULTS_VERSION, "run_dir": str(run.path),
+               "space": run.space,
+               "task": {"name": task.name if task is not None and same_task else data.name,
+                        "input_hw": data.input_hw, "num_classes": data.num_classes, "classes": list(data.classes)},
                "predicted_for": predicted_for, "same_task": same_task,
                "data": data.source, "recipe": asdict(recipe), "nets": [], "complete": False}
     setup = training_setup(space, data, data_path, recipe, device, threads, ray)
@@ -315,14 +364,34 @@ def predicted_task_matches(run, data) -> tuple[bool, str]:
     return True, run.task.name
 
 
+def _results_spec():
+    """The fields of ``RUN/train/results.json`` that ``train`` (resuming) and ``export`` read."""
+    from .fields import flag, list_of, number, record, text
+
+    net = record({"rank": number(1, integer=True), "arch": text(nonempty=True),
+                  "accuracy_predicted": number(0, 100, optional=True), "accuracy_measured": number(0, 100),
+                  "split": text(), "n_val": number(0, integer=True), "recipe": record(),
+                  "checkpoint": text(nonempty=True), "seconds": number(0, optional=True),
+                  "device": text(optional=True), "threads": number(1, integer=True, optional=True),
+                  "history": list_of(record())},
+                 required=("arch", "accuracy_measured", "split", "n_val", "recipe", "checkpoint"))
+    task = record({"name": text(), "input_hw": number(1, integer=True), "num_classes": number(2, integer=True),
+                   "classes": list_of(text())}, required=("name", "input_hw", "num_classes"))
+    return record({"schema": text((RESULTS_SCHEMA,)), "schema_version": number(1, RESULTS_VERSION, integer=True),
+                   "task": task, "predicted_for": text(), "same_task": flag(), "data": record({"fingerprint": text()}),
+                   "recipe": record(), "nets": list_of(net), "complete": flag()}, required=("task", "nets"))
+
+
 def trained_results(run_dir) -> dict | None:
-    """``RUN/train/results.json`` when the run's nets were trained, else None."""
-    import json
+    """``RUN/train/results.json`` when the run's nets were trained, else None; every field it is read for is
+    checked, and a hand-edited or cut file is one line naming the field."""
+    from .fields import check
+    from .files import read_user_json
 
     path = Path(run_dir) / TRAIN_DIR / RESULTS_FILE
     if not path.is_file():
         return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path} is unreadable or corrupt: {e}") from None
+    results = read_user_json(path, "training results")
+    check(results, _results_spec(), f"training results {path}", UserError,
+          hint="delete it and run `pomonag-edge train` again (finished nets are read back from their checkpoints)")
+    return results

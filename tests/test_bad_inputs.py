@@ -594,3 +594,190 @@ def test_the_largest_seed_runs(here):
     r = invoke(*GEN, "--max-latency", "50ms", "--seed", 2**32 - 1, "--out", "runs/big")
     assert r.exit_code == 0, r.output
     assert json.loads((here / "runs" / "big" / "manifest.json").read_text())["seed"] == 2**32 - 1
+
+
+# ------------------------------------------------------------------ the other readers of the your-data path
+
+def _probe_csv(here: Path, rows=None) -> tuple[Path, list[str]]:
+    """p/t.csv as a finished `probe --data d.npz --probes 5 --epochs 1` leaves it (nothing left to train)."""
+    from pomonag_edge.predictors.accuracy_fewshot import choose_probes
+    from pomonag_edge.probe import CSV_FIELDS
+    from pomonag_edge.spaces import get_space
+    from pomonag_edge.userdata import load_user_data
+
+    fingerprint = load_user_data(here / "d.npz", input_hw=32).source["fingerprint"]
+    archs = [str(a) for a in choose_probes(get_space("nb201"), 5, 0)]
+    lines = [",".join(CSV_FIELDS)] + [f"{a},{50 + 5 * i},1,0,{fingerprint},1.0,cpu,,{50 + 5 * i}"
+                                      for i, a in enumerate(archs)]
+    (here / "p").mkdir(exist_ok=True)
+    (here / "p" / "t.csv").write_text("\n".join(lines) + "\n")
+    return here / "p" / "t.csv", lines
+
+
+PROBE = ("probe", "--data", "d.npz", "--probes", "5", "--epochs", "1", "--out", "p/t.json")
+
+
+def test_probe_resumes_from_its_csv_without_training(here):
+    _probe_csv(here)
+    r = invoke(*PROBE)
+    assert r.exit_code == 0, r.output
+    assert len(json.loads((here / "p" / "t.json").read_text())["measurements"]) == 5
+
+
+CSV_EDITS = {  # edit of the finished CSV's lines -> words of the one line
+    "epochs not a number": (lambda ls: ls.__setitem__(2, ls[2].replace(",1,0,", ",ten,0,", 1)),
+                            ["line 3", "epochs 'ten' is not an integer", "fix or delete"]),
+    "accuracy not a number": (lambda ls: ls.__setitem__(1, ls[1].replace(",50,", ",high,", 1)),
+                              ["line 2", "accuracy 'high' is not a number"]),
+    "accuracy NaN": (lambda ls: ls.__setitem__(4, ls[4].replace(",65,", ",nan,", 1)), ["line 5", "accuracy 'nan'"]),
+    "printed over 100": (lambda ls: ls.__setitem__(1, ls[1].rsplit(",", 1)[0] + ",500"), ["printed '500'"]),
+    "a bad arch": (lambda ls: ls.__setitem__(3, "|x~0|" + ls[3][ls[3].index(","):]), ["line 4", "NB201 arch"]),
+    "columns missing": (lambda ls: ls.__setitem__(slice(None), ["arch,accuracy"] + [",".join(line.split(",")[:2])
+                                                                                    for line in ls[1:]]),
+                        ["not a probe measurements CSV", "data", "move it away"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CSV_EDITS))
+def test_hand_edited_probe_csv_is_one_line_and_kept(here, case):
+    path, lines = _probe_csv(here)
+    edit, words = CSV_EDITS[case]
+    edit(lines)
+    path.write_text("\n".join(lines) + "\n")
+    assert_one_line_exit_2(invoke(*PROBE), "p/t.csv", *words)
+    assert path.read_text() == "\n".join(lines) + "\n"  # not replaced
+
+
+def test_probe_csv_not_utf8_is_one_line(here):
+    path, _ = _probe_csv(here)
+    path.write_bytes(b"arch,accuracy\n\xff\xfe\n")
+    assert_one_line_exit_2(invoke(*PROBE), "p/t.csv", "not UTF-8")
+
+
+def _trained_run(here: Path) -> dict:
+    """runs/r as `train` leaves it: results.json and one finished checkpoint (of an untrained net)."""
+    import torch
+
+    from pomonag_edge.spaces import get_space
+    from pomonag_edge.training import CHECKPOINT_KIND, Task
+
+    model = get_space("nb201").build(get_space("nb201").parse(NB), Task("d", 32, 2))
+    ckpt = here / "runs" / "r" / "train" / "01-net.pt"
+    ckpt.parent.mkdir()
+    torch.save({"kind": CHECKPOINT_KIND, "identity": {}, "epoch": 1, "model": model.state_dict()}, ckpt)
+    results = {"schema": "pomonag-edge/trained", "schema_version": 1, "run_dir": "runs/r", "space": "nb201",
+               "task": {"name": "d", "input_hw": 32, "num_classes": 2}, "data": {"fingerprint": "f"}, "recipe": {},
+               "nets": [{"rank": 1, "arch": NB, "accuracy_predicted": None, "accuracy_measured": 75.0,
+                         "split": "validation", "n_val": 4, "recipe": {}, "checkpoint": str(ckpt)}],
+               "complete": True}
+    (ckpt.parent / "results.json").write_text(json.dumps(results))
+    return results
+
+
+def test_export_of_a_trained_run_reads_its_weights(here):
+    _trained_run(here)
+    r = invoke("export", "runs/r", "--no-measure")
+    assert r.exit_code == 0, r.output
+    net = json.loads((here / "runs" / "r" / "export" / "report.json").read_text())["nets"][0]
+    assert (net["weights"], net["accuracy_measured"]) == ("trained", 75.0)
+
+
+RESULTS_EDITS = {
+    "nets not a list": (lambda d: d.update(nets={}), ["nets is an object, not a list"]),
+    "accuracy a string": (lambda d: d["nets"][0].update(accuracy_measured="75%"), ["nets[0].accuracy_measured"]),
+    "accuracy NaN": (lambda d: d["nets"][0].update(accuracy_measured=float("nan")), ["NaN"]),
+    "checkpoint missing": (lambda d: d["nets"][0].pop("checkpoint"), ["nets[0].checkpoint is missing"]),
+    "task without classes": (lambda d: d["task"].pop("num_classes"), ["task.num_classes is missing"]),
+    "input size as text": (lambda d: d["task"].update(input_hw="32"), ["task.input_hw"]),
+    "a newer schema": (lambda d: d.update(schema_version=2), ["schema_version is 2"]),
+    "a foreign file": (lambda d: d.update(schema="something/else"), ["schema is 'something/else'"]),
+}
+
+
+@pytest.mark.parametrize("case", list(RESULTS_EDITS))
+def test_hand_edited_train_results_are_one_line(here, case):
+    results = _trained_run(here)
+    edit, words = RESULTS_EDITS[case]
+    edit(results)
+    (here / "runs" / "r" / "train" / "results.json").write_text(json.dumps(results))
+    for args in (("export", "runs/r", "--no-measure"), ("train", "runs/r", "--data", "d.npz", "--epochs", "1")):
+        assert_one_line_exit_2(invoke(*args), "training results runs/r/train/results.json is malformed", *words,
+                               "delete it and run `pomonag-edge train` again")
+
+
+def _cut(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:200])
+
+
+def _foreign(path: Path) -> None:
+    import torch
+
+    torch.save({"weights": [1, 2, 3]}, path)
+
+
+def _code(path: Path) -> None:
+    import pickle
+
+    path.write_bytes(pickle.dumps(print, protocol=2))  # unpickling would call code: weights_only refuses it
+
+
+@pytest.mark.parametrize("spoil", [_cut, _foreign, _code, lambda p: p.unlink()], ids=["cut", "foreign", "code", "gone"])
+def test_a_spoiled_trained_checkpoint_is_one_line_on_export(here, spoil):
+    _trained_run(here)
+    spoil(here / "runs" / "r" / "train" / "01-net.pt")
+    assert_one_line_exit_2(invoke("export", "runs/r", "--no-measure"), "runs/r/train/01-net.pt")
+
+
+def test_a_trained_checkpoint_is_found_in_the_run_when_train_ran_elsewhere(here):
+    results = _trained_run(here)
+    results["nets"][0]["checkpoint"] = "/elsewhere/runs/r/train/01-net.pt"
+    (here / "runs" / "r" / "train" / "results.json").write_text(json.dumps(results))
+    r = invoke("export", "runs/r", "--no-measure")
+    assert r.exit_code == 0, r.output
+    assert json.loads((here / "runs" / "r" / "export" / "report.json").read_text())["nets"][0]["weights"] == "trained"
+
+
+@pytest.mark.parametrize("spoil", [_cut, _foreign, _code], ids=["cut", "foreign", "code"])
+def test_an_unreadable_epoch_checkpoint_is_discarded_with_a_note(tmp_path, capsys, spoil):
+    """An interrupted probe's or train's per-epoch checkpoint that cannot be read is work in progress with
+    nothing to recover: the net is trained from its first epoch, and stderr says why."""
+    from pomonag_edge.fanout import FileCheckpoint
+    from pomonag_edge.training import read_checkpoint
+
+    path = tmp_path / "net.pt"
+    _foreign(path)
+    spoil(path)
+    assert read_checkpoint(path.read_bytes(), where=FileCheckpoint(path)) is None
+    note = capsys.readouterr().err
+    assert note.startswith(f"note: checkpoint {path} is discarded") and "trained from its first epoch" in note
+
+
+def _latencies(first: float) -> str:
+    return "arch,latency_ms\n" + "".join(f"{a},{first if i == 0 else i}\n" for i, a in enumerate(ARCHS))
+
+
+CALIBRATE_CSVS = {  # a measurements CSV -> words of the one line
+    "a field over the csv limit": ("arch,latency_ms\n" + "x" * 200_000 + ",1\n", ["line 2", "field limit"]),
+    "a header over the csv limit": ("x" * 200_000 + ",latency_ms\n", ["line 1", "not a readable CSV header"]),
+    "a latency of 1e-320 ms": (_latencies(1e-320), ["line 2", "1e-06 to 1e+07"]),
+    "a latency of 1e308 ms": (_latencies(1e308), ["line 2", "1e+308"]),
+    "epochs below 1": ("arch,accuracy,epochs\n" + "".join(f"{a},{50 + i},{-5 if i == 2 else 3}\n"
+                                                          for i, a in enumerate(ARCHS)), ["line 4", "epochs", "-5"]),
+    "a negative seed": ("arch,accuracy,seed\n" + "".join(f"{a},{50 + i},{-1 if i == 0 else 0}\n"
+                                                         for i, a in enumerate(ARCHS)), ["line 2", "seed", "-1"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CALIBRATE_CSVS))
+def test_hostile_calibrate_csv_is_one_line(here, case):
+    text, words = CALIBRATE_CSVS[case]
+    (here / "c.csv").write_text(text)
+    assert_one_line_exit_2(invoke("calibrate", "--measurements", "c.csv", "--name", "x"), "c.csv", *words)
+
+
+def test_every_field_of_both_profile_kinds_is_declared():
+    """A field added to a profile without a check would be read back unchecked: declare it in ``_spec``."""
+    from pomonag_edge import dataset_profile, profile
+
+    for module, cls in ((profile, profile.Profile), (dataset_profile, dataset_profile.DatasetProfile)):
+        assert set(cls.__dataclass_fields__) <= set(module._spec().fields), cls.__name__

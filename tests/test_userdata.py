@@ -87,19 +87,29 @@ def test_bad_data_exits_2_with_one_line(tmp_path):
     assert r.exit_code == 2 and r.output.count("\n") == 1 and "does not exist" in r.output
 
 
+def _tiny_task(tmp_path, per_class: int):
+    """(space, arch, data): three classes of random 8x8 images and an NB201 net without convolutions, quick to
+    train on one thread."""
+    import torch
+
+    from pomonag_edge.spaces import get_space
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "t.npz", x=rng.integers(0, 255, (3 * per_class, 8, 8), dtype=np.uint8),
+             y=np.repeat([0, 1, 2], per_class))
+    space = get_space("nb201")
+    arch = space.parse("|avg_pool_3x3~0|+|skip_connect~0|none~1|+|skip_connect~0|none~1|avg_pool_3x3~2|")
+    return space, arch, load_user_data(tmp_path / "t.npz")
+
+
 @pytest.mark.slow
 def test_training_resumes_to_the_same_net(tmp_path):
     import torch
 
-    from pomonag_edge.spaces import get_space
     from pomonag_edge.training import Recipe, train_net
 
-    torch.set_num_threads(1)
-    rng = np.random.default_rng(1)
-    np.savez(tmp_path / "t.npz", x=rng.integers(0, 255, (48, 8, 8), dtype=np.uint8), y=np.repeat([0, 1, 2], 16))
-    data = load_user_data(tmp_path / "t.npz")
-    space = get_space("nb201")
-    arch = space.parse("|avg_pool_3x3~0|+|skip_connect~0|none~1|+|skip_connect~0|none~1|avg_pool_3x3~2|")
+    space, arch, data = _tiny_task(tmp_path, 16)
     recipe = Recipe(epochs=3, batch_size=16, seed=2)
     whole = train_net(space, arch, data, recipe, checkpoint=tmp_path / "a.pt")
 
@@ -118,3 +128,26 @@ def test_training_resumes_to_the_same_net(tmp_path):
     assert resumed["accuracy"] == whole["accuracy"]
     a, b = whole["model"].state_dict(), resumed["model"].state_dict()
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+
+
+@pytest.mark.slow
+def test_a_spoiled_epoch_checkpoint_is_discarded_and_the_net_trained_anew(tmp_path, capsys):
+    """An interrupted net's checkpoint cut short, or of our kind and identity but holding another net's state:
+    training starts at epoch 1 (a note says why) and ends where an uninterrupted run does."""
+    import torch
+
+    from pomonag_edge.training import Recipe, train_net
+
+    space, arch, data = _tiny_task(tmp_path, 8)
+    recipe = Recipe(epochs=2, batch_size=8, seed=2)
+    whole = train_net(space, arch, data, recipe, checkpoint=tmp_path / "a.pt")
+    state = torch.load(tmp_path / "a.pt", weights_only=True)
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "a.pt").read_bytes()[:500])
+    torch.save({**state, "epoch": 1, "model": {"stem.weight": torch.zeros(3)}}, tmp_path / "other.pt")
+    for name, why in (("cut", "cannot be read"), ("other", "does not fit this net")):
+        capsys.readouterr()
+        again = train_net(space, arch, data, recipe, checkpoint=tmp_path / f"{name}.pt")
+        assert [h["epoch"] for h in again["history"]] == [1, 2] and again["accuracy"] == whole["accuracy"]
+        note = capsys.readouterr().err
+        assert f"checkpoint {tmp_path / name}.pt is discarded, it {why}" in note, note
+        assert torch.load(tmp_path / f"{name}.pt", weights_only=True)["epoch"] == 2  # rewritten whole

@@ -453,7 +453,7 @@ def _export_one(ctx: _Context, rank: int, item: dict, predicted_ms: float | None
 
         t = ctx.trained["task"]
         dataset = Task(t["name"], int(t["input_hw"]), int(t["num_classes"]))
-        weights = load_trained_state(trained["checkpoint"])
+        weights = load_trained_state(trained["checkpoint"], ctx.run.path)
     entry = {"rank": rank, "arch": str(arch), "params": space.params(arch, dataset),
              "macs": space.macs(arch, dataset), "predicted": {"latency_ms": predicted_ms,
                                                               "accuracy": item.get("accuracy")},

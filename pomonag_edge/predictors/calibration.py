@@ -11,23 +11,33 @@ from ..errors import ArchParseError, ProfileError, UserError
 from ..files import read_user_text
 
 MIN_ROWS = 5
+LATENCY_MS_RANGE = (1e-6, 1e7)  # a nanosecond to three hours a forward pass: beyond, a unit or a typo
 
 
-def _rows(space, path: Path, column: str):
+def csv_rows(space, path: Path, column: str, hint: str = ""):
     """(item, value text, row) of every non-empty row of a CSV with columns ``arch`` and ``column``: ``item`` is
-    ``{"arch", column: the value as a float, "_key": canonical arch, "_line"}``. A bad header, arch or number
-    raises naming its line; the range of the value is the caller's to check."""
+    ``{"arch", column: the value as a float, "_key": canonical arch, "_line"}``, ``row`` the row's stripped texts.
+    A bad header, arch or number raises naming its line (then ``hint``); the range of the value is the caller's to
+    check. Read by ``calibrate`` and by ``probe`` resuming from its own CSV."""
     text = read_user_text(path, "measurements file", encoding="utf-8-sig")
     reader = csv.DictReader(text.splitlines())
-    header = [h.strip() for h in (reader.fieldnames or [])]
+    header = [h.strip() for h in (_header(path, lambda: reader.fieldnames) or [])]
     missing = [c for c in ("arch", column) if c not in header]
     if missing:
         raise UserError(f"{path}: header must have columns arch,{column}; missing {', '.join(missing)} "
                         f"(got {','.join(header) or 'nothing'})")
     reader.fieldnames = header
+    try:
+        yield from _parsed(space, path, column, reader, f"; {hint}" if hint else "")
+    except csv.Error as e:  # a NUL byte, a field over the csv module's limit
+        raise UserError(f"{path}, line {reader.line_num + 1}: not a readable CSV row ({e})") from None
+
+
+def _parsed(space, path: Path, column: str, reader: csv.DictReader, hint: str):
     for row in reader:
         line = reader.line_num
-        arch_text, value_text = (row.get("arch") or "").strip(), (row.get(column) or "").strip()
+        row = {k: (v or "").strip() for k, v in row.items() if k is not None}
+        arch_text, value_text = row.get("arch", ""), row.get(column, "")
         if not arch_text and not value_text:
             continue
         try:
@@ -35,12 +45,40 @@ def _rows(space, path: Path, column: str):
         except ArchParseError as e:
             from ..spaces import other_space_hint
 
-            raise UserError(f"{path}, line {line}: {e}{other_space_hint(space.name, arch_text)}") from None
+            raise UserError(f"{path}, line {line}: {e}{other_space_hint(space.name, arch_text)}{hint}") from None
         try:
             value = float(value_text)
         except ValueError:
-            raise UserError(f"{path}, line {line}: {column} {value_text!r} is not a number") from None
+            raise UserError(f"{path}, line {line}: {column} {value_text!r} is not a number{hint}") from None
         yield {"arch": str(arch), column: value, "_key": str(space.canonical(arch)), "_line": line}, value_text, row
+
+
+ROW_INTEGERS = {"epochs": 1, "seed": 0}  # an arch,accuracy row's optional integer columns, and their least values
+
+
+def row_integers(row: dict, where: str, hint: str = "") -> dict[str, int]:
+    """The ``ROW_INTEGERS`` a ``csv_rows`` row gives, as integers (empty ones left out); a bad one raises naming
+    ``where`` (then ``hint``)."""
+    out = {}
+    for key, least in ROW_INTEGERS.items():
+        value = row.get(key) or ""
+        if not value:
+            continue
+        try:
+            out[key] = int(value)
+        except ValueError:
+            raise UserError(f"{where}: {key} {value!r} is not an integer{hint}") from None
+        if out[key] < least:
+            raise UserError(f"{where}: {key} must be at least {least}, got {value!r}{hint}")
+    return out
+
+
+def _header(path: Path, read):
+    """The header row ``read()`` parses (a ``DictReader``'s lazy ``fieldnames``, say); a CSV error is one line."""
+    try:
+        return read()
+    except csv.Error as e:
+        raise UserError(f"{path}, line 1: not a readable CSV header ({e})") from None
 
 
 def _distinct(path: Path, items: list[dict], value: str) -> list[dict]:
@@ -65,10 +103,11 @@ def read_measurements(space, path: str | os.PathLike) -> list[dict]:
     from ..hardware.backends import PRECISIONS
 
     items = []
-    for item, ms_text, row in _rows(space, path, "latency_ms"):
-        if not math.isfinite(item["latency_ms"]) or item["latency_ms"] <= 0:
-            raise UserError(f"{path}, line {item['_line']}: latency_ms must be a positive number of milliseconds, "
-                            f"got {ms_text!r}")
+    for item, ms_text, row in csv_rows(space, path, "latency_ms"):
+        low, high = LATENCY_MS_RANGE
+        if not math.isfinite(item["latency_ms"]) or not low <= item["latency_ms"] <= high:
+            raise UserError(f"{path}, line {item['_line']}: latency_ms must be a positive number of milliseconds "
+                            f"({low:g} to {high:g}), got {ms_text!r}")
         precision = (row.get("precision") or "").strip().lower()
         if precision:  # an optional column: the precision each net was timed at
             if precision not in PRECISIONS:
@@ -149,7 +188,7 @@ def calibrate_profile(space, items: list[dict], name: str, base=None, source: st
 def measurements_kind(path: str | os.PathLike) -> str:
     """"latency" for a CSV of arch,latency_ms, "accuracy" for arch,accuracy (the header decides)."""
     text = read_user_text(path, "measurements file", encoding="utf-8-sig")
-    header = [h.strip() for h in (next(csv.reader(text.splitlines()[:1]), None) or [])]
+    header = [h.strip() for h in (_header(path, lambda: next(csv.reader(text.splitlines()[:1]), None)) or [])]
     if "accuracy" in header and "latency_ms" not in header:
         return "accuracy"
     return "latency"
@@ -196,18 +235,8 @@ def read_accuracy_measurements(space, path: str | os.PathLike, scale: str = "aut
     archs) become one measurement, their median (``merge_repeats``). The first bad row raises naming its line."""
     path = Path(path)
     items = []
-    for item, _, row in _rows(space, path, "accuracy"):
-        line = item["_line"]
-        for key in ("epochs", "seed"):
-            value = (row.get(key) or "").strip()
-            if value:
-                try:
-                    item[key] = int(value)
-                except ValueError:
-                    raise UserError(f"{path}, line {line}: {key} {value!r} is not an integer") from None
-                least = 1 if key == "epochs" else 0
-                if item[key] < least:
-                    raise UserError(f"{path}, line {line}: {key} must be at least {least}, got {value!r}")
+    for item, _, row in csv_rows(space, path, "accuracy"):
+        item.update(row_integers(row, f"{path}, line {item['_line']}"))
         items.append(item)
     scale = accuracy_scale([i["accuracy"] for i in items], [f"line {i['_line']}" for i in items], str(path), scale)
     items = _distinct(path, items, "accuracy")
