@@ -194,6 +194,9 @@ def test_export_says_in_one_line_that_the_nets_are_untrained(tmp_path, facts):
     (("train", "--data", "x", "--top", "-1"), ["--top"]),
     (("probe", "--data", "x", "--probes", "3"), ["--probes", "x>=5"]),
     (("probe", "--data", "x", "--epochs", "0"), ["--epochs"]),
+    (("train", "--data", "x", "--cpus-per-net", "0"), ["--cpus-per-net"]),
+    (("probe", "--data", "x", "--gpus-per-net", "-1"), ["--gpus-per-net"]),
+    (("train", "--data", "x", "--retries", "-2"), ["--retries"]),
 ])
 def test_numeric_options_out_of_range_are_one_line(args, words):
     one_line_error(invoke(*args), *words)

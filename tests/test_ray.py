@@ -171,7 +171,7 @@ def test_unreachable_address_is_one_line_in_bounded_time(digits_folder, tmp_path
 @pytest.mark.parametrize("args, message", [
     (["--gpus-per-net", "0.5"], "only apply with --ray"),
     (["--ray", "somewhere"], "--ray takes HOST:PORT"),
-    (["--ray", "local", "--cpus-per-net", "0"], "--cpus-per-net must be above 0"),
+    (["--ray", "local", "--cpus-per-net", "0"], "'--cpus-per-net': 0.0 is not in the range x>0"),
     (["--ray", "local", "--gpus-per-net", "1.5"], "--gpus-per-net must be 0, a fraction"),
 ])
 def test_bad_ray_options_are_one_line(digits_folder, tmp_path, args, message):

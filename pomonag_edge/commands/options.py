@@ -60,15 +60,15 @@ def make_ssh_options(ssh_config, remote_python, remote_dir, hosts):
 def placement_options(f):
     """``--ray``, ``--cpus-per-net``, ``--gpus-per-net``, ``--ray-data``, ``--retries``: where and with what each
     net trains (``--cpus-per-net`` also without --ray)."""
-    f = click.option("--retries", type=int, default=None, metavar="N",
+    f = click.option("--retries", type=click.IntRange(0), default=None, metavar="N",
                      help="With --ray: times a net whose worker died is started again from its last epoch "
                           "[default: 2].")(f)
     f = click.option("--ray-data", type=click.Choice(["object-store", "shared"]), default=None,
                      help="With --ray: send your data to the cluster once through Ray's object store, or let every "
                           "node read it from the same path (a shared file system) [default: object-store].")(f)
-    f = click.option("--gpus-per-net", type=float, default=None, metavar="G",
+    f = click.option("--gpus-per-net", type=click.FloatRange(0), default=None, metavar="G",
                      help="With --ray: GPUs each net reserves; 0.25 packs four nets per GPU [default: 0].")(f)
-    f = click.option("--cpus-per-net", type=float, default=None, metavar="C",
+    f = click.option("--cpus-per-net", type=click.FloatRange(0, min_open=True), default=None, metavar="C",
                      help="torch's CPU threads per net (with --ray also the CPUs it reserves) [default: torch's own "
                           "here, 1 with --ray]. The same seeds and threads give the same weights, here or on Ray.")(f)
     f = click.option("--ray", "ray_address", default=None, metavar="HOST:PORT|auto|local",

@@ -64,9 +64,9 @@ def _sha(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
 
 
-def _beside_shipped(sha: str, shipped: Path) -> str:
+def _beside_shipped(sha: str, shipped: Path | None) -> str:
     """How the new checkpoint compares with the shipped one: the point of retraining it from a seed."""
-    theirs = _sha(shipped)
+    theirs = _sha(shipped) if shipped is not None else None
     if theirs is None:
         return "no shipped checkpoint to compare with"
     return f"identical to the shipped {shipped.name}" if theirs == sha else f"the shipped {shipped.name} is {theirs}"
@@ -159,7 +159,10 @@ def generator(space, kind, steps, batch, d_model, layers, lr, seed, threads, out
     from ..spaces import get_space
 
     sp = get_space(space)
-    shipped = shipped_checkpoint(sp)
+    if out is None or sp.generator_recipe.checkpoint is not None:
+        shipped = shipped_checkpoint(sp)  # without --out, a space that ships none is one line: name an --out
+    else:
+        shipped = None  # a space of another package, trained for the first time
     stem = Path(out) if out is not None else USER_CHECKPOINTS / shipped.with_suffix("").name
     for suffix in (".pt", ".json"):
         check_writable(stem.with_suffix(suffix), "checkpoint")
