@@ -65,7 +65,7 @@ class LoopOptions:
 
     @property
     def active(self) -> bool:
-        return self.measure > 0 or self.train > 0
+        return self.measure > 0 or self.train > 0 or self.trainer is not None or self.data is not None
 
 
 # ------------------------------------------------------------------ the journal
@@ -254,6 +254,31 @@ class LoopTimer:
                            "protocol": self.protocol.name})
 
 
+class LoopTrainer:
+    """Measures a net's accuracy for the task the way its dataset profile was measured (``trainers.make_trainer``:
+    ``--trainer CMD`` or the built-in recipe on ``--data``), with the probes' epochs and seed where the profile
+    records them, so the new measurements sit on the same scale as the old."""
+
+    def __init__(self, space, task, options: LoopOptions, workdir: Path, seed: int):
+        from .trainers import make_trainer
+
+        probe = task.source.get("probe") or {}
+        epochs = options.epochs or int(probe.get("epochs") or 10)
+        seed = int(probe.get("seed", seed))
+        self.trainer = make_trainer(space, command=options.trainer, data=options.data, epochs=epochs, seed=seed,
+                                    workdir=workdir, device=options.train_device, num_classes=task.num_classes,
+                                    name=task.name)
+        fingerprint = getattr(getattr(self.trainer, "data", None), "source", {}).get("fingerprint")
+        if fingerprint and task.source.get("fingerprint") and fingerprint != task.source["fingerprint"]:
+            raise UserError(f"--data {options.data} is not the data dataset profile {task.name} was measured on: pass "
+                            "that data, or probe this data into its own profile")
+        self.facts = {"epochs": epochs, "seed": seed}
+        self.where = f"--trainer {options.trainer}" if options.trainer else f"built-in recipe on {options.data}"
+
+    def measure(self, arch) -> float:
+        return float(self.trainer.measure(arch))
+
+
 def with_timings(space, profile, timings: list[dict]):
     """A copy of ``profile`` whose calibration holds ``timings`` too (a net timed again: the newer timing),
     its latency model refitted."""
@@ -358,7 +383,7 @@ def run_loop(*, space, profile, task, dataset, budget, level, strategy, samples,
             trainer = trainer or trainer_factory()
             accuracy = float(trainer.measure(arch))
             journal.trainings.append({"arch": str(arch), "accuracy": accuracy, "source": "generate",
-                                      "round": entry["round"], **trainer_facts(trainer)})
+                                      "round": entry["round"], **trainer.facts})
             journal.save()
             if progress is not None:
                 progress("training", len(journal.trainings), options.train)
@@ -366,6 +391,7 @@ def run_loop(*, space, profile, task, dataset, budget, level, strategy, samples,
                "trainings": len(journal.trainings), "rounds": len(journal.rounds), "stop": journal.stop,
                "search": search_stats, "seconds": round(time.perf_counter() - started, 2),
                "device": None if timer is None else timer.where,
+               "trainer": None if trainer is None else trainer.where,
                "acquisition": "expected improvement x probability of fitting the budget (constrained EI)"}
     return LoopOutcome(result, problem, prof_now, task_now, journal, summary)
 
@@ -392,8 +418,14 @@ def closed_loop_run(space, profile, profile_spec, dataset, dataset_spec, budget,
                         "(published timings of another device): profile your device (`pomonag-edge profile`) and "
                         "pass that profile")
     task = None if isinstance(dataset, str) else dataset
-    if options.train:
-        raise UserError("--train is not available yet")
+    if options.train and task is None:
+        raise UserError("--train adds measured accuracies to a task's dataset profile: pass --dataset PROFILE.json "
+                        "(made by `pomonag-edge probe` or `calibrate`); a shipped dataset's table is measured already")
+    if options.train and (options.trainer is None) == (options.data is None):
+        raise UserError("--train measures accuracy with --data DIR (the built-in NB201 recipe on your images) or "
+                        "--trainer CMD (your pipeline): give exactly one")
+    if not options.train and (options.trainer is not None or options.data is not None):
+        raise UserError("--trainer and --data say how --train measures accuracy: add --train N, or drop them")
     if out is None:
         out = new_run_dir()
     elif force and Path(out).is_dir():
@@ -404,7 +436,7 @@ def closed_loop_run(space, profile, profile_spec, dataset, dataset_spec, budget,
     identity = {"space": space.name, "profile_sha256": profile.sha256, "dataset": dataset_label(dataset),
                 "dataset_sha256": None if task is None else task.sha256, "budget": budget.to_dict(),
                 "level": level, "strategy": strategy.name, "samples": samples, "seed": seed,
-                "device": options.host or "this machine"}
+                "device": options.host or "this machine", "trainer": options.trainer or options.data}
     journal = Journal.open(out / LOOP_FILE, identity)
     if journal.timings or journal.trainings:
         (say or (lambda m: None))(f"resuming the closed loop in {out}: {len(journal.timings)} timings and "
@@ -416,7 +448,8 @@ def closed_loop_run(space, profile, profile_spec, dataset, dataset_spec, budget,
                            strategy=strategy, samples=samples, num=num, seed=seed, options=options, journal=journal,
                            predictors_for=predictors_for,
                            timer_factory=lambda: LoopTimer(space, profile, options, work, key),
-                           trainer_factory=None, progress=progress, say=say)
+                           trainer_factory=lambda: LoopTrainer(space, task, options, work / "train", seed),
+                           progress=progress, say=say)
     except KeyboardInterrupt:
         (say or print)(f"interrupted: the {len(journal.timings)} timings and {len(journal.trainings)} trainings "
                        f"made are kept in {journal.path}; the same command with --out {out} resumes")
@@ -440,11 +473,6 @@ def _is_path(spec) -> bool:
     import os
 
     return spec is not None and (os.path.sep in str(spec) or str(spec).endswith(".json") or Path(spec).exists())
-
-
-def trainer_facts(trainer) -> dict:
-    """What a trainer records beside each accuracy (its epochs and seed, where it has them)."""
-    return {k: getattr(trainer, k) for k in ("epochs", "seed") if getattr(trainer, k, None) is not None}
 
 
 __all__ = ["LoopOptions", "Journal", "acquire", "run_loop", "STOP_REASONS"]

@@ -226,3 +226,68 @@ def test_generate_measure_through_the_ssh_runner(here, ssh_host):
     loop = json.loads((here / "r" / "loop.json").read_text())
     assert 1 <= len(loop["timings"]) <= 2 and loop["identity"]["device"] == host
     assert all(t["latency_ms"] > 0 for t in loop["timings"])
+
+
+# ------------------------------------------------------------------ --train with a command trainer
+
+
+def lookup_script(tmp_path: Path, values: dict, name: str) -> str:
+    """A command that prints the value of the arch it is given (a trainer or a device from a table)."""
+    table = tmp_path / f"{name}.json"
+    table.write_text(json.dumps(values))
+    script = tmp_path / f"{name}.py"
+    script.write_text("import json, sys\nprint(json.load(open(sys.argv[1]))[sys.argv[2]])\n")
+    return f"{sys.executable} {script} {table} {{arch}}"
+
+
+def task_profile(path: Path, n: int = 10) -> Path:
+    """A user task whose truth is the cifar10 table, its accuracy model fitted from ``n`` chosen probes."""
+    from pomonag_edge.dataset_profile import fit_dataset_profile
+    from pomonag_edge.predictors.accuracy_fewshot import choose_probes
+
+    truth = nb201_accuracy("cifar10")
+    probes = choose_probes(SPACE, n, 0)
+    task = fit_dataset_profile(SPACE, [{"arch": str(a), "accuracy": float(truth[SPACE.index(a)])} for a in probes],
+                               "task", source={"probe": {"epochs": 3, "seed": 0}})
+    task.save(path)
+    return path
+
+
+def test_generate_train_with_a_command_trainer(here):
+    truth = nb201_accuracy("cifar10")
+    trainer = lookup_script(here, {str(SPACE.from_index(i)): float(truth[i]) for i in range(SPACE.size())}, "acc")
+    task = task_profile(here / "task.json")
+    r = run("generate", "--profile", "pixel3", "--dataset", str(task), "--max-params", "0.8M", "--strategy",
+            "random", "--samples", "200", "--num", "4", "--train", "4", "--trainer", trainer, "--out", "r")
+    assert r.exit_code == 0, r.output
+    loop = json.loads((here / "r" / "loop.json").read_text())
+    manifest = json.loads((here / "r" / "manifest.json").read_text())
+    rows = json.loads((here / "r" / "pareto.json").read_text())
+    assert 1 <= len(loop["trainings"]) <= 4 and loop["stop"]["reason"] in ("converged", "spent", "exhausted")
+    for t in loop["trainings"]:  # the command's number, as trained, with the probes' epochs
+        assert t["accuracy"] == pytest.approx(truth[SPACE.index(SPACE.parse(t["arch"]))]) and t["epochs"] == 3
+    from pomonag_edge.dataset_profile import load_dataset_profile
+
+    rev = load_dataset_profile(manifest["dataset_profile"]["spec"])
+    assert Path(manifest["dataset_profile"]["spec"]).name == "task.r2.json" and rev.parent["path"] == str(task)
+    assert len(rev.measurements) == 10 + len(loop["trainings"]) and rev.accuracy_model["n_measurements"] == len(rev.measurements)
+    trained = {t["arch"] for t in loop["trainings"]}
+    measured = {m["arch"] for m in rev.measurements}
+    assert all((row["accuracy_measured"] is not None) == (row["arch"] in measured) for row in rows)
+    best_measured = max(m["accuracy"] for m in rev.measurements if SPACE.params(SPACE.parse(m["arch"])) <= 0.8e6)
+    assert (rows[0]["accuracy_measured"] or rows[0]["accuracy"]) >= best_measured
+    assert trained and "trainings" in r.output
+    # a re-run into the finished run is refused; --force starts it over; an unfinished one resumes
+    again = run("generate", "--profile", "pixel3", "--dataset", str(task), "--max-params", "0.8M", "--strategy",
+                "random", "--samples", "200", "--train", "4", "--trainer", trainer, "--out", "r")
+    assert again.exit_code == 2 and "already holds a run" in again.output
+
+
+def test_train_refuses_what_it_cannot_do(here):
+    task = task_profile(here / "task.json")
+    for args, words in ((("--dataset", "cifar10", "--train", "2", "--trainer", "echo 1"), "dataset profile"),
+                        (("--dataset", str(task), "--train", "2"), "exactly one"),
+                        (("--dataset", str(task), "--trainer", "echo 1"), "add --train")):
+        r = run("generate", "--profile", "pixel3", "--max-params", "1M", "--strategy", "random", "--samples", "16",
+                *args)
+        assert r.exit_code == 2 and r.output.strip().count("\n") == 0 and words in r.output, r.output

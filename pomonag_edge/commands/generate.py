@@ -45,8 +45,18 @@ from .options import SEED, dataset_option, make_ssh_options, profile_option, spa
               help="With --measure: the device to time on, over SSH through the device runner [default: this "
                    "machine, which must be the profile's device].")
 @ssh_options
-def command(space, profile, precision, dataset, max_latency, max_params, max_macs, weights, confidence, num, samples, strategy,
-            seed, out, force, fmt, measure, host, ssh_config, remote_python, remote_dir):
+@click.option("--train", default=0, show_default=True, type=click.IntRange(0), metavar="N",
+              help="Train up to N candidates on your task (--dataset PROFILE.json), in rounds as --measure; the "
+                   "measured accuracies replace predictions and go into a new dataset profile revision.")
+@click.option("--trainer", default=None, metavar="CMD",
+              help="With --train: your training pipeline, as `probe --trainer` runs it (last stdout line: accuracy).")
+@click.option("--data", default=None, type=click.Path(), metavar="DIR",
+              help="With --train: your images; nets trained with the built-in NB201 recipe, as `probe --data`.")
+@click.option("--epochs", default=None, type=click.IntRange(1),
+              help="With --train: epochs per net [default: the dataset profile's probes'].")
+def command(space, profile, precision, dataset, max_latency, max_params, max_macs, weights, confidence, num, samples,
+            strategy, seed, out, force, fmt, measure, host, ssh_config, remote_python, remote_dir, train, trainer, data,
+            epochs):
     """Generate nets on the accuracy / latency / params / MACs Pareto front inside the budget.
 
     Writes DIR/pareto.json, pareto.csv, manifest.json and pareto.png. Without --profile the newest
@@ -57,7 +67,8 @@ def command(space, profile, precision, dataset, max_latency, max_params, max_mac
     change the pick are timed on the device, the latency model refitted, the nets re-ranked; it stops when
     the top pick is measured within budget and the chance that an unmeasured candidate beats it is below
     1 - --confidence, or when N timings are spent (DIR/loop.json says which). Interrupted, the same command
-    with --out DIR resumes without timing a net again.
+    with --out DIR resumes without timing a net again. --train N does the same for accuracy on your task
+    (--trainer CMD or --data DIR); the two may be combined.
     """
     import os
     import sys
@@ -88,7 +99,8 @@ def command(space, profile, precision, dataset, max_latency, max_params, max_mac
         from ..errors import UserError
 
         raise UserError("--host is where --measure times nets: add --measure N, or drop --host")
-    loop = LoopOptions(measure=measure, host=host, ssh=make_ssh_options(ssh_config, remote_python, remote_dir, host))
+    loop = LoopOptions(measure=measure, host=host, ssh=make_ssh_options(ssh_config, remote_python, remote_dir, host),
+                       train=train, trainer=trainer, data=data, epochs=epochs)
 
     def say(message):
         (bar.console if tasks else console).print(message, highlight=False, soft_wrap=True)
