@@ -17,6 +17,14 @@ fits scores the median feasible net), ``nearest table`` (the other table that ra
 ``params-only`` (more parameters = better).
 
     python benchmarks/accuracy_fewshot.py [--shots 10 20] [--seeds 5] [--generate]
+    python benchmarks/accuracy_fewshot.py --generate --train 10 [--shots 20]
+
+``--generate --train N``: ``generate --train N`` end to end (``generate_run`` with the closed loop), leaving one
+shipped dataset out: its task profile holds K probes (``choose_probes``, the model fitted on the other two
+tables only, as are its refits), a command trainer looks the arch up in the held-out table, and the loop trains
+up to N candidates under each params budget. Printed beside the one-shot pick (the loop's first round: the same
+search and model, no training) and the best of K + N measured nets (``choose_probes(K + N)``: as many nets
+trained as the loop may). Target: the loop's loss at most half of best-of-measured's at K + N = 30 trained nets.
 """
 
 from __future__ import annotations
@@ -80,7 +88,12 @@ def main(argv=None):
     p.add_argument("--shots", type=int, nargs="+", default=[10, 20])
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--generate", action="store_true", help="also score generate's diffusion pick (first seed)")
+    p.add_argument("--train", type=int, default=None, metavar="N",
+                   help="with --generate: the closed loop, generate --train N (see above)")
+    p.add_argument("--strategy", default="exhaustive", help="with --train: the search proposing the candidates")
     args = p.parse_args(argv)
+    if args.train is not None:
+        return train_main(args)
 
     import torch
 
@@ -140,6 +153,88 @@ def main(argv=None):
     from pomonag_edge.spaces.mbv3.accuracy import estimate_note
 
     print(estimate_note())
+
+
+def train_main(args) -> int:
+    """``--generate --train N``: the closed loop on each held-out dataset, beside the one-shot pick and the best of
+    as many measured nets."""
+    import json
+    import sys
+    import tempfile
+    import time
+    from pathlib import Path
+
+    import torch
+
+    from pomonag_edge.closed_loop import LoopOptions
+    from pomonag_edge.data import NB201_DATASETS, nb201_accuracy
+    from pomonag_edge.dataset_profile import DatasetProfile
+    from pomonag_edge.generate import generate_run
+    from pomonag_edge.predictors.accuracy_fewshot import choose_probes, fit_fewshot, unique_functions
+    from pomonag_edge.spaces.nb201 import SPACE
+
+    torch.set_num_threads(1)
+    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    (work / "lookup.py").write_text("import json, sys\nprint(json.load(open(sys.argv[1]))[sys.argv[2]])\n")
+    universe = unique_functions(SPACE)
+    rows, started = [], time.perf_counter()
+    print(f"closed loop: generate --train {args.train} (command trainer looking the held-out table up), candidates: "
+          f"--strategy {args.strategy}; leave one NB201 dataset out; regret = oracle - pick, true accuracy points, "
+          f"params budgets at {'/'.join(map(str, QUANTILES))}% quantiles; seed 0")
+    for k in args.shots:
+        for held in NB201_DATASETS:
+            others = tuple(d for d in NB201_DATASETS if d != held)
+            truth = nb201_accuracy(held)
+            params = np.array([SPACE.params(SPACE.from_index(i), held) for i in range(15625)], dtype=np.float64)
+            budgets = np.percentile(params[universe], QUANTILES)
+            table = work / f"{held}.json"
+            table.write_text(json.dumps({str(SPACE.from_index(i)): float(truth[i]) for i in range(15625)}))
+            probes = choose_probes(SPACE, k, 0, others)
+            measurements = [{"arch": str(a), "accuracy": float(truth[SPACE.index(a)])} for a in probes]
+            task = DatasetProfile(name=f"{held}-heldout", space="nb201", measurements=measurements,
+                                  source={"num_classes": 10, "input_shape": [3, 32, 32], "probe": {"epochs": 200, "seed": 0}})
+            task.accuracy_model = fit_fewshot(SPACE, probes, [m["accuracy"] for m in measurements], others,
+                                              task=task.name).to_dict()
+            task_path = task.save(work / f"{held}-k{k}.json")
+            many = np.array([SPACE.index(a) for a in choose_probes(SPACE, k + args.train, 0, others)])
+            for q, b in zip(QUANTILES, budgets):
+                ok = universe[params[universe] <= b]
+                oracle = float(truth[ok].max())
+                t0 = time.perf_counter()
+                run = generate_run(space="nb201", profile="pixel3", dataset=str(task_path), max_params=float(b),
+                                   num=10, samples=512, strategy=args.strategy, seed=0,
+                                   out=work / "runs" / f"{held}-k{k}-q{q}",
+                                   loop=LoopOptions(train=args.train,
+                                                    trainer=f"{sys.executable} {work / 'lookup.py'} {table} {{arch}}"))
+                wall = time.perf_counter() - t0
+                rounds = json.loads((run.out / "loop.json").read_text())["rounds"]
+                score = lambda arch: float(truth[SPACE.index(SPACE.canonical(SPACE.parse(arch)))])  # noqa: E731
+                fit = many[params[many] <= b]
+                best = float(truth[fit].max()) if len(fit) else float(np.median(truth[ok]))
+                row = {"k": k, "held": held, "q": q, "loop": oracle - score(run.result.selected[0]["arch"]),
+                       "one-shot": oracle - score(rounds[0]["top_pick"]), "best": oracle - best,
+                       "trained": run.manifest["loop"]["trainings"], "stop": run.manifest["loop"]["stop"]["reason"],
+                       "wall": wall}
+                rows.append(row)
+                print(f"K={k} {held} q{q}: loop {row['loop']:.2f} ({k}+{row['trained']} trained, {row['stop']}) | "
+                      f"one-shot {row['one-shot']:.2f} ({k}) | best of {k + args.train} measured {row['best']:.2f} | "
+                      f"{wall:.1f}s", flush=True)
+    for k in args.shots:
+        rs = [r for r in rows if r["k"] == k]
+        print(f"\nK = {k} probes, --train {args.train}: mean regret over {len(rs)} (dataset, budget) settings")
+        print(f"{'method':<40}" + "".join(f"{d:>16}" for d in NB201_DATASETS) + f"{'mean':>8}{'nets':>7}")
+        for key, label, nets in (("loop", f"generate --train {args.train} (closed loop)",
+                                  k + np.mean([r["trained"] for r in rs])),
+                                 ("one-shot", "one-shot pick (--train 0)", k),
+                                 ("best", f"best of {k + args.train} measured", k + args.train)):
+            cells = [np.mean([r[key] for r in rs if r["held"] == d]) for d in NB201_DATASETS]
+            print(f"{label:<40}" + "".join(f"{c:>16.2f}" for c in cells)
+                  + f"{np.mean([r[key] for r in rs]):>8.2f}{nets:>7.1f}")
+        loop, best = np.mean([r["loop"] for r in rs]), np.mean([r["best"] for r in rs])
+        print(f"loop / best-of-measured = {loop / best if best else float('nan'):.2f} (target <= 0.5 at 30 nets); "
+              f"stops: " + ", ".join(f"{s} {sum(r['stop'] == s for r in rs)}" for s in dict.fromkeys(r["stop"] for r in rs)))
+    print(f"wall {time.perf_counter() - started:.0f} s")
+    return 0
 
 
 def _cell(v: np.ndarray) -> str:

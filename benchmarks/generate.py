@@ -29,6 +29,18 @@ Targets: 100% truly feasible, gap <= 0.3 points, HV >= 0.99 of exhaustive's.
     python benchmarks/generate.py --calibrated 10 --global-margin       # one q90 margin for every net (before)
     python benchmarks/generate.py --calibrated 10 --held-out            # the device unseen by the pretraining
     python benchmarks/generate.py --space mbv3   # a space without measured tables: benchmarks/generate_predicted.py
+    python benchmarks/generate.py --calibrated 10 --measure 20 [--held-out]   # the closed loop (below)
+
+``--measure N``: ``generate --measure N`` end to end (``generate_run`` with the closed loop) on each device,
+simulated by a command device (descriptor ``runner = "command"``) that looks the arch up in the device's
+shipped table; its profile is taken through that command (``profile --no-lut --calibration K``, K =
+``--calibrated``). Printed per setting and as means, beside two baselines: ``--measure 0`` (the one-shot pick:
+the loop's first round, the same search and profile) and "time 30 random nets, take the best that fits" (the
+product's accuracy predictor picks among those truly within budget). Figures: truly feasible (the top pick's
+measured latency within budget), gap to the oracle (points), timings per case (the profile's K + the loop's).
+The candidates are ``--strategy``'s (default exhaustive: every net scored by the product's predictors; the
+diffusion default reads the same scores and costs ~30-100 s a search here). Targets, leave-one-device-out
+(``--held-out``): 100% truly feasible, mean gap <= 0.3 points, at most 30 timings per case.
 """
 
 from __future__ import annotations
@@ -87,7 +99,13 @@ def main(argv=None) -> int:
                          "latency_fewshot.py), so neither its table nor its head is among the siblings")
     ap.add_argument("--global-margin", action="store_true",
                     help="one margin for every net (the latency model's q90 error), as before per-net margins")
+    ap.add_argument("--measure", type=int, default=None, metavar="N",
+                    help="the closed loop: generate --measure N on a command device that looks the arch up (see above)")
+    ap.add_argument("--strategy", default="exhaustive", help="with --measure: the search proposing the candidates")
+    ap.add_argument("--random-nets", type=int, default=30, help="with --measure: the random-timing baseline's nets")
     args = ap.parse_args(argv)
+    if args.measure is not None:
+        return measure_main(SPACE, args)
 
     import torch
 
@@ -220,18 +238,139 @@ def main(argv=None) -> int:
     return 0
 
 
-def _held_out_predictors(space, base, device, shots, shots_ms):
-    """``base`` with its latency model refitted on an embedding pretrained without ``device``."""
-    from pomonag_edge.predictors.latency import PretrainedEmbedding, fit_calibration
-    from pomonag_edge.problem import Predictors
+def held_out_embedding(space, device):
+    """The space's latency embedding pretrained on every shipped device but ``device`` (a fold, as
+    latency_fewshot.py), so neither its table nor its head is among the siblings."""
+    from pomonag_edge.predictors.latency import PretrainedEmbedding
 
     archs, names, ms = space.latency_recipe.tables()
     keep = [j for j, n in enumerate(names) if n != device]
-    pre = PretrainedEmbedding.from_tables(space, archs, ms[:, keep], [names[j] for j in keep], seed=0)
-    model = fit_calibration(space, shots, shots_ms, pre)
+    return PretrainedEmbedding.from_tables(space, archs, ms[:, keep], [names[j] for j in keep], seed=0)
+
+
+def _held_out_predictors(space, base, device, shots, shots_ms, pre=None):
+    """``base`` with its latency model refitted on an embedding pretrained without ``device``."""
+    from pomonag_edge.predictors.latency import fit_calibration
+    from pomonag_edge.problem import Predictors
+
+    model = fit_calibration(space, shots, shots_ms, pre or held_out_embedding(space, device))
     return Predictors(base.accuracy, model.predict_ms, float(model.relative_error),
                       dict(base.source, latency=f"{device} calibrated on an embedding pretrained without it"),
-                      latency_log_sigma=model.log_sigma)
+                      latency_log_sigma=model.log_sigma, measured_latency_ms=base.measured_latency_ms,
+                      measured_accuracy=base.measured_accuracy, accuracy_sigma=base.accuracy_sigma)
+
+
+LOOKUP = "import json, sys\nprint(json.load(open(sys.argv[1]))[sys.argv[2]])\n"
+
+
+def command_device(folder, space, device) -> str:
+    """A device descriptor (TOML) whose command prints the shipped table's latency of the arch it is given."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lat = space.reference_latency_ms(device)
+    table = folder / f"{device}.json"
+    table.write_text(json.dumps({str(space.from_index(i)): float(v) for i, v in enumerate(lat) if np.isfinite(v)}))
+    (folder / "lookup.py").write_text(LOOKUP)
+    toml = folder / f"{device}.toml"
+    toml.write_text(f'description = "{device}\'s shipped table, looked up"\n'
+                    f'runner = "command"\ncommand = "{sys.executable} {folder / "lookup.py"} {table} {{arch}}"\n'
+                    'timeout_s = 60\n')
+    return str(toml)
+
+
+def measure_main(space, args) -> int:
+    """``--measure N``: the closed loop on simulated command devices, beside --measure 0 and random timing."""
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from pomonag_edge.closed_loop import LoopOptions
+    from pomonag_edge.generate import generate_run
+    from pomonag_edge.hardware.profiler import ProfileRequest, build_profile
+    from pomonag_edge.predictors import search_predictors
+    from pomonag_edge.profile import load_profile
+
+    torch.set_num_threads(1)
+    devices = ("pixel3",) if args.quick else tuple((args.devices or ",".join(DEVICES)).split(","))
+    datasets = ("cifar100",) if args.quick else tuple((args.datasets or ",".join(DATASETS)).split(","))
+    k = args.calibrated or 10
+    archs = list(space.enumerate())
+    valid = np.flatnonzero([space.is_valid(a) for a in archs])
+    work = Path(tempfile.mkdtemp(prefix="bench-loop-"))
+    print(f"closed loop: generate --measure {args.measure} on command devices (each device's shipped table looked "
+          f"up), profiles of {k} timings taken through them (profile --no-lut), candidates: --strategy "
+          f"{args.strategy}, level {args.level}, {'held-out embedding' if args.held_out else 'shipped embedding'}")
+    rows, started = [], time.perf_counter()
+    for device in devices:
+        true_lat = space.reference_latency_ms(device)
+        toml = command_device(work / "devices", space, device)
+        prof_path = work / f"{device}.json"
+        build_profile(ProfileRequest(device=toml, space=space.name, lut=False, calibration=k, out=prof_path,
+                                     seed=args.seed))
+        pre = held_out_embedding(space, device) if args.held_out else None
+        rng = np.random.default_rng(args.seed)
+        random_nets = rng.choice(valid, args.random_nets, replace=False)
+        for dataset in datasets:
+            true_acc = space.accuracy_table(dataset)
+
+            def predictors_for(profile, d, pre=pre, device=device):
+                base = search_predictors(space, profile, d)
+                if pre is None:
+                    return base
+                shots = [space.parse(c["arch"]) for c in profile.calibration]
+                return _held_out_predictors(space, base, device, shots, [c["latency_ms"] for c in profile.calibration],
+                                            pre)
+
+            pred_acc = predictors_for(load_profile(prof_path), dataset).accuracy(archs)
+            for q in QUANTILES:
+                budget_ms = float(np.nanpercentile(true_lat[valid], q))
+                feas = valid[true_lat[valid] <= budget_ms]
+                oracle = float(true_acc[feas].max())
+                t0 = time.perf_counter()
+                run = generate_run(space=space.name, profile=str(prof_path), dataset=dataset,
+                                   max_latency=f"{budget_ms}ms", num=args.num, samples=args.samples,
+                                   strategy=args.strategy, seed=args.seed, out=work / "runs" / f"{device}-{dataset}-{q}",
+                                   level=args.level, loop=LoopOptions(measure=args.measure),
+                                   predictors_for=predictors_for)
+                wall = time.perf_counter() - t0
+                journal = run.out / "loop.json"
+                import json
+
+                rounds = json.loads(journal.read_text())["rounds"]
+                first = space.table_index(space.parse(rounds[0]["top_pick"])) if rounds[0]["top_pick"] else None
+                top = run.result.selected[0]["index"] if run.result.selected else None
+                fits = random_nets[true_lat[random_nets] <= budget_ms]
+                rand = int(fits[np.argmax(pred_acc[fits])]) if len(fits) else None
+                loop_meta = run.manifest["loop"]
+                row = {"device": device, "dataset": dataset, "q": q, "budget_ms": budget_ms,
+                       "timings": k + loop_meta["timings"], "stop": loop_meta["stop"]["reason"], "wall": wall}
+                for name, pick in (("loop", top), ("one-shot", first), ("random", rand)):
+                    row[f"{name}_feasible"] = float(pick is not None and true_lat[pick] <= budget_ms)
+                    row[f"{name}_gap"] = oracle - float(true_acc[pick]) if pick is not None else float("nan")
+                rows.append(row)
+                print(f"{dataset} / {device} / q{q} {budget_ms:.3f} ms: loop feasible {row['loop_feasible']:.0%} gap "
+                      f"{row['loop_gap']:.2f} ({row['timings']} timings, {row['stop']}) | --measure 0 "
+                      f"{row['one-shot_feasible']:.0%} / {row['one-shot_gap']:.2f} ({k}) | random "
+                      f"{args.random_nets}: {row['random_feasible']:.0%} / {row['random_gap']:.2f} | {wall:.1f}s",
+                      flush=True)
+    mean = lambda key: float(np.nanmean([r[key] for r in rows]))  # noqa: E731
+    print(f"\nmean over {len(rows)} (device, dataset, budget) settings:")
+    print(f"{'method':<34}{'truly feasible':>15}{'gap':>7}{'gap<=0.3':>9}{'timings':>9}")
+    for name, label, timings in (("loop", f"--measure {args.measure} (closed loop)", mean("timings")),
+                                 ("one-shot", "--measure 0 (one-shot, today)", float(k)),
+                                 ("random", f"time {args.random_nets} random nets, best fit", float(args.random_nets))):
+        gaps = [r[f"{name}_gap"] for r in rows]
+        print(f"{label:<34}{mean(name + '_feasible'):>15.1%}{np.nanmean(gaps):>7.2f}"
+              f"{np.mean([g <= 0.3 for g in gaps]):>9.0%}{timings:>9.1f}")
+    stops = {s: sum(r["stop"] == s for r in rows) for s in dict.fromkeys(r["stop"] for r in rows)}
+    print(f"loop timings per case max {max(r['timings'] for r in rows)}; stops: "
+          + ", ".join(f"{s} {n}" for s, n in stops.items()) + f"; wall {time.perf_counter() - started:.0f} s")
+    print("targets (leave-one-device-out): truly feasible 100%, mean gap <= 0.3, at most 30 timings per case")
+    return 0
 
 
 def _print_rows(rows):

@@ -47,6 +47,8 @@ def _load(name: str, target) -> SearchSpace:
 
 
 def get_space(name: str) -> SearchSpace:
+    if name in BUILTIN:  # a shipped space wins over an entry point of its name: no scan of the installed packages
+        return _load(name, BUILTIN[name])
     registered = _registered()
     if name not in registered:
         raise UserError(f"unknown search space {name!r}; choose one of {', '.join(sorted(registered))}")
