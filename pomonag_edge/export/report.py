@@ -97,7 +97,9 @@ def render(report: dict, console) -> None:
     accuracy = any("accuracy_measured" in n for n in report["nets"])
     int8 = any("accuracy_measured_fp32" in n for n in report["nets"])  # the INT8 file's accuracy beside FP32's
     speed = any("measured_fp32" in n for n in report["nets"])
-    for col in (("rel err", "pred ms", "median", "p90", "err %") + (("fp32 ms", "x int8") if speed else ())
+    wide = not (speed or int8)  # the INT8 columns take the place of rel err and p90 (both stay in report.json)
+    for col in ((("rel err",) if wide else ()) + ("pred ms", "median") + (("p90",) if wide else ()) + ("err %",)
+                + (("fp32 ms", "x int8") if speed else ())
                 + (("acc pred", "acc meas") if accuracy else ()) + (("acc fp32",) if int8 else ()) + ("status",)):
         table.add_column(col, justify="left" if col == "status" else "right", no_wrap=True)
     style = {"passed": "green", "checked": "cyan", "over_budget": "yellow", "failed": "bold red"}
@@ -106,9 +108,9 @@ def render(report: dict, console) -> None:
         rel = [c["max_rel_error"] for c in n["checks"] if c["max_rel_error"] is not None]
         m = n["measured"].get(env["runtime"])
         pred = n["predicted"]["latency_ms"]
-        table.add_row(str(n["rank"]), name, f"{max(rel):.1e}" if rel else "-",
+        table.add_row(str(n["rank"]), name, *((f"{max(rel):.1e}" if rel else "-",) if wide else ()),
                       f"{pred:.3f}" if pred else "-", f"{m['median_ms']:.3f}" if m else "-",
-                      f"{m['p90_ms']:.3f}" if m else "-",
+                      *((f"{m['p90_ms']:.3f}" if m else "-",) if wide else ()),
                       f"{n['latency_error_pct']:+.1f}" if n.get("latency_error_pct") is not None else "-",
                       *((f"{n['measured_fp32']['median_ms']:.3f}" if n.get("measured_fp32") else "-",
                          f"{n['int8_speedup']:.2f}" if n.get("int8_speedup") else "-") if speed else ()),
