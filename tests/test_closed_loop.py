@@ -291,3 +291,26 @@ def test_train_refuses_what_it_cannot_do(here):
         r = run("generate", "--profile", "pixel3", "--max-params", "1M", "--strategy", "random", "--samples", "16",
                 *args)
         assert r.exit_code == 2 and r.output.strip().count("\n") == 0 and words in r.output, r.output
+
+
+def test_an_interrupted_run_folder_resumes_without_training_a_net_again(here):
+    """A run folder holding only the journal (as Ctrl-C leaves it) is resumed by the same command."""
+    truth = nb201_accuracy("cifar10")
+    trainer = lookup_script(here, {str(SPACE.from_index(i)): float(truth[i]) for i in range(SPACE.size())}, "acc")
+    task = task_profile(here / "task.json")
+    args = ["generate", "--profile", "pixel3", "--dataset", str(task), "--max-params", "0.8M", "--strategy", "random",
+            "--samples", "200", "--num", "4", "--train", "4", "--trainer", trainer, "--out", "r"]
+    assert run(*args).exit_code == 0
+    journal = json.loads((here / "r" / "loop.json").read_text())
+    for f in (here / "r").iterdir():  # what an interruption after the first training leaves
+        if f.name != "loop.json":
+            f.unlink() if f.is_file() else None
+    journal["trainings"], journal["stop"] = journal["trainings"][:1], None
+    (here / "r" / "loop.json").write_text(json.dumps(journal))
+    (here / "acc.py").write_text("import json, sys\nopen(sys.argv[1] + '.calls', 'a').write(sys.argv[2] + '\\n')\n"
+                                 "print(json.load(open(sys.argv[1]))[sys.argv[2]])\n")
+    again = run(*args)
+    assert again.exit_code == 0, again.output
+    assert "resuming the closed loop" in again.output and (here / "r" / "pareto.json").is_file()
+    called = (here / "acc.json.calls").read_text().split() if (here / "acc.json.calls").exists() else []
+    assert journal["trainings"][0]["arch"] not in called
