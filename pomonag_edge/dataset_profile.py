@@ -54,15 +54,13 @@ def _accuracy_model(state, where: str) -> None:
     (state_spec() if is_current(state) else record(optional=True))(state, where)
 
 
-def _spec():
-    """Every field of a dataset profile, as written by ``probe`` and ``calibrate`` (``fields.check``)."""
+def source_spec():
+    """Where a task's measurements came from (``userdata``'s ``source``: counts, classes, input shape,
+    normalisation, split; and how probe or calibrate measured it), as a ``fields`` check: a dataset profile's
+    ``source`` and a run's train results' ``data``."""
     seed = number(0, integer=True, optional=True)
     count = number(0, integer=True)
-    measurement = record({"arch": text(nonempty=True), "accuracy": number(0, 100),
-                          "epochs": number(1, integer=True, optional=True), "seed": seed, "source": text(),
-                          "repeats": number(1, integer=True), "lines": list_of(count)},
-                         required=("arch", "accuracy"))
-    source = record({
+    return record({
         "kind": text(), "path": text(), "images": count, "classes": list_of(text(), min_len=2),
         "counts": list_of(count), "num_classes": number(2, integer=True),
         "input_shape": list_of(number(1, integer=True), length=3),
@@ -74,7 +72,17 @@ def _spec():
         "probe": record({"probes": count, "epochs": number(1, integer=True, optional=True), "seed": seed,
                          "choice": text(), "measurements_csv": text()}),
     }, rules=(_same_length("classes", "counts"),))
-    return record({"name": text(nonempty=True), "space": text(nonempty=True), "source": source,
+
+
+def _spec():
+    """Every field of a dataset profile, as written by ``probe`` and ``calibrate`` (``fields.check``)."""
+    seed = number(0, integer=True, optional=True)
+    count = number(0, integer=True)
+    measurement = record({"arch": text(nonempty=True), "accuracy": number(0, 100),
+                          "epochs": number(1, integer=True, optional=True), "seed": seed, "source": text(),
+                          "repeats": number(1, integer=True), "lines": list_of(count)},
+                         required=("arch", "accuracy"))
+    return record({"name": text(nonempty=True), "space": text(nonempty=True), "source": source_spec(),
                    "measurements": list_of(measurement), "scale": text(("percent", "fraction")),
                    "features": record(), "accuracy_model": _accuracy_model, "tool_version": text(),
                    "created": text(), "parent": revision_parent_spec()}, rules=(_measured_count,))

@@ -366,6 +366,7 @@ def predicted_task_matches(run, data) -> tuple[bool, str]:
 
 def _results_spec():
     """The fields of ``RUN/train/results.json`` that ``train`` (resuming) and ``export`` read."""
+    from .dataset_profile import source_spec
     from .fields import flag, list_of, number, record, text
 
     net = record({"rank": number(1, integer=True), "arch": text(nonempty=True),
@@ -378,7 +379,7 @@ def _results_spec():
     task = record({"name": text(), "input_hw": number(1, integer=True), "num_classes": number(2, integer=True),
                    "classes": list_of(text())}, required=("name", "input_hw", "num_classes"))
     return record({"schema": text((RESULTS_SCHEMA,)), "schema_version": number(1, RESULTS_VERSION, integer=True),
-                   "task": task, "predicted_for": text(), "same_task": flag(), "data": record({"fingerprint": text()}),
+                   "task": task, "predicted_for": text(), "same_task": flag(), "data": source_spec(),
                    "recipe": record(), "nets": list_of(net), "complete": flag()}, required=("task", "nets"))
 
 

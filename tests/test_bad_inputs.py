@@ -691,6 +691,8 @@ RESULTS_EDITS = {
     "input size as text": (lambda d: d["task"].update(input_hw="32"), ["task.input_hw"]),
     "a newer schema": (lambda d: d.update(schema_version=2), ["schema_version is 2"]),
     "a foreign file": (lambda d: d.update(schema="something/else"), ["schema is 'something/else'"]),
+    "normalisation of text": (lambda d: d["data"].update(normalisation={"mean": ["a"] * 3, "std": [1] * 3}),
+                              ["data.normalisation.mean[0]"]),
 }
 
 
