@@ -58,6 +58,8 @@ class LoopOptions:
     data: str | None = None
     epochs: int | None = None
     train_device: str | None = None
+    ray: object | None = None  # a fanout.RayOptions: each --train net one Ray task
+    threads: int | None = None  # torch threads per trained net (--cpus-per-net)
 
     def __post_init__(self):
         if self.measure < 0 or self.train < 0:
@@ -267,7 +269,8 @@ class LoopTrainer:
         seed = int(probe.get("seed", seed))
         self.trainer = make_trainer(space, command=options.trainer, data=options.data, epochs=epochs, seed=seed,
                                     workdir=workdir, device=options.train_device, num_classes=task.num_classes,
-                                    name=task.name)
+                                    name=task.name, threads=options.threads)
+        self.ray = options.ray
         fingerprint = getattr(getattr(self.trainer, "data", None), "source", {}).get("fingerprint")
         if fingerprint and task.source.get("fingerprint") and fingerprint != task.source["fingerprint"]:
             raise UserError(f"--data {options.data} is not the data dataset profile {task.name} was measured on: pass "
@@ -275,8 +278,14 @@ class LoopTrainer:
         self.facts = {"epochs": epochs, "seed": seed}
         self.where = f"--trainer {options.trainer}" if options.trainer else f"built-in recipe on {options.data}"
 
-    def measure(self, arch) -> float:
-        return float(self.trainer.measure(arch))
+    def measure(self, archs: list, on_measured) -> None:
+        """Train the round's nets (in turn here, or as Ray tasks), then ``on_measured(arch, accuracy)`` for each
+        in order; nets the trainer has logged already (a resumed run) are not trained again."""
+        from .trainers import measure_all
+
+        measure_all(self.trainer, archs, lambda arch: None, ray=self.ray)
+        for arch in archs:
+            on_measured(arch, float(self.trainer.measure(arch)))
 
 
 def with_timings(space, profile, timings: list[dict]):
@@ -379,14 +388,17 @@ def run_loop(*, space, profile, task, dataset, budget, level, strategy, samples,
                     progress("timing", len(journal.timings), options.measure)
 
             timer.time(decision.to_time, record_timing)
-        for arch in decision.to_train:
+        if decision.to_train:
             trainer = trainer or trainer_factory()
-            accuracy = float(trainer.measure(arch))
-            journal.trainings.append({"arch": str(arch), "accuracy": accuracy, "source": "generate",
-                                      "round": entry["round"], **trainer.facts})
-            journal.save()
-            if progress is not None:
-                progress("training", len(journal.trainings), options.train)
+
+            def record_training(arch, accuracy):
+                journal.trainings.append({"arch": str(arch), "accuracy": accuracy, "source": "generate",
+                                          "round": entry["round"], **trainer.facts})
+                journal.save()
+                if progress is not None:
+                    progress("training", len(journal.trainings), options.train)
+
+            trainer.measure(decision.to_train, record_training)
     summary = {"measure": options.measure, "train": options.train, "timings": len(journal.timings),
                "trainings": len(journal.trainings), "rounds": len(journal.rounds), "stop": journal.stop,
                "search": search_stats, "seconds": round(time.perf_counter() - started, 2),

@@ -197,3 +197,32 @@ def test_command_trainer_runs_as_ray_tasks(ray_head, tmp_path):
     assert rows[0] == rows[1] and len(rows[0]) == 5
     r = _cli([*base, "--out", tmp_path / "ray.json", "--ray", ray_head.address], env=ray_head.env)
     assert r.returncode == 0 and len(calls(tmp_path)) == 10  # finished: nothing called again, no cluster needed
+
+
+@pytest.mark.slow
+def test_generate_train_on_ray_matches_local(ray_head, tmp_path):
+    """``generate --train`` with ``--ray``: each round's nets are Ray tasks, and the loop measures and decides as
+    it does here."""
+    from test_closed_loop import lookup_script, task_profile
+
+    from pomonag_edge.data import nb201_accuracy
+    from pomonag_edge.spaces.nb201 import SPACE
+
+    truth = nb201_accuracy("cifar10")
+    trainer = lookup_script(tmp_path, {str(SPACE.from_index(i)): float(truth[i]) for i in range(SPACE.size())}, "acc")
+    task = task_profile(tmp_path / "task.json")
+    base = ["generate", "--profile", "pixel3", "--dataset", task, "--max-params", "0.8M", "--strategy", "random",
+            "--samples", 200, "--num", 4, "--train", 4, "--trainer", trainer]
+    loops = []
+    for name, extra, env in (("local", [], None), ("ray", ["--ray", ray_head.address], ray_head.env)):
+        r = _cli([*base, "--out", tmp_path / name, *extra], env=env)
+        assert r.returncode == 0, r.stderr
+        loops.append(json.loads((tmp_path / name / "loop.json").read_text()))
+    trained = [[(t["arch"], t["accuracy"], t["round"]) for t in loop["trainings"]] for loop in loops]
+    assert trained[0] == trained[1] and trained[0]
+    assert loops[0]["stop"]["reason"] == loops[1]["stop"]["reason"]
+
+
+def test_generate_ray_without_train_is_refused():
+    r = CliRunner().invoke(cli, ["generate", "--profile", "pixel3", "--max-params", "1M", "--ray", "local"])
+    assert r.exit_code == 2 and "add --train" in r.output and r.output.strip().count("\n") == 0, r.output

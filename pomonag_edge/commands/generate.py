@@ -9,7 +9,8 @@ import click
 
 from ..hardware.backends import PRECISIONS
 from ..strategies import STRATEGIES
-from .options import SEED, dataset_option, make_ssh_options, profile_option, space_option, ssh_options
+from .options import (SEED, dataset_option, make_placement, make_ssh_options, placement_options, profile_option,
+                      space_option, ssh_options)
 
 
 @click.command(short_help="Pareto-optimal nets within a budget.")
@@ -54,9 +55,10 @@ from .options import SEED, dataset_option, make_ssh_options, profile_option, spa
               help="With --train: your images; nets trained with the built-in NB201 recipe, as `probe --data`.")
 @click.option("--epochs", default=None, type=click.IntRange(1),
               help="With --train: epochs per net [default: the dataset profile's probes'].")
+@placement_options
 def command(space, profile, precision, dataset, max_latency, max_params, max_macs, weights, confidence, num, samples,
             strategy, seed, out, force, fmt, measure, host, ssh_config, remote_python, remote_dir, train, trainer, data,
-            epochs):
+            epochs, **placement):
     """Generate nets on the accuracy / latency / params / MACs Pareto front inside the budget.
 
     Writes DIR/pareto.json, pareto.csv, manifest.json and pareto.png. Without --profile the newest
@@ -68,7 +70,7 @@ def command(space, profile, precision, dataset, max_latency, max_params, max_mac
     the top pick is measured within budget and the chance that an unmeasured candidate beats it is below
     1 - --confidence, or when N timings are spent (DIR/loop.json says which). Interrupted, the same command
     with --out DIR resumes without timing a net again. --train N does the same for accuracy on your task
-    (--trainer CMD or --data DIR); the two may be combined.
+    (--trainer CMD or --data DIR); the two may be combined. With --ray, each net it trains is one Ray task.
     """
     import os
     import sys
@@ -99,8 +101,13 @@ def command(space, profile, precision, dataset, max_latency, max_params, max_mac
         from ..errors import UserError
 
         raise UserError("--host is where --measure times nets: add --measure N, or drop --host")
+    cluster, threads = make_placement(**placement)
+    if (cluster is not None or threads is not None) and not train:
+        from ..errors import UserError
+
+        raise UserError("--ray and --cpus-per-net place the nets --train trains: add --train N, or drop them")
     loop = LoopOptions(measure=measure, host=host, ssh=make_ssh_options(ssh_config, remote_python, remote_dir, host),
-                       train=train, trainer=trainer, data=data, epochs=epochs)
+                       train=train, trainer=trainer, data=data, epochs=epochs, ray=cluster, threads=threads)
 
     def say(message):
         (bar.console if tasks else console).print(message, highlight=False, soft_wrap=True)
