@@ -33,6 +33,7 @@ import numpy as np
 
 from .errors import UserError
 from .files import atomic_write_json, read_user_json
+from .predictors import with_timings
 
 LOOP_FILE = "loop.json"
 LOOP_SCHEMA = "pomonag-edge/loop"
@@ -286,22 +287,6 @@ class LoopTrainer:
         measure_all(self.trainer, archs, lambda arch: None, ray=self.ray)
         for arch in archs:
             on_measured(arch, float(self.trainer.measure(arch)))
-
-
-def with_timings(space, profile, timings: list[dict]):
-    """A copy of ``profile`` whose calibration holds ``timings`` too (a net timed again: the newer timing),
-    its latency model refitted."""
-    import copy
-
-    from .predictors import fit_profile_model
-
-    if not timings:
-        return profile
-    new = copy.deepcopy(profile)
-    timed = {t["arch"] for t in timings}
-    new.calibration = [c for c in new.calibration if c["arch"] not in timed] + [dict(t) for t in timings]
-    new.latency_model = fit_profile_model(space, new)
-    return new
 
 
 def with_trainings(space, task, trainings: list[dict]):

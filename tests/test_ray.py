@@ -11,7 +11,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,15 +20,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from conftest import _free_port
+
 from pomonag_edge.cli import cli
 
 TASK_TITLE = "ray::_ray_job"  # a Ray worker's process title while it runs a job (fanout._ray_job)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def job_workers(head) -> list[int]:

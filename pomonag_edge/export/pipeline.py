@@ -766,20 +766,16 @@ def _feedback(ctx: _Context, nets: list[dict]) -> dict | None:
                 "why": f"all {noisy} timings were noisy" if noisy else "nothing measured"}
     from ..profile import load_profile
 
+    from ..predictors import with_timings
+
     parent = load_profile(ctx.profile_path)  # fresh: never build on a stale copy
-    profile = load_profile(ctx.profile_path)
-    new = {arch for arch, _ in rows}
-    profile.calibration = [c for c in profile.calibration if c["arch"] not in new] + [
-        {"arch": arch, "latency_ms": m["median_ms"], **m, "source": "export",
-         "protocol": _protocol(ctx.profile, ctx.options.quick).name} for arch, m in rows]
+    timings = [{"arch": arch, "latency_ms": m["median_ms"], **m, "source": "export",
+                "protocol": _protocol(ctx.profile, ctx.options.quick).name} for arch, m in rows]
     refit, why = False, None
     try:
-        from ..predictors import fit_profile_model  # dispatches on the space (nb201 / mbv3)
-
-        profile.latency_model = fit_profile_model(ctx.space, profile)
-        refit = True
+        profile, refit = with_timings(ctx.space, parent, timings), True
     except (ImportError, UserError) as e:
-        why = f"latency model not refit: {e}"
+        profile, why = with_timings(ctx.space, parent, timings, refit=False), f"latency model not refit: {e}"
     try:  # a new revision: the profile the run was generated with stays as it was
         path = profile.save_revision(ctx.profile_path, parent)
     except UserError as e:

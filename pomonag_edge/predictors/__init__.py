@@ -31,6 +31,21 @@ def fit_profile_model(space, profile, pretrained=None) -> dict:
     return fit(space, profile, pretrained)
 
 
+def with_timings(space, profile, timings: list[dict], refit: bool = True):
+    """A copy of ``profile`` whose calibration holds ``timings`` too (a net timed again: the newer timing), its
+    latency model refitted unless ``refit`` is False. ``generate --measure`` and export's feedback both add so."""
+    import copy
+
+    if not timings:
+        return profile
+    new = copy.deepcopy(profile)
+    timed = {t["arch"] for t in timings}
+    new.calibration = [c for c in new.calibration if c["arch"] not in timed] + [dict(t) for t in timings]
+    if refit:
+        new.latency_model = fit_profile_model(space, new)
+    return new
+
+
 def latency_model_for(space, profile, pretrained=None):
     """The latency model of ``profile``: its stored fit, or refitted from its calibration timings."""
     from .latency import latency_model_for as model_for
