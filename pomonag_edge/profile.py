@@ -99,18 +99,23 @@ class Profile:
         """Content hash, recorded by runs and exports so a result names the exact profile it used."""
         return json_sha256(self.to_dict())
 
+    def of_space(self, space) -> bool:
+        """Whether this is a profile of ``space`` (a search space or its name)."""
+        return self.space == getattr(space, "name", space)
+
+    def require_space(self, space, source: str = "", hint: str | None = None, flag: str = "--profile") -> "Profile":
+        """This profile, refused in one line when it is of another search space than ``space`` (a search space or
+        its name), naming the flags that would fit: ``--space`` its own space, or ``flag`` one of ``space``."""
+        if not self.of_space(space):
+            name = getattr(space, "name", space)
+            hint = hint or f"pass --space {self.space}, or a {flag} of space {name}"
+            raise ProfileError(f"profile {source or self.name} is for space {self.space}, not {name}: {hint}")
+        return self
+
 
 def load_profile(path: str | os.PathLike) -> Profile:
     path = Path(path)
     return Profile.from_dict(read_user_json(path, "profile", ProfileError), source=f"profile {path}")
-
-
-def check_space(profile: Profile, space: str, source: str = "", hint: str | None = None) -> Profile:
-    """Refuse a profile of another search space, naming the flag that would fit it."""
-    if profile.space != space:
-        hint = hint or f"pass --space {profile.space}, or a --profile of space {space}"
-        raise ProfileError(f"profile {source or profile.name} is for space {profile.space}, not {space}: {hint}")
-    return profile
 
 
 def reference_profile(name: str, space: str | None = None) -> Profile:
@@ -170,7 +175,7 @@ def default_profile(folder: str | os.PathLike = PROFILES_DIR, space: str | None 
             continue
         if p.partial:
             skipped["partial"] += 1
-        elif space is not None and p.space != space:
+        elif space is not None and not p.of_space(space):
             others.add(p.space)
         elif precision is not None and precision_of(p) != precision:
             skipped["of another precision"] += 1
@@ -219,7 +224,7 @@ def resolve_profile(spec: str | None, folder: str | os.PathLike = PROFILES_DIR, 
         if profile.partial:
             say(f"note: profile {spec} is partial (its measuring was interrupted): run its `pomonag-edge profile` "
                 "command again to finish it")
-        return profile if space is None else check_space(profile, space, spec, hint)
+        return profile if space is None else profile.require_space(space, spec, hint)
     return reference_profile(spec, space)
 
 

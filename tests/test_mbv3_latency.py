@@ -161,7 +161,7 @@ def test_calibrate_csv_errors_are_one_line(tmp_path, body, message, table):
 
 def test_nb201_profile_refused_for_mbv3_model():
     nb = Profile(name="n", space="nb201", calibration=[{"arch": "x", "latency_ms": 1.0}])
-    with pytest.raises(ProfileError, match="for space 'nb201', not 'mbv3'"):
+    with pytest.raises(ProfileError, match="profile n is for space nb201, not mbv3: pass --space nb201"):
         LM.latency_model_for(SPACE, nb)
 
 

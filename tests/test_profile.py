@@ -65,6 +65,25 @@ def test_reference_profiles():
         reference_profile("no-such-device")
 
 
+def test_a_profile_of_another_space_is_refused_in_one_message_everywhere():
+    from pomonag_edge.predictors import latency_model_for
+    from pomonag_edge.predictors.calibration import calibrate_profile
+    from pomonag_edge.spaces import get_space
+    from pomonag_edge.spaces.lut import lut_cost
+
+    mbv3 = get_space("mbv3")
+    nb = Profile(name="n", lut={"stem:c16:hw32": {"median_ms": 0.1}}, calibration=[{"arch": "a", "latency_ms": 1.0}])
+    message = "profile n is for space nb201, not mbv3: pass --space nb201, or a --profile of space mbv3"
+    assert nb.of_space(SPACE) and nb.of_space("nb201") and not nb.of_space(mbv3)
+    assert nb.require_space(SPACE) is nb
+    for refuse in (lambda: nb.require_space("mbv3"), lambda: lut_cost(mbv3, nb), lambda: latency_model_for(mbv3, nb)):
+        with pytest.raises(ProfileError) as e:
+            refuse()
+        assert str(e.value) == message
+    with pytest.raises(ProfileError, match="^profile n is for space nb201, not mbv3: .* or a --base of space mbv3$"):
+        calibrate_profile(mbv3, [], "x", base=nb)
+
+
 # ----------------------------------------------------------------------------- building, interrupting, resuming
 
 

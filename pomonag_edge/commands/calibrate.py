@@ -43,7 +43,7 @@ def command(space, measurements, name, base, out, force, precision, accuracy_sca
 
     from ..files import check_name
     from ..predictors.calibration import calibrate_profile, measured_precision, measurements_kind, read_measurements
-    from ..profile import PROFILES_DIR, check_profile_out, check_space, load_profile
+    from ..profile import PROFILES_DIR, check_profile_out, load_profile
     from ..spaces import get_space
 
     sp = get_space(space)
@@ -71,7 +71,7 @@ def command(space, measurements, name, base, out, force, precision, accuracy_sca
         return
     path = check_profile_out(out or PROFILES_DIR / f"{name}.json", force)
     items = read_measurements(sp, measurements)
-    base_profile = check_space(load_profile(base), sp.name, base) if base else None
+    base_profile = load_profile(base).require_space(sp, base, flag="--base") if base else None
     profile = calibrate_profile(sp, items, name, base=base_profile, source=Path(measurements).name,
                                 precision=measured_precision(measurements, items, precision, base_profile))
     path = profile.save(path)

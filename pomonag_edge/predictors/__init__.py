@@ -17,7 +17,7 @@ from ..spaces import Arch, SearchSpace
 
 def _same_space_reference(space, profile):
     """A reference name means that setting in the space asked for (``2080ti_1`` names one in two spaces)."""
-    if profile.reference and profile.space != space.name:
+    if profile.reference and not profile.of_space(space):
         from ..profile import reference_profile
 
         return reference_profile(profile.reference, space.name)

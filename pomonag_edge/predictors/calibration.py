@@ -169,8 +169,7 @@ def calibrate_profile(space, items: list[dict], name: str, base=None, source: st
         if base.reference:
             raise ProfileError(f"{base.name!r} is a reference profile (every net already measured): "
                                "calibrate without --base")
-        if base.space != space.name:
-            raise ProfileError(f"base profile {base.name!r} is for space {base.space!r}, not {space.name!r}")
+        base.require_space(space, flag="--base")
         runtime = dict(base.runtime)
         profile = Profile(name=name, space=base.space, dataset=base.dataset, device=dict(base.device),
                           runtime=runtime, lut=dict(base.lut),

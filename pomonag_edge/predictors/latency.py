@@ -909,11 +909,6 @@ def calibration_timings(space, profile) -> tuple[list, list[float]]:
             [float(item["latency_ms"]) for item in profile.calibration])
 
 
-def _check_space(space, profile) -> None:
-    if profile.space != space.name:
-        raise ProfileError(f"profile {profile.name!r} is for space {profile.space!r}, not {space.name!r}")
-
-
 def _pretrained(space, pretrained):
     if pretrained is not None or space.latency_recipe is None:
         return pretrained
@@ -936,7 +931,7 @@ def fit_calibration(space, archs, latency_ms, pretrained: PretrainedEmbedding | 
 
 
 def _fit(space, profile, pretrained=None) -> LatencyModel:
-    _check_space(space, profile)
+    profile.require_space(space)
     if profile.reference:
         pre = _pretrained(space, pretrained)
         return TableModel(pre, profile.reference) if pre.covers_space else HeadModel.reference(pre, profile.reference)
@@ -961,7 +956,7 @@ def check_state(state, where: str) -> None:
 
 def latency_model_for(space, profile, pretrained: PretrainedEmbedding | None = None) -> LatencyModel:
     """The profile's latency model: its stored state where still valid (same LUT, same embedding), else refitted."""
-    _check_space(space, profile)
+    profile.require_space(space)
     state = profile.latency_model
     if isinstance(state, dict) and not profile.reference:
         model = LutModel.from_state(space, profile, state) or ProxyModel.from_state(space, profile, state)

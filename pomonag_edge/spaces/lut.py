@@ -155,8 +155,7 @@ class CountedLutCost:
 
 def lut_cost(space, profile) -> LutCost:
     """The profile's LUT as a cost over ``space``'s archs (``space.lut_cost``), or one line saying why not."""
-    if profile.space != space.name:
-        raise ProfileError(f"profile {profile.name} is for space {profile.space}, not {space.name}")
+    profile.require_space(space)
     if not profile.lut:
         what = "a reference profile" if profile.reference else "a profile"
         raise ProfileError(f"{profile.name} is {what} without a per-op latency table (LUT)")
