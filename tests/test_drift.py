@@ -35,6 +35,29 @@ def test_raw_and_corrected_ratios():
     assert "ratio_corrected" not in compare(3.3, 2.0, None)
 
 
+def test_the_band_is_one_definition_for_drift_export_and_its_report():
+    """``within_10pct`` (raw and corrected) and the report's summary line all read ``drift.BAND``."""
+    from rich.console import Console
+
+    from pomonag_edge.export import pipeline, report
+    from pomonag_edge.hardware import drift
+
+    assert pipeline.BAND is drift.BAND and report.BAND is drift.BAND
+    entry = {"rank": 1, "checks": [], "reasons": [], "measured": {"onnxruntime": {"median_ms": 1.09, "cv": 0.0}},
+             "predicted": {"latency_ms": 1.0}}
+    ctx = SimpleNamespace(backend_name="onnxruntime", informative=False, notes=[],
+                          profile=SimpleNamespace(runtime={}), options=SimpleNamespace(quick=True),
+                          run=SimpleNamespace(budget={"max_latency_ms": None}))
+    _judge(entry, ctx, 1.0)
+    assert entry["within_10pct"] and entry["within_10pct_corrected"]
+    console = Console(record=True, width=200)
+    summary = {"passed": 1, "checked": 0, "over_budget": 0, "failed": 0, "within_10pct": 1, "compared": 1}
+    report.render({"budget": {}, "environment": {"runtime": "onnxruntime", "precision": "fp32", "threads": 1,
+                                                 "batch": 1}, "run_dir": "r", "profile": {"name": "p"}, "nets": [],
+                   "notes": [], "summary": summary}, console)
+    assert f"within ±{drift.BAND:.0%} of predicted" in console.export_text()
+
+
 def test_speed_change_warns_only_beyond_the_threshold():
     assert speed_change([1.0, 2.0], [1.05, 2.1])[1] is None
     factor, warning = speed_change([1.0, 2.0, 3.0], [1.3, 2.6, 3.9])

@@ -22,8 +22,10 @@ import numpy as np
 from ..errors import UserError
 from ..files import claim, replace_dir, staging_dir
 from ..hardware.backends import PRECISIONS
+from ..hardware.drift import BAND
 from ..profile import Profile, resolve_profile
 from ..spaces import get_space
+from ..training import Task, load_trained_state, trained_results
 from .int8 import CALIB_IMAGES
 from .onnx_export import (DEFAULT_OPSET, INPUT_NAME, build_model, check_opset, export_onnx, file_stem, load_weights,
                           onnx_summary, preprocessing, random_inputs)
@@ -32,7 +34,6 @@ from .runs import Run, load_run, profile_spec_for
 from .validate import check_outputs, onnxruntime_runner, tolerance_for
 
 FORMATS = ("onnx", "tensorrt")
-NN_METER_BAND = 0.10  # "within +-10% of predicted" (nn-Meter's accuracy criterion)
 
 
 @dataclass
@@ -324,8 +325,6 @@ def export_run(run_dir: str | Path, options: ExportOptions,
                    precision, threads, batch, measure, tensorrt, notes, clock=runtime.get("clock") or "wall",
                    informative=informative, timer=timer, command=command)
     if options.weights is None:
-        from ..training import trained_results
-
         ctx.trained = trained_results(run.path)
     if precision == "int8" and command is not None:  # the device's toolchain quantizes: it gets the FP32 files
         notes.append(f"int8: device {command.descriptor.name}'s command is given the FP32 ONNX files with "
@@ -449,8 +448,6 @@ def _export_one(ctx: _Context, rank: int, item: dict, predicted_ms: float | None
     if ctx.trained is not None:
         trained = next((n for n in ctx.trained["nets"] if n["arch"] == str(arch)), None)
     if trained is not None:  # the net trained on the user's data: its weights, its classes, its accuracy
-        from ..training import Task, load_trained_state
-
         t = ctx.trained["task"]
         dataset = Task(t["name"], int(t["input_hw"]), int(t["num_classes"]))
         weights = load_trained_state(trained["checkpoint"], ctx.run.path)
@@ -716,7 +713,7 @@ def _judge(entry: dict, ctx: _Context, drift: float | None = None) -> None:
         from ..hardware.drift import compare
 
         entry["latency_error_pct"] = 100.0 * (m["median_ms"] - pred) / pred
-        entry["within_10pct"] = abs(m["median_ms"] - pred) <= NN_METER_BAND * pred
+        entry["within_10pct"] = abs(m["median_ms"] - pred) <= BAND * pred
         c = compare(m["median_ms"], pred, drift)
         entry["measured_over_predicted"] = {"raw": c["ratio_raw"], "drift_corrected": c.get("ratio_corrected")}
         if drift:
@@ -748,7 +745,7 @@ def summarize(nets: list[dict], allow_over_budget: bool, drift: dict | None = No
     if drops:
         int8["int8_accuracy_drop_points_max"] = max(drops)
     return {**counts, **int8, "nets": len(nets), "ok": bad == 0, "noisy": sum(bool(n.get("noisy")) for n in nets),
-            "within_10pct": sum(abs(e) <= 100 * NN_METER_BAND for e in errors), "compared": len(errors),
+            "within_10pct": sum(abs(e) <= 100 * BAND for e in errors), "compared": len(errors),
             "within_10pct_corrected": sum(corrected) if corrected else None,
             "drift_factor": (drift or {}).get("factor")}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 from typing import Sequence
 
-BAND = 0.10  # "within +-10% of predicted" (nn-Meter's accuracy criterion)
+BAND = 0.10  # "within +-10% of predicted" (nn-Meter's accuracy criterion): export's within_10pct and its report
 SPEED_CHANGE = 0.10  # a profile whose first nets re-time more than 10% off is reported
 
 
