@@ -235,7 +235,8 @@ def family_out(space, archs, names, ms, args) -> None:
 
 
 def _candidate_coef(pre, space, archs, y_ms, name):
-    from pomonag_edge.predictors.latency import _design, fit_candidates
+    from pomonag_edge.predictors.fewshot import fit_candidates
+    from pomonag_edge.predictors.latency import _design
 
     design = _design(pre.phi(archs))
     tables = pre.sibling_tables()[[space.table_index(a) for a in archs]] if pre.covers_space else None

@@ -11,8 +11,9 @@ from pomonag_edge.data import nb201_accuracy, nb201_latency_ms
 from pomonag_edge.predictors import latency_model_for, load_accuracy_predictor
 from pomonag_edge.predictors.accuracy import make_accuracy_net, train_accuracy_checkpoint, training_indices
 from pomonag_edge.spaces.nb201.features import soft_live
-from pomonag_edge.predictors.latency import (PROXIES, HeadModel, PretrainedEmbedding, _soft_table_lookup,
-                                             fit_calibration, fit_lut_scale, load_pretrained, sibling_fit)
+from pomonag_edge.predictors.fewshot import PROXIES, sibling_fit
+from pomonag_edge.predictors.latency import (HeadModel, PretrainedEmbedding, _soft_table_lookup, fit_calibration,
+                                             fit_lut_scale, load_pretrained)
 from pomonag_edge.spaces.lut import lut_cost
 from pomonag_edge.spaces import get_space
 from pomonag_edge.profile import Profile, reference_profile
@@ -277,10 +278,11 @@ def test_kappa_narrows_a_disagreeing_blend_only_as_far_as_the_timings_justify():
     """Candidates that disagree while their blend is exact: the per-net sigma (which counts their disagreement)
     narrows below the model's own variance, but the model's variance still counts as KAPPA_PRIOR_TIMINGS
     timings, so 10 lucky timings cannot shrink it to nothing."""
-    from pomonag_edge.predictors.latency import KAPPA_PRIOR_TIMINGS, _blend
+    from pomonag_edge.predictors.fewshot import KAPPA_PRIOR_TIMINGS, blend_candidates
 
     y = np.log(np.linspace(2.0, 9.0, 10))
-    t_factor = _blend(_two_candidates(y, 0.0, 0.1), np.array([0.5, 0.5]), y)["kappa"]  # z = 1: t inflation only
+    # z = 1: the Student t inflation only
+    t_factor = blend_candidates(_two_candidates(y, 0.0, 0.1), np.array([0.5, 0.5]), y)["kappa"]
     assert t_factor == pytest.approx(1.383 / 1.2816, abs=1e-3)  # Student t, 9 degrees of freedom, over normal
-    exact = _blend(_two_candidates(y, 0.2, 0.0), np.array([0.5, 0.5]), y)["kappa"]
+    exact = blend_candidates(_two_candidates(y, 0.2, 0.0), np.array([0.5, 0.5]), y)["kappa"]
     assert exact == pytest.approx(t_factor * np.sqrt(KAPPA_PRIOR_TIMINGS / (KAPPA_PRIOR_TIMINGS + len(y))))

@@ -1,15 +1,15 @@
 """Accuracy on a task no shipped table covers, adapted from a few measured (arch, accuracy) pairs.
 
-The twin of the few-shot latency model (``latency.py``), with the shipped NB201 accuracy tables in the role of
-the device tables: each shipped dataset is a task whose accuracy is known for all 15,625 nets. A net is
-described by ``task_features``: its normal score (rank, Gaussianised) on each shipped table, its log params
-(standardised), and 1. A new task's accuracy, standardised over its measurements, is modelled as a linear
-function of those features, fitted two ways and averaged (``SIBLING_MIX``):
+The twin of the few-shot latency model, through the same fit (``fewshot.py``), with the shipped NB201 accuracy
+tables in the role of the device tables: each shipped dataset is a task whose accuracy is known for all 15,625
+nets. A net is described by ``task_features``: its normal score (rank, Gaussianised) on each shipped table, its
+log params (standardised), and 1. A new task's accuracy, standardised over its measurements, is modelled as a linear
+function of those features, fitted two ways and averaged (``fewshot.SIBLING_MIX``):
 
-- a *head* under a mixture prior (``latency.mixture_head``): one narrow component per shipped task's head
+- a *head* under a mixture prior (``fewshot.mixture_head``): one narrow component per shipped task's head
   (how that task is explained by the other tables and params), one per single table, one on params alone,
   and a broad population Gaussian; the measurements weigh them by marginal likelihood;
-- a *sibling fit* (``latency.sibling_fit``): every one- and two-column least-squares fit (tables and params),
+- a *sibling fit* (``fewshot.sibling_fit``): every one- and two-column least-squares fit (tables and params),
   averaged with weights from their leave-one-out error.
 
 No image encoder is involved: the user's task enters only through the measurements. The model knows its own
@@ -25,13 +25,11 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import UserError
+from .fewshot import ERROR_QUANTILE, SIBLING_MIX, cv_folds, mix_head_siblings, mixture_head, mixture_prior, sibling_fit
 
 MODEL_KIND = "accuracy-fewshot"
 MODEL_VERSION = 1
 MIN_MEASUREMENTS = 5
-SIBLING_MIX = 0.5
-ERROR_QUANTILE = 0.9
-POPULATION_WEIGHT = 0.2
 HEAD_COV = 0.02  # narrow components: isotropic variance around each candidate head (standardised units)
 POPULATION_VAR = 1.0  # broad component: isotropic variance around the mean head
 
@@ -105,22 +103,18 @@ def task_heads(space, datasets: tuple[str, ...]) -> np.ndarray:
 def prior_components(space, datasets: tuple[str, ...]) -> list:
     heads = task_heads(space, datasets)
     p = heads.shape[1]
-    comps = [(POPULATION_WEIGHT, heads.mean(axis=0), POPULATION_VAR * np.eye(p))]
-    comps += [((1 - POPULATION_WEIGHT) / len(heads), h, HEAD_COV * np.eye(p)) for h in heads]
-    return comps
+    return mixture_prior(heads.mean(axis=0), POPULATION_VAR * np.eye(p), heads, HEAD_COV * np.eye(p))
 
 
 def _fit(feats: np.ndarray, y: np.ndarray, components) -> tuple:
     """(theta, sibling coef, sibling shift) in standardised units for measurements ``y`` (already standardised)."""
-    from .latency import mixture_head, sibling_fit
-
     theta, _ = mixture_head(feats, y, components)
     coef, shift = sibling_fit(feats[:, :-1], y)
     return theta, coef, shift
 
 
 def _predict(feats: np.ndarray, theta, coef, shift) -> np.ndarray:
-    return (1 - SIBLING_MIX) * (feats @ theta) + SIBLING_MIX * (feats[:, :-1] @ coef + shift)
+    return mix_head_siblings(feats @ theta, feats[:, :-1] @ coef + shift)
 
 
 def _state_lengths(state: dict, where: str) -> None:
@@ -229,10 +223,8 @@ def fit_fewshot(space, archs: Sequence, accuracy_percent: Sequence[float], datas
                         "net is better (train the probes longer?)")
     comps = prior_components(space, datasets)
     theta, coef, shift = _fit(feats, (y - mean) / std, comps)
-    group = np.arange(len(y)) % min(folds, len(y))
     cv = np.empty(len(y))
-    for g in np.unique(group):
-        held = group == g
+    for held in cv_folds(len(y), folds):
         ym, ys = y[~held].mean(), max(y[~held].std(), 1e-9)
         t, c, s = _fit(feats[~held], (y[~held] - ym) / ys, comps)
         cv[held] = ym + ys * _predict(feats[held], t, c, s)

@@ -30,7 +30,6 @@ where nothing better is known), and ``quantile_ms`` the latency a net stays unde
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,19 +39,11 @@ import numpy as np
 
 from ..errors import ProfileError, UserError
 from ..spaces.lut import lut_cost, positive_lut_ms
+from .fewshot import (ERROR_QUANTILE, Z90, blend_candidates, blend_log_sigma, candidate_weights, fit_candidates,
+                      mixture_prior, ols_loo)
 
-SIBLING_MIX = 0.5  # weight of the sibling-table model in log space (the rest: the embedding head)
-ERROR_QUANTILE = 0.9
 MIN_CALIBRATION = 3
 MIN_POWER_FIT = 8  # timings needed before the LUT cost's exponent is fitted too
-NOISE_GRID = np.geomspace(0.005, 0.5, 41)  # candidate noise std of log-ms
-Z90 = 1.2815515655446004  # standard normal quantile at ERROR_QUANTILE: a constant sigma's margin is its q90
-MIN_LOG_SIGMA = 0.02  # a per-net sigma never below this: re-timing the same net differs by a few percent
-# Cost-proxy candidates: name -> columns of ``proxy_features`` (log MACs). MACs alone: a fall-back that ranks
-# exactly as MACs-only does. Each extra explanation is one more chance for a few noisy timings to crown a wrong one.
-PROXIES = {"macs": (0,)}
-KAPPA_PRIOR_TIMINGS = 5  # the blend's own variance counts as this many held-out timings when kappa is fitted
-POPULATION_WEIGHT = 0.2  # prior weight of the broad population Gaussian; the rest is split over device heads
 DEVICE_COV_SCALE = 0.03  # each training device's component: its head, covariance 0.03 x the population's
 
 
@@ -203,10 +194,7 @@ class PretrainedEmbedding:
     def prior_components(self) -> list:
         """The head prior as mixture components ``(weight, mean, cov)``: the population Gaussian, and one
         narrow component per training device's head (see ``mixture_head``)."""
-        comps = [(POPULATION_WEIGHT, self.prior_mean, self.prior_cov)]
-        for head in self.heads:
-            comps.append(((1 - POPULATION_WEIGHT) / len(self.heads), head, DEVICE_COV_SCALE * self.prior_cov))
-        return comps
+        return mixture_prior(self.prior_mean, self.prior_cov, self.heads, DEVICE_COV_SCALE * self.prior_cov)
 
     def phi(self, archs) -> np.ndarray:
         """Embedding of ``archs``; where the tables cover the space, read from its whole-space table (computed once)."""
@@ -325,211 +313,6 @@ def load_pretrained(space, path=None) -> PretrainedEmbedding:
 # ------------------------------------------------------------------------------------------ adaptation
 
 
-def _log_evidence(design, y, mean, cov, noise_std) -> float:
-    r = y - design @ mean
-    c = design @ cov @ design.T + noise_std**2 * np.eye(len(y))
-    return -0.5 * (np.linalg.slogdet(c)[1] + r @ np.linalg.solve(c, r))
-
-
-def _posterior_mean(design, y, mean, cov, noise_std) -> np.ndarray:
-    prec = np.linalg.inv(cov)
-    a = design.T @ design / noise_std**2 + prec
-    return np.linalg.solve(a, design.T @ y / noise_std**2 + prec @ mean)
-
-
-def mixture_head(design: np.ndarray, y: np.ndarray, components) -> tuple[np.ndarray, float]:
-    """Posterior-mean head under a mixture-of-Gaussians prior ``[(weight, mean, cov), ...]``.
-
-    Why a mixture: a new device usually resembles a few training devices (the same GPU at another batch,
-    a sibling phone) more than their average; each training head is a narrow component, the population
-    Gaussian a broad one, and the few timings weigh them by marginal likelihood (noise std marginalised
-    over ``NOISE_GRID``). Returns (theta, posterior-mean noise std).
-    """
-    theta, noise, _ = _mixture(design, y, components)
-    return theta, noise
-
-
-def _mixture(design, y, components) -> tuple[np.ndarray, float, np.ndarray]:
-    """``mixture_head``'s (theta, noise std) and the prior covariance its components weigh to (for leverage)."""
-    logs, thetas, noises, covs = [], [], [], []
-    for weight, mean, cov in components:
-        for sd in NOISE_GRID[::4]:
-            logs.append(math.log(weight) + _log_evidence(design, y, mean, cov, sd))
-            thetas.append(_posterior_mean(design, y, mean, cov, sd))
-            noises.append(sd)
-            covs.append(cov)
-    logs = np.array(logs)
-    w = np.exp(logs - logs.max())
-    w /= w.sum()
-    return w @ np.array(thetas), float(w @ np.array(noises)), np.einsum("k,kij->ij", w, np.array(covs))
-
-
-def sibling_fit(tables: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
-    """``y ~ sum_j coef_j * log ms_j + shift``: the leave-one-out-weighted average of every one- and
-    two-sibling least-squares fit, collapsed into one linear map of the D tables.
-
-    ``tables``: (n, D) log-ms of the calibration nets on the D training devices. Returns (coef (D,), shift).
-    Fits of two or three parameters cannot overfit 10 timings; the leave-one-out error (closed form through the
-    hat matrix) says which to trust, and pairs reach devices that sit between two training devices.
-    """
-    n, dev = tables.shape
-    groups = [np.arange(dev)[:, None]]  # each group: (candidates, size) device indices
-    if dev > 1:
-        groups.append(np.array(list(itertools.combinations(range(dev), 2))))
-    fits, loo = [], []  # per group: (candidates, size + 1) coefficients, (candidates,) leave-one-out MSE
-    for idx in groups:
-        design = np.concatenate([tables[:, idx].transpose(1, 0, 2), np.ones((len(idx), n, 1))], axis=2)
-        pinv = np.linalg.pinv(design)
-        c = pinv @ y
-        hat = np.clip(np.einsum("cnk,ckn->cn", design, pinv), 0, 1 - 1e-9)
-        loo.append(np.mean(((np.einsum("cnk,ck->cn", design, c) - y) / (1 - hat)) ** 2, axis=1))
-        fits.append(c)
-    loo = np.concatenate(loo)
-    weights = np.exp(-(loo - loo.min()) / (loo.min() + 1e-12))
-    weights = np.split(weights / weights.sum(), np.cumsum([len(idx) for idx in groups])[:-1])
-    coef, shift = np.zeros(dev), 0.0
-    for idx, c, w in zip(groups, fits, weights):
-        for k in range(idx.shape[1]):
-            np.add.at(coef, idx[:, k], w * c[:, k])
-        shift += float(w @ c[:, -1])
-    return coef, shift
-
-
-def _proxy_design(proxies: np.ndarray, cols) -> np.ndarray:
-    return np.hstack([proxies[:, list(cols)], np.ones((len(proxies), 1))])
-
-
-def _ols_loo(design: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Least squares: (coef, leave-one-out predictions through the hat matrix, (X^T X)^-1 for leverage)."""
-    pinv = np.linalg.pinv(design)
-    coef = pinv @ y
-    hat = np.clip(np.einsum("ij,ji->i", design, pinv), 0, 1 - 1e-9)
-    fit = design @ coef
-    return coef, y + (fit - y) / (1 - hat), pinv @ pinv.T
-
-
-def fit_candidates(design: np.ndarray, tables: np.ndarray | None, proxies: np.ndarray, y: np.ndarray,
-                   components, folds: int = 10) -> list[dict]:
-    """Every candidate model of a device's log-ms, each fitted on all K timings, with its held-out predictions.
-
-    Candidates: the embedding head (``mixture_head``), the sibling tables (``sibling_fit``) and their
-    ``SIBLING_MIX`` average where tables cover the space, and the cost proxies (``PROXIES``: log-linear in log
-    MACs). Each is a vector ``coef`` over the joint features ``[phi, 1, tables..., log MACs]`` (see
-    ``joint_features``), plus ``loo`` (each timing predicted by a fit without it: leave-one-out
-    up to ``folds`` timings, ``folds``-fold beyond) and ``lev`` (columns and inverse Gram matrix for the
-    leverage of a new net). Why: 31 shipped devices say what a device usually looks like; K timings say which
-    of these explanations this device supports, and a device unlike all of them falls back to its costs.
-    """
-    n, de = design.shape
-    dt = 0 if tables is None else tables.shape[1]
-    nf = de + dt + proxies.shape[1]
-    group = np.arange(n) % min(folds, n)
-    emb = ["head"] + ([] if tables is None else ["siblings", "head+siblings"])
-    loo = {name: np.empty(n) for name in emb}
-    for g in np.unique(group):
-        held, keep = group == g, group != g
-        theta, _ = mixture_head(design[keep], y[keep], components)
-        head = design[held] @ theta
-        loo["head"][held] = head
-        if tables is not None:
-            coef, shift = sibling_fit(tables[keep], y[keep])
-            sib = tables[held] @ coef + shift
-            loo["siblings"][held] = sib
-            loo["head+siblings"][held] = (1 - SIBLING_MIX) * head + SIBLING_MIX * sib
-    theta, noise, cov = _mixture(design, y, components)
-    gram_inv = np.linalg.inv(design.T @ design + noise**2 * np.linalg.inv(cov))
-    lev = {"columns": list(range(de)), "gram_inv": gram_inv, "loo": _loo_leverage(design, gram_inv)}
-    head_coef = np.zeros(nf)
-    head_coef[:de] = theta
-    out = [{"name": "head", "coef": head_coef, "loo": loo["head"], "lev": lev, "noise": noise}]
-    if tables is not None:
-        coef, shift = sibling_fit(tables, y)
-        sib_coef = np.zeros(nf)
-        sib_coef[de - 1], sib_coef[de:de + dt] = shift, coef  # the bias column of ``design`` carries the shift
-        out.append({"name": "siblings", "coef": sib_coef, "loo": loo["siblings"], "lev": lev})
-        out.append({"name": "head+siblings", "coef": (1 - SIBLING_MIX) * head_coef + SIBLING_MIX * sib_coef,
-                    "loo": loo["head+siblings"], "lev": lev})
-    for name, cols in PROXIES.items():
-        pd = _proxy_design(proxies, cols)
-        coef, pred, gi = _ols_loo(pd, y)
-        full = np.zeros(nf)
-        full[[de + dt + c for c in cols]] = coef[:-1]
-        full[de - 1] = coef[-1]
-        out.append({"name": name, "coef": full, "loo": pred,
-                    "lev": {"columns": [de + dt + c for c in cols] + [de - 1], "gram_inv": gi,
-                            "loo": _loo_leverage(pd, gi)}})
-    return out
-
-
-def _loo_leverage(x: np.ndarray, gram_inv: np.ndarray) -> np.ndarray:
-    """Leverage of each timed net with respect to the others, h / (1 - h): what ``1 + leverage`` of a new
-    net is to the fit, its held-out counterpart."""
-    h = np.clip(np.einsum("ni,ij,nj->n", x, gram_inv, x), 0, 1 - 1e-6)
-    return h / (1 - h)
-
-
-def candidate_weights(candidates: list[dict], y: np.ndarray) -> np.ndarray:
-    """Pseudo-Bayesian model averaging on held-out predictions: weight ~ prior x (held-out MSE)^(-K/2).
-
-    Each candidate's K held-out residuals are scored as Gaussian with its own held-out variance, so the weight
-    sharpens with K: with 5 timings a 2x larger error costs a factor 5.7, with 20 a factor 1000. The prior
-    gives each family of explanations one unit, split over its candidates (the shipped devices' head and
-    tables; the cost proxies), not one unit per device: 31 shipped devices are one explanation, and cannot
-    outvote the device's own timings."""
-    mse = np.array([max(float(np.mean((c["loo"] - y) ** 2)), 1e-8) for c in candidates])
-    family = [c["name"] in PROXIES for c in candidates]
-    prior = np.array([1.0 / family.count(f) for f in family])  # each family (shipped devices, proxies) one unit
-    logw = np.log(prior) - 0.5 * len(y) * np.log(mse)
-    w = np.exp(logw - logw.max())
-    return w / w.sum()
-
-
-def _blend(candidates: list[dict], weights: np.ndarray, y: np.ndarray, min_weight: float = 1e-4) -> dict:
-    """The weighted model: joint coef, the kept candidates (weight, held-out RMS, leverage), the held-out
-    relative errors of the blend, and ``kappa``, the factor that makes its per-net sigma match its held-out
-    residuals, times a small-sample inflation (Student t over normal at the 90% level). kappa^2 is the mean
-    squared held-out z-score shrunk towards 1 as a conjugate (inverse-gamma) prior would, the model's own variance
-    counting as ``KAPPA_PRIOR_TIMINGS`` timings: K z-scores alone can be lucky, and a floor at 1 left margins
-    wider than the nets needed (94% covered where 90% was asked)."""
-    from scipy.stats import t as student_t
-
-    keep = [i for i in np.argsort(-weights) if weights[i] >= min_weight]
-    w = weights[keep] / weights[keep].sum()
-    cands = [candidates[i] for i in keep]
-    loo = np.array([c["loo"] for c in cands])  # (C, K)
-    mse = np.mean((loo - y) ** 2, axis=1)
-    blend_loo = w @ loo
-    lev = np.array([c["lev"]["loo"] for c in cands])
-    var = w @ (mse[:, None] * (1 + lev) + (loo - blend_loo) ** 2)
-    z2 = (blend_loo - y) ** 2 / var
-    kappa = math.sqrt((KAPPA_PRIOR_TIMINGS + float(z2.sum())) / (KAPPA_PRIOR_TIMINGS + len(y)))
-    kappa *= float(student_t.ppf(ERROR_QUANTILE, max(len(y) - 1, 1))) / Z90
-    return {"coef": w @ np.array([c["coef"] for c in cands]), "kappa": kappa,
-            "errors": np.abs(np.expm1(blend_loo - y)),
-            "candidates": [{"name": c["name"], "weight": float(wi), "rms_log": float(np.sqrt(m)),
-                            "coef": [float(v) for v in c["coef"]],
-                            "leverage": {"columns": list(c["lev"]["columns"]),
-                                         "gram_inv": np.asarray(c["lev"]["gram_inv"]).tolist()}}
-                           for c, wi, m in zip(cands, w, mse)]}
-
-
-def blend_log_sigma(features: np.ndarray, candidates: list[dict], kappa: float) -> np.ndarray:
-    """Per-net sigma of log-ms: kappa x sqrt(sum_c w_c [rms_c^2 (1 + leverage_c(x)) + (f_c(x) - f(x))^2]),
-    at least ``MIN_LOG_SIGMA`` (timings that one table fits exactly still meet re-measurement noise).
-
-    Narrow where the candidates agree and the net sits among the timed ones (small leverage); wide where the
-    explanations the timings could not tell apart disagree, or the net is unlike anything timed."""
-    w = np.array([c["weight"] for c in candidates])
-    preds = features @ np.array([c["coef"] for c in candidates]).T  # (n, C)
-    mean = preds @ w
-    var = np.zeros(len(features))
-    for j, c in enumerate(candidates):
-        x = features[:, c["leverage"]["columns"]]
-        lev = np.einsum("ni,ij,nj->n", x, np.asarray(c["leverage"]["gram_inv"]), x)
-        var += w[j] * (c["rms_log"] ** 2 * (1 + np.clip(lev, 0, None)) + (preds[:, j] - mean) ** 2)
-    return np.maximum(kappa * np.sqrt(var), MIN_LOG_SIGMA)
-
-
 def fit_lut_scale(lut_ms: np.ndarray, latency_ms: np.ndarray) -> tuple[float, np.ndarray]:
     """log scale = median of log(measured / LUT cost), and each timing's leave-one-out |predicted/measured - 1|.
 
@@ -546,11 +329,7 @@ def fit_lut_power(lut_ms: np.ndarray, latency_ms: np.ndarray) -> tuple[float, fl
     |predicted/measured - 1|). Why: layers timed alone can overstate big nets against small ones, which one
     scale cannot take up; kept only when its leave-one-out error beats the plain scale's."""
     x, y = np.log(np.asarray(lut_ms, dtype=np.float64)), np.log(np.asarray(latency_ms, dtype=np.float64))
-    design = np.stack([x, np.ones_like(x)], axis=1)
-    pinv = np.linalg.pinv(design)
-    power, scale = pinv @ y
-    hat = np.clip(np.einsum("ij,ji->i", design, pinv), 0, 1 - 1e-9)
-    loo = (design @ np.array([power, scale]) - y) / (1 - hat)
+    (power, scale), loo, _ = ols_loo(np.stack([x, np.ones_like(x)], axis=1), y)
     return float(power), float(scale), np.abs(np.expm1(loo))
 
 
@@ -687,7 +466,7 @@ class HeadModel(LatencyModel):
         design = _design(pre.phi(archs))
         tables = pre.sibling_tables()[[pre.space.table_index(a) for a in archs]] if pre.covers_space else None
         cands = fit_candidates(design, tables, pre.proxies(archs), y, pre.prior_components())
-        blend = _blend(cands, candidate_weights(cands, y), y)
+        blend = blend_candidates(cands, candidate_weights(cands, y), y)
         state = {"kind": cls.kind, "version": cls.version, "embedding": _embedding_ref(pre),
                  "features": pre.feature_names(), "coef": [float(v) for v in blend["coef"]],
                  "noise_log_std": cands[0]["noise"], "kappa": blend["kappa"], "candidates": blend["candidates"],
@@ -871,10 +650,8 @@ class ProxyModel(LatencyModel):
     def fit(cls, space, dataset, archs, latency_ms) -> "ProxyModel":
         model = cls(space, dataset, np.zeros(3), 0.0, {})
         design, y = model._design(list(archs)), np.log(np.asarray(latency_ms, dtype=np.float64))
-        pinv = np.linalg.pinv(design)
-        coef = pinv @ y
-        hat = np.clip(np.einsum("ij,ji->i", design, pinv), 0, 1 - 1e-9)
-        errors = np.abs(np.expm1((design @ coef - y) / (1 - hat)))
+        coef, loo, _ = ols_loo(design, y)
+        errors = np.abs(np.expm1(loo))
         state = {"kind": cls.kind, "version": cls.version, "coef": [float(v) for v in coef],
                  "features": ["log_macs", "log_params", "bias"], **_error_state(errors)}
         return cls(space, dataset, coef, state["relative_error"], state)
