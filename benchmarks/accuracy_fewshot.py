@@ -207,7 +207,7 @@ def train_main(args) -> int:
                                    loop=LoopOptions(train=args.train,
                                                     trainer=f"{sys.executable} {work / 'lookup.py'} {table} {{arch}}"))
                 wall = time.perf_counter() - t0
-                rounds = json.loads((run.out / "loop.json").read_text())["rounds"]
+                rounds = json.loads((run.path / "loop.json").read_text())["rounds"]
                 score = lambda arch: float(truth[SPACE.index(SPACE.canonical(SPACE.parse(arch)))])  # noqa: E731
                 fit = many[params[many] <= b]
                 best = float(truth[fit].max()) if len(fit) else float(np.median(truth[ok]))

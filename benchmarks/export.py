@@ -71,6 +71,7 @@ def main(argv=None) -> int:
     from scipy.stats import spearmanr
 
     torch.set_num_threads(1)
+    from pomonag_edge import runs
     from pomonag_edge.export import ExportOptions, export_run, parse_formats
     from pomonag_edge.predictors.latency import latency_model_for, load_pretrained
     from pomonag_edge.profile import load_profile
@@ -111,7 +112,8 @@ def main(argv=None) -> int:
     items = [{"arch": str(a), "latency_ms": float(p), "feasible": True} for a, p in zip(archs, predicted)]
     (run / "pareto.json").write_text(json.dumps([{"rank": i + 1, **item} for i, item in enumerate(items)]))
     (run / "manifest.json").write_text(json.dumps({
-        "space": "nb201", "dataset": profile.dataset, "budget": {},
+        "schema": runs.SCHEMA, "schema_version": runs.SCHEMA_VERSION, "space": "nb201", "dataset": profile.dataset,
+        "budget": {},
         "profile": {"spec": str(profile_path), "name": profile.name, "sha256": profile.sha256}}))
 
     from pomonag_edge.hardware.remote import SSHOptions
@@ -186,6 +188,7 @@ def digits_accuracy(work: Path, profile_path: Path, archs: list, epochs: int) ->
     from PIL import Image
     from sklearn.datasets import load_digits
 
+    from pomonag_edge import runs
     from pomonag_edge.export import ExportOptions, export_run
     from pomonag_edge.profile import load_profile
     from pomonag_edge.training import train_run
@@ -201,7 +204,8 @@ def digits_accuracy(work: Path, profile_path: Path, archs: list, epochs: int) ->
     (run / "pareto.json").write_text(json.dumps([{"rank": i + 1, "arch": str(a), "feasible": True}
                                                  for i, a in enumerate(archs)]))
     (run / "manifest.json").write_text(json.dumps({
-        "space": "nb201", "dataset": profile.dataset, "budget": {},
+        "schema": runs.SCHEMA, "schema_version": runs.SCHEMA_VERSION, "space": "nb201", "dataset": profile.dataset,
+        "budget": {},
         "profile": {"spec": str(profile_path), "name": profile.name, "sha256": profile.sha256}}))
     t0 = time.perf_counter()
     train_run(run, folder, top=len(archs), epochs=epochs)

@@ -337,7 +337,7 @@ def measure_main(space, args) -> int:
                                    level=args.level, loop=LoopOptions(measure=args.measure),
                                    predictors_for=predictors_for)
                 wall = time.perf_counter() - t0
-                journal = run.out / "loop.json"
+                journal = run.path / "loop.json"
                 import json
 
                 rounds = json.loads(journal.read_text())["rounds"]

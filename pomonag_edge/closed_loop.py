@@ -34,8 +34,8 @@ import numpy as np
 from .errors import UserError
 from .files import atomic_write_json, read_user_json
 from .predictors import with_timings
+from .runs import LOOP_FILE, new_run_dir
 
-LOOP_FILE = "loop.json"
 LOOP_SCHEMA = "pomonag-edge/loop"
 ROUNDS = 4  # a round spends about a quarter of each budget: the models are refitted between rounds
 STOP_REASONS = {
@@ -393,23 +393,22 @@ def run_loop(*, space, profile, task, dataset, budget, level, strategy, samples,
     return LoopOutcome(result, problem, prof_now, task_now, journal, summary)
 
 
-def closed_loop_run(space, profile, profile_spec, dataset, dataset_spec, budget, level, strategy, samples, num, seed,
-                    options: LoopOptions, out, force, predictors_for, progress=None, say=None) -> dict:
+def closed_loop_run(space, profile, profile_spec, profile_path, dataset, dataset_spec, budget, level, strategy,
+                    samples, num, seed, options: LoopOptions, out, force, predictors_for, progress=None,
+                    say=None) -> dict:
     """``generate_run``'s closed loop: check the request, open the run folder's journal (resuming it), run the
-    loop, save the profile and dataset profile revisions holding its measurements. Returns what the run
-    records: ``out``, ``problem``, ``result``, ``profile`` / ``profile_spec`` (the revision, when timings were
-    added), ``dataset`` / ``dataset_spec`` (likewise), ``journal``, ``summary``."""
+    loop, save the profile and dataset profile revisions holding its measurements. ``profile_path``: the file
+    ``profile`` was read from (None: a reference profile). Returns what the run records: ``out``, ``problem``,
+    ``result``, ``profile`` / ``profile_spec`` / ``profile_path`` (the revision, when timings were added),
+    ``dataset`` / ``dataset_spec`` (likewise), ``journal``, ``summary``."""
     import shutil
 
     from .dataset_profile import dataset_label
-    from .generate import new_run_dir
 
     if options.measure and budget.max_latency_ms is None:
         raise UserError("--measure times candidates against the latency budget: give --max-latency too")
     if profile_spec is None and not profile.reference:  # the default profile: its file gets the revision
-        from .profile import default_profile
-
-        profile_spec = str(default_profile(space=space.name)[0])
+        profile_spec = str(profile_path)
     if options.measure and (profile.reference or not _is_path(profile_spec)):
         raise UserError(f"--measure times nets on the profile's device, and {profile.name!r} is a reference profile "
                         "(published timings of another device): profile your device (`pomonag-edge profile`) and "
@@ -452,11 +451,11 @@ def closed_loop_run(space, profile, profile_spec, dataset, dataset_spec, budget,
                        f"made are kept in {journal.path}; the same command with --out {out} resumes")
         raise
     record = {"out": out, "problem": outcome.problem, "result": outcome.result, "journal": journal,
-              "summary": outcome.summary, "profile": profile, "profile_spec": profile_spec, "dataset": dataset,
-              "dataset_spec": dataset_spec}
+              "summary": outcome.summary, "profile": profile, "profile_spec": profile_spec,
+              "profile_path": profile_path, "dataset": dataset, "dataset_spec": dataset_spec}
     if journal.timings:
         path = outcome.profile.save_revision(profile_spec, profile)
-        record["profile"], record["profile_spec"] = outcome.profile, str(path)
+        record["profile"], record["profile_spec"], record["profile_path"] = outcome.profile, str(path), path
         outcome.summary["profile_revision"] = str(path)
     if journal.trainings and task is not None:
         path = outcome.task.save_revision(dataset_spec, task)

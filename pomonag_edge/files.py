@@ -103,12 +103,11 @@ def read_user_json(path: str | os.PathLike, what: str, error: type = UserError):
         raise error(f"{what} {path} is corrupt (not JSON: {e.msg} at line {e.lineno})") from None
 
 
-def from_versioned_json(cls, d, source: str, *, schema: str, schema_version: int, kind: str, error: type,
-                        hint: str = ""):
-    """``cls(**fields)`` of a JSON document ``d`` tagged ``{"schema": schema, "schema_version": N}``: a foreign
-    or newer document, a missing ``name`` or a field of the wrong shape is one ``error`` line naming ``source``
-    (``hint`` follows the foreign-document line). Fields this version does not know are dropped, so an older
-    pomonag-edge can still read what a newer one adds within the same schema version."""
+def check_versioned(d, source: str, *, schema: str, schema_version: int, kind: str, error: type,
+                    hint: str = "") -> int:
+    """The schema version of a JSON document ``d`` tagged ``{"schema": schema, "schema_version": N}``; a foreign
+    document, an invalid version or one newer than ``schema_version`` is one ``error`` line naming ``source``
+    (``hint`` follows the foreign-document line)."""
     from . import __version__
 
     if not isinstance(d, dict) or d.get("schema") != schema:
@@ -119,6 +118,16 @@ def from_versioned_json(cls, d, source: str, *, schema: str, schema_version: int
     if version > schema_version:
         raise error(f"{source} uses {kind} schema {version}, newer than this pomonag-edge ({__version__}, schema "
                     f"{schema_version}): upgrade pomonag-edge")
+    return version
+
+
+def from_versioned_json(cls, d, source: str, *, schema: str, schema_version: int, kind: str, error: type,
+                        hint: str = ""):
+    """``cls(**fields)`` of a JSON document ``d`` tagged as ``check_versioned`` checks: a foreign or newer
+    document, a missing ``name`` or a field of the wrong shape is one ``error`` line naming ``source``. Fields
+    this version does not know are dropped, so an older pomonag-edge can still read what a newer one adds within
+    the same schema version."""
+    check_versioned(d, source, schema=schema, schema_version=schema_version, kind=kind, error=error, hint=hint)
     fields = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
     if "name" not in fields:
         raise error(f"{source} is missing the 'name' field")

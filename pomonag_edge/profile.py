@@ -209,23 +209,30 @@ def resolve_profile(spec: str | None, folder: str | os.PathLike = PROFILES_DIR, 
     """``--profile`` as the user gives it: a path, a reference name (of ``space`` when given), or None for the
     default (``default_profile``), which is announced through ``say``. A profile of another space is refused,
     and with ``precision`` one measured at another precision."""
+    return locate_profile(spec, folder, space, say, hint, precision)[0]
+
+
+def locate_profile(spec: str | None, folder: str | os.PathLike = PROFILES_DIR, space: str | None = None,
+                   say=announce, hint: str | None = None, precision: str | None = None) -> tuple[Profile, Path | None]:
+    """``resolve_profile``'s profile and the file it was read from (None for a shipped reference profile), so
+    a run can record where its profile is as well as its hash."""
     if spec is None:
         path, why = default_profile(folder, space, precision)
         say(f"profile: {path} ({why}; --profile chooses another)")
-        return load_profile(path)
+        return load_profile(path), path
     if precision is not None:
-        profile = resolve_profile(spec, folder, space, say, hint)
+        profile, path = locate_profile(spec, folder, space, say, hint)
         if precision_of(profile) != precision:
             raise ProfileError(f"--precision {precision}, but profile {spec} was measured at {precision_of(profile)}: "
                                f"pass a {precision} profile, or leave --profile out to take the newest one")
-        return profile
+        return profile, path
     if os.path.sep in spec or spec.endswith(".json") or Path(spec).exists():
         profile = load_profile(spec)
         if profile.partial:
             say(f"note: profile {spec} is partial (its measuring was interrupted): run its `pomonag-edge profile` "
                 "command again to finish it")
-        return profile if space is None else profile.require_space(space, spec, hint)
-    return reference_profile(spec, space)
+        return (profile if space is None else profile.require_space(space, spec, hint)), Path(spec)
+    return reference_profile(spec, space), None
 
 
 def check_profile_out(path: str | os.PathLike, force: bool = False) -> Path:

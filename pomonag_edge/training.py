@@ -286,8 +286,8 @@ def train_run(run_dir, data_path, top: int = 1, epochs: int = 200, seed: int = 0
     per net (``TrainingSetup``). With ``ray`` (a ``fanout.RayOptions``) each net is one Ray task; files are
     written here all the same."""
     from .dataset_profile import check_takes_tasks, task_input_hw
-    from .export.runs import load_run
     from .files import atomic_write_json, check_writable
+    from .runs import load_run
     from .spaces import get_space
     from .userdata import load_user_data
 

@@ -65,7 +65,8 @@ def hostile_folder(tmp_path: Path) -> Path:
     run = tmp_path / "runs" / "r"
     run.mkdir(parents=True)
     (run / "pareto.json").write_text(json.dumps([{"arch": NB, "feasible": True, "latency_ms": 1.0}]))
-    (run / "manifest.json").write_text(json.dumps({"space": "nb201", "dataset": "cifar10", "created": "2026-01-01",
+    (run / "manifest.json").write_text(json.dumps({"schema": "pomonag-edge/run", "schema_version": 1,
+                                                   "space": "nb201", "dataset": "cifar10", "created": "2026-01-01",
                                                    "profile": {"spec": "pixel3"}, "budget": {}}))
     return tmp_path
 

@@ -68,7 +68,8 @@ def make_run(root: Path, profile_spec: str, archs=ARCHS[:3], max_latency_ms=1000
                "macs": S.macs(S.parse(a)), "feasible": True} for i, a in enumerate(archs)]
     (run / "pareto.json").write_text(json.dumps(pareto))
     (run / "manifest.json").write_text(json.dumps({
-        "space": "nb201", "dataset": "cifar10", "profile": {"spec": profile_spec, "sha256": sha},
+        "schema": "pomonag-edge/run", "schema_version": 1, "space": "nb201", "dataset": "cifar10",
+        "profile": {"spec": profile_spec, "sha256": sha},
         "budget": {"max_latency_ms": max_latency_ms, "max_params": None, "max_macs": None}, "seed": 0,
         "created": created}))
     return run
@@ -318,8 +319,7 @@ def test_tensorrt_engines_are_built_checked_and_timed(tmp_path, facts):
 
 
 def test_default_run_dir_and_profile_found_by_hash(tmp_path, monkeypatch, facts):
-    from pomonag_edge.export import load_run, resolve_run_dir
-    from pomonag_edge.export.runs import profile_spec_for
+    from pomonag_edge.runs import load_run, profile_spec_for, resolve_run_dir
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "profiles").mkdir()

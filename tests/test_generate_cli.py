@@ -124,12 +124,12 @@ def test_probability_of_fitting_the_budget_is_recorded_and_honoured(tmp_path):
                                 samples=256, strategy="random", predictors=preds, level=level,
                                 out=tmp_path / str(level)) for level in (0.6, 0.95)}
     for level, r in runs.items():
-        rows = json.loads((r.out / "pareto.json").read_text())
+        rows = json.loads((r.path / "pareto.json").read_text())
         assert rows and all(x["p_within_budget"] >= level for x in rows)
         for x in r.result.scored:
             p = norm.cdf(np.log(budget / x["latency_ms"]) / sigma([SPACE.parse(x["arch"])])[0])
             assert abs(x["p_within_budget"] - p) < 1e-3 and x["feasible"] == (p >= level - 1e-9)
-        with open(r.out / "pareto.csv") as f:
+        with open(r.path / "pareto.csv") as f:
             assert "p_within_budget" in next(csv.reader(f))
     # a wide-sigma net predicted under budget is kept at 60% but not at 95%
     loose = {x["arch"] for x in runs[0.6].result.scored if x["feasible"]}

@@ -61,7 +61,8 @@ def command(ctx, run_dir, top, fmt, profile, precision, calib_images, calib_data
     """
     from rich.console import Console
 
-    from ..export import ExportOptions, export_run, parse_formats, render, resolve_run_dir
+    from ..export import ExportOptions, export_run, parse_formats, render
+    from ..runs import resolve_run_dir
 
     options = ExportOptions(top=top, formats=parse_formats(fmt), profile=profile, precision=precision,
                             calib_images=calib_images, calib_data=calib_data, opset=opset,

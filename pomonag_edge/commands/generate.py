@@ -125,7 +125,7 @@ def command(space, profile, precision, dataset, max_latency, max_params, max_mac
         run.result.require_feasible(run.problem.budget)
         import json
 
-        json.dump({"run_dir": str(run.out), "profile": run.manifest["profile"], "dataset": run.problem.dataset,
+        json.dump({"run_dir": str(run.path), "profile": run.manifest["profile"], "dataset": run.problem.dataset,
                    "margin": run.problem.margin, "loop": run.manifest.get("loop"), "nets": run.result.selected},
                   sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
@@ -158,7 +158,7 @@ def command(space, profile, precision, dataset, max_latency, max_params, max_mac
                           f"within {task['accuracy_error_points']:.2f} points (rank correlation "
                           f"{task['accuracy_cv_spearman']:.2f}): nets closer than that are a toss-up until trained",
                           highlight=False, soft_wrap=True)
-    out_console.print(f"wrote {run.out}/pareto.json, pareto.csv, manifest.json, pareto.png "
+    out_console.print(f"wrote {run.path}/pareto.json, pareto.csv, manifest.json, pareto.png "
                       f"({run.result.stats['seconds']} s search; full arch strings in pareto.csv)",
                       highlight=False, soft_wrap=True)
 

@@ -24,7 +24,7 @@ def command(run_dir, data, top, epochs, seed, **placement):
     from rich.console import Console
     from rich.table import Table
 
-    from ..export import resolve_run_dir
+    from ..runs import resolve_run_dir
     from ..training import train_run
     from ._progress import stage_progress
 

@@ -6,7 +6,6 @@
 
 from .pipeline import ExportOptions, export_run, machine_mismatch, parse_formats, summarize
 from .report import SCHEMA, SCHEMA_VERSION, render
-from .runs import Run, load_run, resolve_run_dir
 
-__all__ = ["ExportOptions", "export_run", "machine_mismatch", "parse_formats", "summarize", "render", "Run",
-           "load_run", "resolve_run_dir", "SCHEMA", "SCHEMA_VERSION"]
+__all__ = ["ExportOptions", "export_run", "machine_mismatch", "parse_formats", "summarize", "render", "SCHEMA",
+           "SCHEMA_VERSION"]

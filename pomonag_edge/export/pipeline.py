@@ -24,13 +24,13 @@ from ..files import claim, replace_dir, staging_dir
 from ..hardware.backends import PRECISIONS
 from ..hardware.drift import BAND
 from ..profile import Profile, resolve_profile
+from ..runs import Run, load_run, profile_spec_for
 from ..spaces import get_space
 from ..training import Task, load_trained_state, trained_results
 from .int8 import CALIB_IMAGES
 from .onnx_export import (DEFAULT_OPSET, INPUT_NAME, build_model, check_opset, export_onnx, file_stem, load_weights,
                           onnx_summary, preprocessing, random_inputs)
 from .report import SCHEMA, SCHEMA_VERSION, environment, write_report
-from .runs import Run, load_run, profile_spec_for
 from .validate import check_outputs, onnxruntime_runner, tolerance_for
 
 FORMATS = ("onnx", "tensorrt")
