@@ -28,6 +28,7 @@ import numpy as np
 
 from .errors import UserError
 from .fanout import Job, as_checkpoint, fan_out
+from .runs import load_run
 
 CHECKPOINT_KIND = "pomonag-edge/trained-net"
 
@@ -287,7 +288,6 @@ def train_run(run_dir, data_path, top: int = 1, epochs: int = 200, seed: int = 0
     written here all the same."""
     from .dataset_profile import check_takes_tasks, task_input_hw
     from .files import atomic_write_json, check_writable
-    from .runs import load_run
     from .spaces import get_space
     from .userdata import load_user_data
 
