@@ -73,7 +73,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     from pomonag_edge import runs
     from pomonag_edge.export import ExportOptions, export_run, parse_formats
-    from pomonag_edge.predictors.latency import latency_model_for, load_pretrained
+    from pomonag_edge.predictors.latency import latency_model_for
+    from pomonag_edge.predictors.latency_pretrain import load_pretrained
     from pomonag_edge.profile import load_profile
     from pomonag_edge.spaces import get_space
 

@@ -241,7 +241,7 @@ def main(argv=None) -> int:
 def held_out_embedding(space, device):
     """The space's latency embedding pretrained on every shipped device but ``device`` (a fold, as
     latency_fewshot.py), so neither its table nor its head is among the siblings."""
-    from pomonag_edge.predictors.latency import PretrainedEmbedding
+    from pomonag_edge.predictors.latency_pretrain import PretrainedEmbedding
 
     archs, names, ms = space.latency_recipe.tables()
     keep = [j for j, n in enumerate(names) if n != device]

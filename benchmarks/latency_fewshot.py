@@ -44,7 +44,8 @@ CPU_TABLE = Path(__file__).parent / "data" / "nb201_this_cpu_ms.csv"  # benchmar
 def main(argv=None):
     import torch
 
-    from pomonag_edge.predictors.latency import PretrainedEmbedding, _design, fit_calibration, load_pretrained
+    from pomonag_edge.predictors.latency import fit_calibration
+    from pomonag_edge.predictors.latency_pretrain import PretrainedEmbedding, head_design, load_pretrained
     from pomonag_edge.spaces import get_space
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -88,7 +89,7 @@ def main(argv=None):
         target = ms[:, d]
         pool = np.where(np.isfinite(target) & valid)[0]
         phi = pre.phi([archs[i] for i in pool])
-        prior_sp = spearmanr(_design(phi) @ pre.prior_mean, target[pool])[0]
+        prior_sp = spearmanr(head_design(phi) @ pre.prior_mean, target[pool])[0]
         sp, kt, mape, covered, covered_global = [], [], [], [], []
         for seed in range(seeds):
             shots = np.random.default_rng(seed).choice(pool, size=args.shots, replace=False)
@@ -155,7 +156,8 @@ def family_out(space, archs, names, ms, args) -> None:
     """Leave-one-family-out: per device and K, Spearman of the model beside MACs-only, params-only and the model
     before cost-proxy fallbacks (embedding head + sibling tables: the LUT-free model of the previous version);
     MAPE and covered% of the model (its per-net margins), and cov-g% (one global q90 margin); every number a mean over seeds, on the device's untimed valid nets."""
-    from pomonag_edge.predictors.latency import PretrainedEmbedding, fit_calibration
+    from pomonag_edge.predictors.latency import fit_calibration
+    from pomonag_edge.predictors.latency_pretrain import PretrainedEmbedding
 
     recipe = space.latency_recipe
     ks = [int(k) for k in args.ks.split(",")]
@@ -236,9 +238,9 @@ def family_out(space, archs, names, ms, args) -> None:
 
 def _candidate_coef(pre, space, archs, y_ms, name):
     from pomonag_edge.predictors.fewshot import fit_candidates
-    from pomonag_edge.predictors.latency import _design
+    from pomonag_edge.predictors.latency_pretrain import head_design
 
-    design = _design(pre.phi(archs))
+    design = head_design(pre.phi(archs))
     tables = pre.sibling_tables()[[space.table_index(a) for a in archs]] if pre.covers_space else None
     cands = fit_candidates(design, tables, pre.proxies(archs), np.log(y_ms), pre.prior_components())
     return next(c["coef"] for c in cands if c["name"] == name)

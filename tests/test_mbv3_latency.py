@@ -14,6 +14,8 @@ from pomonag_edge.spaces.mbv3 import ofa_latency_table
 from pomonag_edge.errors import ExtrapolationWarning, ProfileError, UserError
 from pomonag_edge.predictors import latency_model_for
 from pomonag_edge.predictors import latency as LM
+from pomonag_edge.predictors.latency_model import MIN_POWER_FIT, HeadModel, LutModel
+from pomonag_edge.predictors.latency_pretrain import PretrainedEmbedding, head_design
 from pomonag_edge.profile import Profile, reference_profile
 from pomonag_edge.spaces.mbv3 import SPACE
 from pomonag_edge.spaces.lut import lut_cost
@@ -83,19 +85,19 @@ def test_adaptation_beats_the_pretrained_prior_on_a_held_out_setting(table):
     archs = [table.archs[i] for i in rows]
     held = table.settings.index("v100_1")
     others = [j for j in range(len(table.settings)) if j != held]
-    pre = LM.PretrainedEmbedding.from_tables(SPACE, archs, table.latency_ms[np.ix_(rows, others)],
-                                             [table.settings[j] for j in others], steps=200)
+    pre = PretrainedEmbedding.from_tables(SPACE, archs, table.latency_ms[np.ix_(rows, others)],
+                                          [table.settings[j] for j in others], steps=200)
     y = table.latency_ms[rows, held]
     idx = np.random.default_rng(0).choice(len(archs), 10, replace=False)
     model = LM.fit_calibration(SPACE, [archs[i] for i in idx], y[idx], pre)
     state = model.to_state()
     rest = np.setdiff1d(np.arange(len(archs)), idx)
     adapted = model.predict_ms([archs[i] for i in rest])
-    prior = np.exp(LM._design(pre.phi([archs[i] for i in rest])) @ pre.prior_mean)
+    prior = np.exp(head_design(pre.phi([archs[i] for i in rest])) @ pre.prior_mean)
     sp_adapted, sp_prior = spearmanr(adapted, y[rest])[0], spearmanr(prior, y[rest])[0]
     assert sp_adapted > sp_prior + 0.2 and sp_adapted > 0.75
     assert np.mean(np.abs(adapted / y[rest] - 1)) < 0.15
-    assert state["kind"] == LM.HeadModel.kind and state["n_calibration"] == 10 and state["relative_error"] > 0
+    assert state["kind"] == HeadModel.kind and state["n_calibration"] == 10 and state["relative_error"] > 0
 
 
 def _write_measurements(path, table, setting="v100_32", n=10, seed=0):
@@ -197,12 +199,12 @@ def test_lut_profile_model_is_scale_times_lut_sum():
     from pomonag_edge.data.mbv3 import reference_lut
 
     p = _lut_profile(reference_lut("note10"), (160, 224))
-    archs = SPACE.sample(LM.MIN_POWER_FIT - 1, seed=2)  # too few timings to fit a power too
+    archs = SPACE.sample(MIN_POWER_FIT - 1, seed=2)  # too few timings to fit a power too
     lut_ms = lut_cost(SPACE, p).ms(archs)
     p.calibration = [{"arch": str(a), "latency_ms": 1.7 * v * (1 + 0.01 * i)} for i, (a, v) in
                      enumerate(zip(archs, lut_ms))]
     state = LM.fit_profile_model(SPACE, p)
-    assert state["kind"] == LM.LutModel.kind and state["lut_power"] == 1.0
+    assert state["kind"] == LutModel.kind and state["lut_power"] == 1.0
     p.latency_model = state
     model = latency_model_for(SPACE, p)
     others = SPACE.sample(5, seed=9)

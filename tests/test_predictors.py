@@ -12,8 +12,9 @@ from pomonag_edge.predictors import latency_model_for, load_accuracy_predictor
 from pomonag_edge.predictors.accuracy import make_accuracy_net, train_accuracy_checkpoint, training_indices
 from pomonag_edge.spaces.nb201.features import soft_live
 from pomonag_edge.predictors.fewshot import PROXIES, sibling_fit
-from pomonag_edge.predictors.latency import (HeadModel, PretrainedEmbedding, _soft_table_lookup, fit_calibration,
-                                             fit_lut_scale, load_pretrained)
+from pomonag_edge.predictors.latency import fit_calibration
+from pomonag_edge.predictors.latency_model import HeadModel, _soft_table_lookup, fit_lut_scale
+from pomonag_edge.predictors.latency_pretrain import PretrainedEmbedding, load_pretrained
 from pomonag_edge.spaces.lut import lut_cost
 from pomonag_edge.spaces import get_space
 from pomonag_edge.profile import Profile, reference_profile

@@ -96,7 +96,7 @@ def latency(seed, out, steps, space):
     import torch
 
     from ..predictors.checkpoints import checkpoint_path
-    from ..predictors.latency import train_latency_checkpoint
+    from ..predictors.latency_pretrain import train_latency_checkpoint
     from ..spaces import get_space
 
     sp = get_space(space)

@@ -1,7 +1,7 @@
 """Predictors of the objectives: exact costs (params, MACs) from the space, latency from a profile, accuracy
 from the space's predictor.
 
-Public API: ``fit_profile_model``, ``latency_model_for`` -> a ``latency.LatencyModel`` (``predict_ms``,
+Public API: ``fit_profile_model``, ``latency_model_for`` -> a ``latency_model.LatencyModel`` (``predict_ms``,
 ``relative_error``, ``log_sigma``, ``quantile_ms``, ``log_ms_torch``), ``load_accuracy_predictor``
 (``predict(archs, dataset)`` in percent, ``describe(dataset)``), ``accuracy_predictor_for`` (the same for a
 shipped dataset or a user task's dataset profile), and ``predict_rows`` for the ``predict`` command. Submodules import torch
