@@ -335,10 +335,11 @@ def find_profile_by_hash(folder: Path, sha256: str | None) -> Path | None:
 def profile_spec_for(run: Run, folder: str | os.PathLike | None = None) -> str:
     """The run's own profile as a ``--profile`` spec.
 
-    The file the manifest records is used when it still holds the profile of the recorded hash. Otherwise a
-    reference name is used as is; a path is tried from here, then from the run folder. A run made with the
-    default profile records no spec: the profile in ./profiles with the recorded hash is used, else
-    ./profiles/<name>.json (it may have gained calibration timings since).
+    The file the manifest records is used when it still holds the profile of the recorded hash (named as
+    ``--profile`` named it, when that still finds the same file from here). Otherwise a reference name is used
+    as is; a path is tried from here, then from the run folder. A run made with the default profile records no
+    spec: the profile in ./profiles with the recorded hash is used, else ./profiles/<name>.json (it may have
+    gained calibration timings since).
     """
     from .profile import PROFILES_DIR, announce
 
@@ -346,8 +347,10 @@ def profile_spec_for(run: Run, folder: str | os.PathLike | None = None) -> str:
     info = run.profile_record
     said = f"the one {run.path} was generated with; --profile chooses another"
     if run.profile_path is not None and _holds(run.profile_path, run.profile_sha256):
-        announce(f"profile: {run.profile_path} ({said})")
-        return run.profile_path
+        same = spec is not None and os.path.isfile(spec) and os.path.samefile(spec, run.profile_path)
+        path = spec if same else run.profile_path  # the spec as given, when it still names that file from here
+        announce(f"profile: {path} ({said})")
+        return path
     if spec is None and info.get("reference"):
         announce(f"profile: {info['reference']} ({said})")
         return str(info["reference"])

@@ -184,6 +184,7 @@ def test_generate_measure_on_this_cpu(here):
     assert "closed loop:" in r.output and "stopped:" in r.output
     revision = Path(manifest["profile"]["spec"])
     assert revision.name == "p.r2.json" and manifest["profile"]["parent"]["path"] == str(profile)
+    assert manifest["profile"]["path"] == str(revision.absolute())  # the revision's file, where export finds it
     from pomonag_edge.profile import load_profile
 
     rev = load_profile(revision)

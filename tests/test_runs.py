@@ -132,6 +132,8 @@ def test_generate_records_the_profile_path_and_export_uses_it_without_rehashing(
         raise AssertionError("the profile was searched for by hash though the recorded file still holds it")
 
     monkeypatch.setattr(runs, "find_profile_by_hash", no_search)
+    assert profile_spec_for(load_run(here / "runs" / "new")) == "phone.json"  # named as --profile named it
+    assert "profile: phone.json (the one" in capsys.readouterr().err
     elsewhere = here / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # phone.json is not found from here: the recorded path finds it
