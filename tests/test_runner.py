@@ -38,6 +38,15 @@ def test_runner_is_python36_stdlib_and_imports_nothing_of_the_package():
         assert api not in source, f"{api} is newer than python 3.6"
 
 
+def test_the_runners_runtimes_are_the_hosts():
+    from pomonag_edge.hardware import devices, remote
+    from pomonag_edge.hardware.backends import BACKENDS
+
+    assert remote.RUNTIMES is R.RUNTIMES and devices.RUNNERS == R.RUNTIMES + ("command",)
+    assert set(R.BACKEND_RUNTIMES.values()) == set(R.RUNTIMES) and set(R.BACKEND_RUNTIMES) <= set(BACKENDS)
+    assert R.BACKEND_RUNTIMES["tensorrt"] == "trtexec"
+
+
 def test_statistics_match_the_host_side_measurement():
     from pomonag_edge.hardware.timing import Measurement
 

@@ -23,6 +23,7 @@ from ..errors import UserError
 from ..files import claim, replace_dir, staging_dir
 from ..hardware.backends import PRECISIONS
 from ..hardware.drift import BAND
+from ..hardware.runner import BACKEND_RUNTIMES
 from ..profile import Profile, resolve_profile
 from ..runs import Run, load_run, profile_spec_for
 from ..spaces import get_space
@@ -187,8 +188,8 @@ def command_timings_dir(run_path: Path) -> Path:
 
 
 def _runner_runtime(backend_name: str) -> str:
-    """The device runner's runtime for a profile's backend."""
-    return "trtexec" if backend_name in ("trtexec", "tensorrt") else "onnxruntime"
+    """The device runner's runtime for a profile's backend (onnxruntime for one the runner has no runtime of)."""
+    return BACKEND_RUNTIMES.get(backend_name, "onnxruntime")
 
 
 def _one_export_at_a_time(export):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..files import read_user_text
+from .runner import RUNTIMES
 
 try:
     import tomllib
@@ -32,8 +33,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 REQUIREMENTS = ("nvidia-gpu", "jetson")
-RUNNER_RUNTIMES = ("onnxruntime", "trtexec")  # what the device runner (runner.py) times with
-RUNNERS = RUNNER_RUNTIMES + ("command",)  # a descriptor's runner: a runtime of the device runner, or its command
+RUNNERS = RUNTIMES + ("command",)  # a descriptor's runner: a runtime of the device runner, or its command
 COMMAND_TIMEOUT_S = 600.0
 # what the runner with trtexec is written for on a Jetson; said by `devices` and `profile --help`
 JETSON_SUPPORT = ("Jetson (Nano, TX2, Xavier, Orin) with JetPack 4 to 6 (TensorRT 7.1 to 10, python3 3.6 to 3.10): "

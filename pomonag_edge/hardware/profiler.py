@@ -31,6 +31,7 @@ from .backends import BACKENDS
 from .devices import check_hardware, choose_backend, detect_device, load_descriptor
 from .drift import speed_change
 from .lut import select_calibration
+from .runner import BACKEND_RUNTIMES
 from .timers import Graph, RunnerTimer, make_timer
 from .timing import PROTOCOLS, Protocol
 
@@ -42,7 +43,6 @@ _RESUME_RUNTIME = ("backend", "precision", "int8", "batch", "threads", "clock", 
                    "calibration_seed", "lut_method", "lut_resolutions")
 _RESUME_DEVICE = ("name", "host", "cpu", "gpu", "jetson_model", "power_mode", "command")
 END_CHECK_NETS = 3  # calibration nets timed again at the end to see whether the device's speed moved
-RUNNER_RUNTIMES = {"onnxruntime": "onnxruntime", "trtexec": "trtexec", "tensorrt": "trtexec"}
 
 
 @dataclass
@@ -170,10 +170,10 @@ def _timer_for(req: ProfileRequest, descriptor, protocol, precision: str, thread
 
         host = parse_host(req.host)
         name = req.backend or descriptor.runner
-        if name not in RUNNER_RUNTIMES:
+        if name not in BACKEND_RUNTIMES:
             raise UserError(f"--backend {name} cannot time on --host: the device runner times with trtexec or "
                             "onnxruntime")
-        name = RUNNER_RUNTIMES[name]
+        name = BACKEND_RUNTIMES[name]
         timer = make_timer(name, protocol, precision, threads, req.clock, host, req.ssh,
                            key=f"profile:{path.resolve()}", cache_dir=_graph_cache(path))
         timer.device.max_temp_c = req.max_temp_c

@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import UserError
+from .runner import EXIT_NO_RUNTIME, PROGRESS_PREFIX, RUNTIMES
 from .timing import Measurement, Protocol
 
 RUNNER = Path(__file__).with_name("runner.py")
-RUNTIMES = ("onnxruntime", "trtexec")
-EXIT_NO_RUNTIME = 3  # runner.py's
 LOCAL_DIR = Path.home() / ".cache" / "pomonag-edge" / "runner"
 
 # progress(done, total, item): after every finished round
@@ -290,9 +289,9 @@ class DeviceTimer:
             proc = self.transport.popen(command, stderr=err)
             try:
                 for line in proc.stdout:
-                    if line.startswith("@progress ") and progress is not None:
+                    if line.startswith(PROGRESS_PREFIX) and progress is not None:
                         try:
-                            event = json.loads(line[len("@progress "):])
+                            event = json.loads(line[len(PROGRESS_PREFIX):])
                         except ValueError:
                             continue
                         if event.get("kind") in ("start", "round", "done"):

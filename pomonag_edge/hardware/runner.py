@@ -45,6 +45,9 @@ import time
 SCHEMA = "pomonag-edge/runner-result"
 SCHEMA_VERSION = 1
 RUNTIMES = ("onnxruntime", "trtexec")
+# the runtime here that times a host backend's graphs: TensorRT engines are built and timed by trtexec on the device
+BACKEND_RUNTIMES = {"onnxruntime": "onnxruntime", "trtexec": "trtexec", "tensorrt": "trtexec"}
+PROGRESS_PREFIX = "@progress "  # starts each progress line on stdout, read by the host
 TRTEXEC_PATHS = ("/usr/src/tensorrt/bin/trtexec", "/usr/local/tensorrt/bin/trtexec")
 EXIT_USAGE = 2
 EXIT_NO_RUNTIME = 3
@@ -678,7 +681,7 @@ def progress(kind, **fields):
     """One ``@progress`` line on stdout; a reader that went away (dropped connection) ends the run."""
     fields["kind"] = kind
     try:
-        sys.stdout.write("@progress " + json.dumps(fields, sort_keys=True) + "\n")
+        sys.stdout.write(PROGRESS_PREFIX + json.dumps(fields, sort_keys=True) + "\n")
         sys.stdout.flush()
     except (BrokenPipeError, OSError):
         os._exit(1)  # what was measured is in the log already

@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import UserError
+from .runner import BACKEND_RUNTIMES
 from .timing import Measurement, Protocol, settle
 
 ProgressFn = Callable[[int, int, str], None]  # (done, total, item)
@@ -264,8 +265,8 @@ def make_timer(backend_name: str, protocol: Protocol, precision: str = "fp32", t
     if host is not None or backend_name == "trtexec":
         from .remote import DeviceTimer
 
-        runtime = "trtexec" if backend_name in ("trtexec", "tensorrt") else "onnxruntime"
-        if backend_name not in ("trtexec", "tensorrt", "onnxruntime"):
+        runtime = BACKEND_RUNTIMES.get(backend_name)
+        if runtime is None:
             raise UserError(f"backend {backend_name} cannot time through the device runner (it runs trtexec or "
                             "onnxruntime on CPU): drop --host, or use --backend onnxruntime or trtexec")
         return RunnerTimer(DeviceTimer(host, protocol, runtime=runtime, precision=precision, threads=threads,
