@@ -47,6 +47,16 @@ def test_the_runners_runtimes_are_the_hosts():
     assert R.BACKEND_RUNTIMES["tensorrt"] == "trtexec"
 
 
+def test_the_host_protocol_is_the_runners_and_a_hand_run_differs_only_where_named(tmp_path):
+    from pomonag_edge.hardware.timing import DEFAULT
+
+    assert DEFAULT.to_dict() == R.PROTOCOL
+    assert {k for k in R.PROTOCOL if R.HAND_RUN_PROTOCOL[k] != R.PROTOCOL[k]} == {"min_time_s", "max_time_s", "rounds"}
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(DEFAULT.to_dict()))  # what the host sends: every field, so nothing of a hand run
+    assert R.load_protocol(str(path)) == R.PROTOCOL
+
+
 def test_statistics_match_the_host_side_measurement():
     from pomonag_edge.hardware.timing import Measurement
 
@@ -58,7 +68,7 @@ def test_statistics_match_the_host_side_measurement():
 
 
 def test_round_budget_splits_runs_and_time_and_caps(tmp_path):
-    p = dict(R.PROTOCOL_DEFAULTS, min_runs=100, min_time_s=3.0, max_time_s=30.0, floor_runs=10, rounds=3)
+    p = dict(R.HAND_RUN_PROTOCOL, min_runs=100, min_time_s=3.0, max_time_s=30.0, floor_runs=10, rounds=3)
     assert R.round_budget(p) == (34, 1.0, 10.0, 4)
     path = tmp_path / "p.json"
     path.write_text(json.dumps({"min_runs": 5, "rounds": 0}))
@@ -67,7 +77,7 @@ def test_round_budget_splits_runs_and_time_and_caps(tmp_path):
 
 
 def test_timed_loop_needs_runs_and_time():
-    p = dict(R.PROTOCOL_DEFAULTS, warmup_ms=0, warmup_runs=0, min_runs=4, min_time_s=0.03, max_time_s=1, floor_runs=1,
+    p = dict(R.HAND_RUN_PROTOCOL, warmup_ms=0, warmup_runs=0, min_runs=4, min_time_s=0.03, max_time_s=1, floor_runs=1,
              rounds=1)
     import time
 
@@ -180,7 +190,7 @@ def _trtexec_with_help(name, precision="fp32"):
 
 def test_trtexec_flags_follow_the_protocol_and_what_trtexec_offers():
     t = _trtexec_with_help("help_v8502.txt", "fp16")
-    p = dict(R.PROTOCOL_DEFAULTS, warmup_ms=200, min_runs=100, min_time_s=3.0, max_time_s=30.0, rounds=3)
+    p = dict(R.HAND_RUN_PROTOCOL, warmup_ms=200, min_runs=100, min_time_s=3.0, max_time_s=30.0, rounds=3)
     args = t.time_args("e.engine", p, "t.json")
     assert {"--loadEngine=e.engine", "--warmUp=200", "--iterations=34", "--duration=1", "--exportTimes=t.json",
             "--useCudaGraph", "--noDataTransfers", "--useSpinWait", "--avgRuns=1"} <= set(args)

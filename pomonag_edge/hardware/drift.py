@@ -1,6 +1,6 @@
 """How much faster or slower the device runs now than when its profile was taken, from nets timed both times.
 
-A shared VM drifted ~1.7x for minutes here; a laptop on battery or a throttling Jetson drifts too. Timing a
+A shared machine, a laptop on battery or a throttling Jetson can run slower or faster for minutes. Timing a
 few of the profile's own calibration nets again, interleaved with the nets under test, measures that drift:
 the factor is the median of now / then over them. A net's measured / predicted ratio divided by the factor
 is what the latency model would have been judged on had the device run at its profiling speed.

@@ -52,9 +52,13 @@ TRTEXEC_PATHS = ("/usr/src/tensorrt/bin/trtexec", "/usr/local/tensorrt/bin/trtex
 EXIT_USAGE = 2
 EXIT_NO_RUNTIME = 3
 
-PROTOCOL_DEFAULTS = {"name": "default", "warmup_ms": 200.0, "warmup_runs": 10, "min_runs": 100,
-                     "min_time_s": 3.0, "max_time_s": 30.0, "floor_runs": 10, "max_cv": 0.15, "retries": 2,
-                     "settle_s": 1.0, "rounds": 1}
+# The timing protocol's fields and default values: pomonag-edge's ``Protocol`` (hardware/timing.py) takes them
+# from here, since this file must stand alone on the device. The host sends every field.
+PROTOCOL = {"name": "default", "warmup_ms": 200.0, "warmup_runs": 10, "min_runs": 100, "min_time_s": 1.0,
+            "max_time_s": 10.0, "floor_runs": 10, "max_cv": 0.15, "retries": 2, "settle_s": 1.0, "rounds": 3}
+# What a field a protocol JSON leaves out gets: the runner run by hand times each file as trtexec does by default
+# (3 s), capped at 30 s, in one round; never the host's, which sends every field of ``PROTOCOL``.
+HAND_RUN_PROTOCOL = dict(PROTOCOL, min_time_s=3.0, max_time_s=30.0, rounds=1)
 
 
 class RunnerError(Exception):
@@ -92,7 +96,7 @@ def statistics_ms(samples, repeats=1):
 
 
 def load_protocol(path):
-    """The protocol JSON merged over the defaults; unknown keys are ignored, bad values refused."""
+    """The protocol JSON merged over ``HAND_RUN_PROTOCOL``; unknown keys are ignored, bad values refused."""
     try:
         with open(path) as f:
             raw = json.load(f)
@@ -100,8 +104,8 @@ def load_protocol(path):
         raise RunnerError("cannot read protocol {}: {}".format(path, e))
     if not isinstance(raw, dict):
         raise RunnerError("protocol {} must be a JSON object".format(path))
-    protocol = dict(PROTOCOL_DEFAULTS)
-    protocol.update({k: v for k, v in raw.items() if k in PROTOCOL_DEFAULTS})
+    protocol = dict(HAND_RUN_PROTOCOL)
+    protocol.update({k: v for k, v in raw.items() if k in PROTOCOL})
     for key in ("warmup_runs", "min_runs", "floor_runs", "retries", "rounds"):
         protocol[key] = int(protocol[key])
     for key in ("warmup_ms", "min_time_s", "max_time_s", "max_cv", "settle_s"):
@@ -597,7 +601,7 @@ def settings_key(runtime, args, protocol):
     """What a finished round must share with this run to be reused."""
     fields = {"runtime": runtime.name, "precision": args.precision, "threads": args.threads,
               "clock": args.clock, "provider": args.provider, "tag": args.tag,
-              "protocol": {k: protocol[k] for k in sorted(PROTOCOL_DEFAULTS) if k != "name"}}
+              "protocol": {k: protocol[k] for k in sorted(PROTOCOL) if k != "name"}}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -12,32 +12,35 @@ from typing import Callable
 
 import numpy as np
 
+from .runner import PROTOCOL as _PROTOCOL
+
 
 @dataclass(frozen=True)
 class Protocol:
-    """How to time one model. Defaults are the trustworthy ones; ``QUICK`` is for tests and ``--quick``.
+    """How to time one model. Defaults are the trustworthy ones (the device runner's ``PROTOCOL``, defined there
+    because the runner stands alone on the device); ``QUICK`` is for tests and ``--quick``.
 
     Warm-up lasts until both ``warmup_ms`` and ``warmup_runs`` are reached. Timing stops once both
     ``min_runs`` runs and ``min_time_s`` seconds are reached, as trtexec does (its defaults: 10 runs and
     3 s; ours ask 100 runs and 1 s, since a profile times ~100 graphs), or at ``max_time_s`` so a huge net
     does not take minutes, but never before ``floor_runs`` runs. When the coefficient of variation exceeds
     ``max_cv`` the measurement is repeated up to ``retries`` times and the quietest one is kept.
-    ``settle_s`` is a one-off warm-up of the whole machine before a series of measurements: the first
-    model timed in a fresh process ran ~30% slow here despite its own warm-up. The device runner
+    ``settle_s`` is a one-off warm-up of the whole machine before a series of measurements, since the first
+    model timed in a fresh process runs slow despite its own warm-up. The device runner
     (``runner.py``) splits the runs into ``rounds`` taken in turn across all the files it times.
     """
 
-    name: str = "default"
-    warmup_ms: float = 200.0
-    warmup_runs: int = 10
-    min_runs: int = 100
-    min_time_s: float = 1.0
-    max_time_s: float = 10.0
-    floor_runs: int = 10
-    max_cv: float = 0.15
-    retries: int = 2
-    settle_s: float = 1.0
-    rounds: int = 3
+    name: str = _PROTOCOL["name"]
+    warmup_ms: float = _PROTOCOL["warmup_ms"]
+    warmup_runs: int = _PROTOCOL["warmup_runs"]
+    min_runs: int = _PROTOCOL["min_runs"]
+    min_time_s: float = _PROTOCOL["min_time_s"]
+    max_time_s: float = _PROTOCOL["max_time_s"]
+    floor_runs: int = _PROTOCOL["floor_runs"]
+    max_cv: float = _PROTOCOL["max_cv"]
+    retries: int = _PROTOCOL["retries"]
+    settle_s: float = _PROTOCOL["settle_s"]
+    rounds: int = _PROTOCOL["rounds"]
 
     def to_dict(self) -> dict:
         return asdict(self)
