@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from pomonag_edge.cli import cli
 from pomonag_edge.export import ExportOptions, export_run
 from pomonag_edge.export.pipeline import _interleave, _judge
+from pomonag_edge.hardware import QUICK
 from pomonag_edge.hardware.drift import compare, drift_factor, pick_probes, speed_change
 
 
@@ -45,10 +46,8 @@ def test_the_band_is_one_definition_for_drift_export_and_its_report():
     assert pipeline.BAND is drift.BAND and report.BAND is drift.BAND
     entry = {"rank": 1, "checks": [], "reasons": [], "measured": {"onnxruntime": {"median_ms": 1.09, "cv": 0.0}},
              "predicted": {"latency_ms": 1.0}}
-    ctx = SimpleNamespace(backend_name="onnxruntime", informative=False, notes=[],
-                          profile=SimpleNamespace(runtime={}), options=SimpleNamespace(quick=True),
-                          run=SimpleNamespace(budget={"max_latency_ms": None}))
-    _judge(entry, ctx, 1.0)
+    plan = SimpleNamespace(backend="onnxruntime", informative=False, protocol=QUICK, budget_ms=None)
+    _judge(entry, plan, [], 1.0)
     assert entry["within_10pct"] and entry["within_10pct_corrected"]
     console = Console(record=True, width=200)
     summary = {"passed": 1, "checked": 0, "over_budget": 0, "failed": 0, "within_10pct": 1, "compared": 1}
@@ -71,11 +70,10 @@ def test_interleave_spreads_probes():
 
 
 def test_budget_uses_raw_and_agreement_is_also_given_corrected():
-    ctx = SimpleNamespace(backend_name="onnxruntime", informative=False, options=SimpleNamespace(quick=True),
-                          profile=SimpleNamespace(runtime={}), run=SimpleNamespace(budget={"max_latency_ms": 3.0}))
+    plan = SimpleNamespace(backend="onnxruntime", informative=False, protocol=QUICK, budget_ms=3.0)
     entry = {"checks": [], "reasons": [], "measured": {"onnxruntime": {"median_ms": 3.3, "cv": 0.01}},
              "predicted": {"latency_ms": 2.0}}
-    _judge(entry, ctx, drift=1.5)
+    _judge(entry, plan, [], drift_factor=1.5)
     assert entry["status"] == "over_budget"  # 3.3 ms > 3 ms, whatever the drift
     assert entry["within_10pct"] is False and entry["within_10pct_corrected"] is True
     assert entry["measured_over_predicted"]["drift_corrected"] == pytest.approx(1.1)

@@ -116,8 +116,9 @@ def test_export_writes_checked_onnx_and_measured_report(setup):
 
 
 def test_nets_are_timed_with_the_profiles_clock(tmp_path, facts, monkeypatch):
-    """A profile timed with --clock cpu is re-measured with the CPU clock, not the wall clock."""
-    import pomonag_edge.hardware as hardware
+    """A profile timed with --clock cpu is re-measured with the CPU clock, not the wall clock (by its timer,
+    ``timers.timer_for_profile``, whose backend ``backends.get_backend`` makes)."""
+    import pomonag_edge.hardware.backends as hardware
 
     clocks = []
     real = hardware.get_backend

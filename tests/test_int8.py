@@ -276,19 +276,18 @@ def test_export_at_int8_ships_qdq_files_checked_and_timed_beside_fp32(tmp_path):
 
 
 def test_int8_not_faster_is_one_note_per_net():
+    from types import SimpleNamespace
+
     from pomonag_edge.export.pipeline import _judge
+    from pomonag_edge.hardware import QUICK
 
-    class Ctx:
-        backend_name, notes, informative = "onnxruntime", [], False
-        options = type("O", (), {"quick": True})()
-        profile = type("P", (), {"runtime": {}})()
-        run = type("R", (), {"budget": {"max_latency_ms": None}})()
-
+    plan = SimpleNamespace(backend="onnxruntime", informative=False, protocol=QUICK, budget_ms=None)
     entry = {"rank": 2, "checks": [], "reasons": [], "predicted": {"latency_ms": None},
              "measured": {"onnxruntime": {"median_ms": 2.0, "cv": 0.0}}, "measured_fp32": {"median_ms": 1.5}}
-    _judge(entry, Ctx())
+    notes = []
+    _judge(entry, plan, notes)
     assert entry["int8_speedup"] == 0.75
-    assert Ctx.notes == ["net 2: INT8 is not faster than FP32 on this device (2.000 ms vs 1.500 ms)"]
+    assert notes == ["net 2: INT8 is not faster than FP32 on this device (2.000 ms vs 1.500 ms)"]
 
 
 def test_int8_export_refusals_are_one_line(tmp_path):

@@ -152,7 +152,8 @@ def render(report: dict, console) -> None:
                       + (f"; accuracy drop from FP32 at most {s['int8_accuracy_drop_points_max']:.2f} points"
                          if s.get("int8_accuracy_drop_points_max") is not None else ""), highlight=False, soft_wrap=True)
     line = (f"{s['passed']} passed, {s['checked']} checked only, {s['over_budget']} over budget, {s['failed']} failed"
-            + (f"; {s['within_10pct']}/{s['compared']} measured within ±{BAND:.0%} of predicted (raw)" if s["compared"] else "")
+            + (f"; {s['within_10pct']}/{s['compared']} measured within ±{BAND:.0%} of predicted (raw)"
+               if s["compared"] else "")
             + (f", {s['within_10pct_corrected']}/{s['compared']} drift-corrected"
                if s.get("within_10pct_corrected") is not None else ""))
     console.print(line + f"  ->  {report.get('path', '')}", highlight=False, soft_wrap=True)

@@ -93,6 +93,18 @@ def backend_available(name: str) -> tuple[bool, str]:
     return True, ""
 
 
+def tensorrt_missing_here(detected: dict, precision: str = "fp32", threads: int = 1) -> str | None:
+    """Why TensorRT engines cannot be built in this process on the machine of ``detected`` facts (None when they
+    can): no NVIDIA GPU, or the backend cannot start (not installed, too old, no CUDA)."""
+    if not (detected.get("gpu") or detected.get("jetson")):
+        return "no NVIDIA GPU here"
+    try:
+        get_backend("tensorrt", precision=precision, threads=threads)
+    except UserError as e:
+        return str(e)
+    return None
+
+
 # ----------------------------------------------------------------------------- ONNX Runtime
 
 

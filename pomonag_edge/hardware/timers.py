@@ -4,15 +4,18 @@ runner (``runner.py``) here or on ``--host``, or a device that is a command (``r
     timer = make_timer(backend_name, protocol, host=None, ...)
     medians = timer.time({"chain-12": Graph(module, {"input": x}), ...})   # {name: Measurement}
 
-The profiler and export ask a timer, never a backend, so the same code serves this machine, a board over
-SSH and a vendor toolchain behind a script. A graph is a ``torch.nn.Module`` with fixed inputs (and, for a
-whole net, its arch string); the runner and command paths export it to ONNX here.
+The profiler, the closed loop and export ask a timer, never a backend, so the same code serves this machine, a
+board over SSH and a vendor toolchain behind a script. A graph is a ``torch.nn.Module`` with fixed inputs (and, for
+a whole net, its arch string, and its ONNX file when export made one); the runner and command paths export it to
+ONNX here when it has none. ``time_batch`` is ``time`` with everything a report records: per-graph failures on
+the device, the runner's round medians, the engines trtexec built, the seconds spent.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -31,7 +34,21 @@ class Graph:
     module: object  # torch.nn.Module, in eval mode
     inputs: dict[str, np.ndarray]
     arch: str | None = None  # a whole net's arch string; None for a LUT's op graphs
-    onnx: Path | None = None  # its ONNX file when one exists already (export's): not exported again
+    onnx: Path | None = None  # its ONNX file when one exists already (export's): timed as it is, not exported again
+
+
+@dataclass
+class Timed:
+    """A batch as a timer measured it, by graph name. A graph the device runner failed to time is in ``errors``
+    (a backend or a command raises instead); ``details``: what the runner records beside a measurement (its round
+    medians); ``engines``: the TensorRT engines trtexec built, brought back; ``seconds``: the wall time each graph
+    took (the runner's interleaved batch shared evenly)."""
+
+    measurements: dict[str, Measurement]
+    seconds: dict[str, float]
+    errors: dict[str, str] = field(default_factory=dict)
+    details: dict[str, dict] = field(default_factory=dict)
+    engines: dict[str, Path] = field(default_factory=dict)
 
 
 def int8_graph(graph: Graph, scheme: str, name: str = "graph") -> bytes:
@@ -62,7 +79,13 @@ class BackendTimer:
         return detect_device()
 
     def _model(self, graph: Graph, name: str = "graph"):
-        """What the backend loads: the module (exported by the backend as needed), or its INT8 Q/DQ graph."""
+        """What the backend loads: the graph's own ONNX file when it has one and the backend reads ONNX, else the
+        module (exported by the backend as needed), or its INT8 Q/DQ graph."""
+        from .backends import BACKENDS
+
+        info = BACKENDS.get(getattr(self.backend, "name", ""))
+        if graph.onnx is not None and (info is None or info.reads_onnx):
+            return str(graph.onnx)
         if getattr(self.backend, "precision", "fp32") != "int8":
             return graph.module
         from .quantize import scheme_for
@@ -73,12 +96,23 @@ class BackendTimer:
         settle(self.backend.load(self._model(graph), graph.inputs).run_once_ms, self.protocol)
 
     def time(self, graphs: dict[str, Graph], progress: ProgressFn | None = None, tag: str = "") -> dict[str, Measurement]:
-        out = {}
+        return self.time_batch(graphs, progress, tag).measurements
+
+    def time_batch(self, graphs: dict[str, Graph], progress: ProgressFn | None = None, tag: str = "",
+                   engine_dir: Path | None = None, keep_engines: set[str] | None = None) -> Timed:
+        """``time``, with the seconds each graph took (engines are built here by whoever builds the files)."""
+        out, seconds = {}, {}
         for n, (name, g) in enumerate(graphs.items(), start=1):
+            t0 = time.perf_counter()
             out[name] = self.backend.load(self._model(g, name), g.inputs).measure(self.protocol)
+            seconds[name] = time.perf_counter() - t0
             if progress is not None:
                 progress(n, len(graphs), name)
-        return out
+        return Timed(out, seconds)
+
+    def measured_note(self, retimed: int) -> str | None:
+        """What a report says of who timed a batch with ``retimed`` calibration nets among it (nothing: here)."""
+        return None
 
 
 class RunnerTimer:
@@ -101,13 +135,28 @@ class RunnerTimer:
         pass  # the runner settles on the heaviest graph of each batch itself
 
     def time(self, graphs: dict[str, Graph], progress: ProgressFn | None = None, tag: str = "") -> dict[str, Measurement]:
-        onnx = {name: self._onnx(name, g) for name, g in graphs.items()}
-        result = self.device.time(onnx, progress=progress, tag=tag)
-        if result.errors:
-            name, why = next(iter(result.errors.items()))
+        timed = self.time_batch(graphs, progress, tag)
+        if timed.errors:
+            name, why = next(iter(timed.errors.items()))
             raise UserError(f"timing {name} on {self.where} failed: {why}")
-        return result.measurements
+        return timed.measurements
 
+    def time_batch(self, graphs: dict[str, Graph], progress: ProgressFn | None = None, tag: str = "",
+                   engine_dir: Path | None = None, keep_engines: set[str] | None = None) -> Timed:
+        """All graphs in one interleaved batch; a graph that failed there is in ``errors``. With ``engine_dir``
+        (trtexec), the engines of ``keep_engines`` (default all) come back there as ``NAME.engine``."""
+        t0 = time.perf_counter()
+        onnx = {name: self._onnx(name, g) for name, g in graphs.items()}
+        result = self.device.time(onnx, progress=progress, tag=tag, save_engines=engine_dir is not None,
+                                  engine_dir=engine_dir, keep_engines=keep_engines)
+        share = (time.perf_counter() - t0) / max(1, len(graphs))
+        return Timed(result.measurements, {name: share for name in graphs}, result.errors,
+                     {name: {"round_medians_ms": s.get("round_medians_ms")} for name, s in result.stats.items()},
+                     result.engines)
+
+    def measured_note(self, retimed: int) -> str | None:
+        return (f"measured on {self.where} by the device runner ({self.device.runtime}), {retimed} calibration "
+                "net(s) re-timed in the same interleaved rounds")
 
     def _onnx(self, name: str, graph: Graph) -> bytes:
         """The graph's ONNX: export's own file, else exported here (as Q/DQ INT8 when the runner times int8)."""
@@ -216,10 +265,20 @@ class CommandTimer:
         pass  # the command owns its warm-up
 
     def time(self, graphs: dict[str, Graph], progress: ProgressFn | None = None, tag: str = "") -> dict[str, Measurement]:
+        return self.time_batch(graphs, progress, tag).measurements
+
+    def measured_note(self, retimed: int) -> str | None:
+        return (f"measured by {self.where}: {self.descriptor.calls} call(s) per net, {retimed} calibration net(s) "
+                "re-timed among them")
+
+    def time_batch(self, graphs: dict[str, Graph], progress: ProgressFn | None = None, tag: str = "",
+                   engine_dir: Path | None = None, keep_engines: set[str] | None = None) -> Timed:
+        """``time``, with the seconds each graph took (its calls, or none when all were logged before)."""
         from ..external import result_key, run_for_number
 
-        out = {}
+        out, seconds = {}, {}
         for n, (name, g) in enumerate(graphs.items(), start=1):
+            t0 = time.perf_counter()
             base = result_key(command=self.template.text, graph=name, arch=g.arch, shapes=_shapes(g), tag=tag,
                               **self.settings)
             values = []
@@ -244,9 +303,10 @@ class CommandTimer:
                 values.append(float(record["latency_ms"]))
             m = Measurement.from_samples(values)
             out[name] = Measurement(**{**m.to_dict(), "calls": len(values)})
+            seconds[name] = time.perf_counter() - t0
             if progress is not None:
                 progress(n, len(graphs), name)
-        return out
+        return Timed(out, seconds)
 
 
 def make_timer(backend_name: str, protocol: Protocol, precision: str = "fp32", threads: int = 1,
@@ -288,15 +348,59 @@ def profile_protocol(profile, quick: bool = False) -> Protocol:
     return PROTOCOLS.get(profile.runtime.get("protocol"), DEFAULT)
 
 
-def timer_for_profile(profile, *, host=None, ssh=None, quick: bool = False, precision: str | None = None,
-                      key: str = "default", cache_dir=None):
-    """A timer for the device ``profile`` was taken on, set as it was (backend, precision, threads, batch,
-    clock, protocol): the descriptor's command for a command device, the device runner on ``host``
-    (``USER@ADDR`` or a ``remote.Host``), else the profile's backend on this machine. What the timer times is
-    comparable with the profile's calibration timings; a profile of timings taken elsewhere has no device."""
+@dataclass(frozen=True)
+class Reach:
+    """How a profile's device is timed (``reach_for_profile``), decided from the profile alone."""
+
+    kind: str  # "command": the descriptor's command; "runner": the device runner (on a host, or here for trtexec);
+    # "here": a backend of this process
+    backend: str  # what its timings are recorded under: the profile's backend, "command", or the stand-in
+    runtime: str | None = None  # the device runner's runtime (kind "runner")
+    descriptor: object | None = None  # the device descriptor (kind "command")
+
+
+def runner_runtime(backend_name: str) -> str:
+    """The device runner's runtime for a backend (``runner.BACKEND_RUNTIMES``), ONNX Runtime on the CPU standing in
+    for one the runner has none of."""
+    return BACKEND_RUNTIMES.get(backend_name, "onnxruntime")
+
+
+def reach_for_profile(profile, host=None, stand_in: bool = False) -> Reach:
+    """How ``timer_for_profile`` times the device ``profile`` was taken on: its descriptor's command, the device
+    runner on ``host`` (or here for trtexec), else the profile's backend here. A profile of timings taken
+    elsewhere has no device; with ``stand_in`` (export: measure what can be measured) ONNX Runtime stands in for
+    a backend this package cannot time with, and the runner's runtime for a backend the runner lacks."""
     from .backends import BACKENDS
     from .devices import command_descriptor
 
+    runtime = profile.runtime or {}
+    descriptor = command_descriptor(profile)
+    if descriptor is not None:
+        if host is not None:
+            raise UserError(f"profile {profile.name!r} was taken through device {descriptor.name}'s command, which "
+                            "reaches its device itself: drop --host")
+        return Reach("command", "command", descriptor=descriptor)
+    backend = runtime.get("backend")
+    if not stand_in and (profile.reference or backend not in BACKENDS):
+        raise UserError(f"profile {profile.name!r} holds timings {'published' if profile.reference else 'taken'} "
+                        f"elsewhere ({backend or 'no backend'}): there is no device to time on; profile the device "
+                        "(`pomonag-edge profile`), or use a profile taken on it")
+    if backend not in BACKENDS:  # a reference profile's "published table"
+        backend = "onnxruntime"
+    if host is not None or backend == "trtexec":
+        if not stand_in and backend not in BACKEND_RUNTIMES:
+            raise UserError(f"backend {backend} cannot time through the device runner (it runs trtexec or "
+                            "onnxruntime on CPU): drop --host, or use --backend onnxruntime or trtexec")
+        return Reach("runner", backend, runtime=runner_runtime(backend))
+    return Reach("here", backend)
+
+
+def timer_for_profile(profile, *, host=None, ssh=None, quick: bool = False, precision: str | None = None,
+                      key: str = "default", cache_dir=None, stand_in: bool = False):
+    """A timer for the device ``profile`` was taken on, set as it was (backend, precision, threads, batch,
+    clock, protocol), reached as ``reach_for_profile`` says: the descriptor's command for a command device, the
+    device runner on ``host`` (``USER@ADDR`` or a ``remote.Host``), else the profile's backend on this machine.
+    What the timer times is comparable with the profile's calibration timings."""
     runtime = profile.runtime or {}
     precision = precision or runtime.get("precision") or "fp32"
     threads, batch = int(runtime.get("threads") or 1), int(runtime.get("batch") or 1)
@@ -304,17 +408,11 @@ def timer_for_profile(profile, *, host=None, ssh=None, quick: bool = False, prec
         from .remote import parse_host
 
         host = parse_host(host)
-    descriptor = command_descriptor(profile)
-    if descriptor is not None:
-        if host is not None:
-            raise UserError(f"profile {profile.name!r} was taken through device {descriptor.name}'s command, which "
-                            "reaches its device itself: drop --host")
-        return make_timer("command", profile_protocol(profile, quick), precision, threads, key=key,
-                          cache_dir=cache_dir, descriptor=descriptor, space=profile.space, batch=batch)
-    backend = runtime.get("backend")
-    if profile.reference or backend not in BACKENDS:
-        raise UserError(f"profile {profile.name!r} holds timings {'published' if profile.reference else 'taken'} "
-                        f"elsewhere ({backend or 'no backend'}): there is no device to time on; profile the device "
-                        "(`pomonag-edge profile`), or use a profile taken on it")
-    return make_timer(backend, profile_protocol(profile, quick), precision, threads,
-                      runtime.get("clock") or "wall", host, ssh, key=key, cache_dir=cache_dir)
+    reach = reach_for_profile(profile, host, stand_in)
+    protocol = profile_protocol(profile, quick)
+    if reach.kind == "command":
+        return make_timer("command", protocol, precision, threads, key=key, cache_dir=cache_dir,
+                          descriptor=reach.descriptor, space=profile.space, batch=batch)
+    name = reach.runtime if reach.kind == "runner" else reach.backend
+    return make_timer(name, protocol, precision, threads, runtime.get("clock") or "wall", host, ssh, key=key,
+                      cache_dir=cache_dir)
