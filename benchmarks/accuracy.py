@@ -44,8 +44,8 @@ def main(argv=None):
     import torch
 
     from pomonag_edge.data import nb201_accuracy
-    from pomonag_edge.predictors.accuracy import load_accuracy_predictor
-    from pomonag_edge.predictors.accuracy import DATASETS
+    from pomonag_edge.spaces.nb201.accuracy import load_accuracy_predictor
+    from pomonag_edge.spaces.nb201.accuracy import DATASETS
     from pomonag_edge.spaces.nb201 import SPACE
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -9,7 +9,7 @@ from scipy.stats import spearmanr
 
 from pomonag_edge.data import nb201_accuracy, nb201_latency_ms
 from pomonag_edge.predictors import latency_model_for, load_accuracy_predictor
-from pomonag_edge.predictors.accuracy import make_accuracy_net, train_accuracy_checkpoint, training_indices
+from pomonag_edge.spaces.nb201.accuracy import make_accuracy_net, train_accuracy_checkpoint, training_indices
 from pomonag_edge.spaces.nb201.features import soft_live
 from pomonag_edge.predictors.fewshot import PROXIES, sibling_fit
 from pomonag_edge.predictors.latency import fit_calibration
@@ -164,7 +164,7 @@ def test_brpnas_reference_falls_back_to_model_for_unmeasured_nets():
 def test_shipped_latency_checkpoint_covers_all_devices_and_is_small():
     pre = load_pretrained(SPACE)
     assert len(pre.devices) == 32 and pre.heads.shape[0] == 32
-    from pomonag_edge.predictors.checkpoints import checkpoint_path
+    from pomonag_edge.checkpoints import checkpoint_path
 
     assert checkpoint_path("latency_nb201.pt").stat().st_size < 2_000_000
 

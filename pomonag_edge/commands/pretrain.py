@@ -73,7 +73,7 @@ def _beside_shipped(sha: str, shipped: Path | None) -> str:
 
 
 def _save(ckpt: dict, path: Path, shipped: Path):
-    from ..predictors.checkpoints import save_checkpoint
+    from ..checkpoints import save_checkpoint
 
     sha = save_checkpoint(ckpt, path)
     click.echo(f"{path}: {path.stat().st_size / 1024:.0f} KiB, sha256 {sha} ({_beside_shipped(sha, shipped)})")
@@ -95,7 +95,7 @@ def latency(seed, out, steps, space):
     (nb201: 32 device settings; mbv3: OFA's 9 GPU settings, 5,000 nets)."""
     import torch
 
-    from ..predictors.checkpoints import checkpoint_path
+    from ..checkpoints import checkpoint_path
     from ..predictors.latency_pretrain import train_latency_checkpoint
     from ..spaces import get_space
 
@@ -118,9 +118,9 @@ def accuracy(seed, out, steps):
     """Train the dataset-conditioned NB201 accuracy predictor on a seeded 10% of the shipped table."""
     import torch
 
-    from ..predictors.accuracy import ACCURACY_CHECKPOINT, train_accuracy_checkpoint
-    from ..predictors.checkpoints import checkpoint_path
+    from ..checkpoints import checkpoint_path
     from ..spaces import get_space
+    from ..spaces.nb201.accuracy import ACCURACY_CHECKPOINT, train_accuracy_checkpoint
 
     shipped = checkpoint_path(ACCURACY_CHECKPOINT)
     path = _target(out, shipped)

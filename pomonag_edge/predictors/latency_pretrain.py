@@ -272,7 +272,7 @@ def train_latency_checkpoint(space, seed: int = 0, steps: int | None = None, dim
 
 def load_pretrained(space, path=None) -> PretrainedEmbedding:
     """The space's shipped latency embedding (or the checkpoint at ``path``), built once per process."""
-    from .checkpoints import checkpoint_path, load_built
+    from ..checkpoints import checkpoint_path, load_built
 
     recipe = space.latency_recipe
     if recipe is None:

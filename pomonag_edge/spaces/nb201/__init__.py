@@ -212,8 +212,8 @@ class NB201Space(SpaceBase):
 
     # -- predictors and tables
     def accuracy_predictor(self):
-        """The shipped dataset-conditioned accuracy predictor (``predictors.accuracy``)."""
-        from ...predictors.accuracy import load_accuracy_predictor
+        """The shipped dataset-conditioned accuracy predictor (``accuracy.py`` here)."""
+        from .accuracy import load_accuracy_predictor
 
         return load_accuracy_predictor(self)
 

@@ -8,7 +8,7 @@ normal scores of the accuracy ranks, mapped back to percent by a monotone piecew
 loss weights the best nets more: the generator picks the best net within a budget, so the order at the
 top matters most (numbers in ``train_accuracy_checkpoint``). ``AccuracyNet(noise_aware=True)`` adds a
 diffusion-time input; the shipped generator distils its own noise-aware predictors (generator/noise_aware.py).
-A task no shipped table covers (a dataset profile) is served by ``accuracy_fewshot`` instead.
+A task no shipped table covers (a dataset profile) is served by ``predictors.accuracy_fewshot`` instead.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ TRAIN_FRACTION = 0.10
 DATASETS = ("cifar10", "cifar100", "imagenet16-120")
 
 
-# The four input->output paths of the cell as edge indices (edge order of ``spaces.nb201.EDGES``).
+# The four input->output paths of the cell as edge indices (edge order of ``EDGES`` in this package).
 PATHS = ((3,), (0, 4), (1, 5), (0, 2, 5))
 NUM_PATH_FEATURES = 4 + len(PATHS) * 5
 
@@ -38,7 +38,7 @@ def path_features(x):
     smooth on a noised one."""
     import torch
 
-    from ..spaces.nb201.features import soft_live
+    from .features import soft_live
 
     live = soft_live(x)
     live_ops = x[..., 1:] * live[..., None]  # skip, conv1, conv3, pool
@@ -58,7 +58,7 @@ def _module_classes():
     import torch
     import torch.nn as nn
 
-    from ..spaces.nb201.features import NUM_FEATURES, nb201_features
+    from .features import NUM_FEATURES, nb201_features
 
     class AccuracyNet(nn.Module):
         """(n, 6, 5) encoding + dataset index [+ diffusion time t in [0, 1]] -> accuracy in percent.
@@ -169,7 +169,7 @@ def train_accuracy_checkpoint(space, seed: int = 0, steps: int = 2000, hidden: i
     squared error by exp(beta * z) (both normalised to mean 1), so errors among the top nets cost more."""
     import torch
 
-    from ..data import nb201_accuracy
+    from ...data import nb201_accuracy
 
     torch.manual_seed(seed)
     idx = training_indices(seed, fraction)
@@ -259,7 +259,7 @@ _LOADED: dict[str, AccuracyPredictor] = {}
 
 def load_accuracy_predictor(space, path=None) -> AccuracyPredictor:
     """The shipped NB201 accuracy predictor (or the checkpoint at ``path``), loaded once per process."""
-    from .checkpoints import checkpoint_path, load_checkpoint
+    from ...checkpoints import checkpoint_path, load_checkpoint
 
     ckpt, sha = load_checkpoint(path or checkpoint_path(ACCURACY_CHECKPOINT))
     if sha not in _LOADED:

@@ -12,10 +12,10 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from ..errors import UserError
-from ..files import atomic_write_bytes
+from .errors import UserError
+from .files import atomic_write_bytes
 
-CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
+CHECKPOINT_DIR = Path(__file__).resolve().parent / "data" / "checkpoints"
 
 
 def checkpoint_path(name: str) -> Path:
