@@ -139,7 +139,7 @@ def main(argv=None) -> int:
             true_lat = SPACE.reference_latency_ms(device)
             prof = reference_profile(device)
             if args.calibrated:
-                from pomonag_edge.predictors.calibration import calibrate_profile
+                from pomonag_edge.calibration import calibrate_profile
 
                 picks = np.random.default_rng(args.seed).choice(valid, args.calibrated, replace=False)
                 items = [{"arch": str(archs[i]), "latency_ms": float(true_lat[i])} for i in picks]

@@ -124,6 +124,11 @@ class DatasetProfile:
     def __str__(self) -> str:
         return self.name
 
+    def accuracy_predictor(self):
+        """The task's few-shot accuracy model (``accuracy_model_of``), as ``SearchSpace.accuracy_predictor`` is a
+        shipped dataset's: both answer ``predict(archs, dataset)`` in percent and ``describe(dataset)``."""
+        return accuracy_model_of(self)
+
     # -- serialisation
     def to_dict(self) -> dict:
         d = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **asdict(self)}

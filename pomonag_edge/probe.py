@@ -121,7 +121,7 @@ def _read_rows(path: Path, space) -> list[dict]:
     import math
 
     from .files import read_user_text
-    from .predictors.calibration import csv_rows, row_integers
+    from .calibration import csv_rows, row_integers
 
     if not path.exists() or not read_user_text(path, "probe measurements file").strip():
         return []
@@ -152,7 +152,7 @@ def _number(text: str, what: str, fix: str) -> float:
 
 def _write_rows(path: Path, rows: list[dict], scale: str) -> None:
     """The rows, each one's ``accuracy`` (percent) read from the value it printed under the run's ``scale``."""
-    from .predictors.calibration import to_percent
+    from .calibration import to_percent
 
     for r in rows:
         if r.get("printed") not in (None, ""):

@@ -112,6 +112,13 @@ class Profile:
             raise ProfileError(f"profile {source or self.name} is for space {self.space}, not {name}: {hint}")
         return self
 
+    def in_space(self, space: str) -> "Profile":
+        """This profile; a reference profile of another space is that space's setting of the same name
+        (``2080ti_1`` names one in two spaces), or a ``ProfileError`` where ``space`` has none."""
+        if self.reference and not self.of_space(space):
+            return reference_profile(self.reference, space)
+        return self
+
 
 def load_profile(path: str | os.PathLike) -> Profile:
     path = Path(path)

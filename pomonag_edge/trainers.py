@@ -13,7 +13,7 @@ interrupted net resumes at its last epoch). ``measure`` is ``train`` then ``acce
 ``{arch}``, ``{space}``, ``{epochs}``, ``{seed}``, ``{classes}``, ``{workdir}`` (a folder holding the untrained
 net: ``state_dict.pt``, a PyTorch state_dict seeded by ``seed``, and ``arch.txt``) and ``{onnx}`` (that net
 exported to ONNX) filled in; the last line of its stdout is the accuracy, in percent or as a fraction. All
-values of one trainer must be on one scale (``predictors.calibration.accuracy_scale``, as ``calibrate``'s):
+values of one trainer must be on one scale (``calibration.accuracy_scale``, as ``calibrate``'s):
 mixed ones are refused unless ``scale`` says which.
 
 Both append every finished measurement to ``workdir/measured.jsonl`` (``external.ResultLog``) under a key of
@@ -60,7 +60,7 @@ class Trainer:
     @property
     def scale(self) -> str:
         """"percent" or "fraction": how this trainer's values read, decided over every value it has logged."""
-        from .predictors.calibration import accuracy_scale
+        from .calibration import accuracy_scale
 
         mine = [r for r in self.log.records() if r.get("trainer_key") == self.trainer_key]
         return accuracy_scale([r["printed"] for r in mine], [f"net {r['arch']}" for r in mine],
@@ -69,7 +69,7 @@ class Trainer:
     def measure(self, arch, progress=None) -> float:
         """The accuracy of ``arch`` in percent: logged, or measured now and logged. ``progress(epoch, epochs, loss)``
         after each epoch of built-in training."""
-        from .predictors.calibration import to_percent
+        from .calibration import to_percent
 
         record = self.record(arch)
         if record is None:

@@ -159,7 +159,7 @@ def test_utf8_with_or_without_bom_and_any_line_ending(here, encode):
     r = invoke("predict", "--archs", "a.txt", "--format", "json")
     assert r.exit_code == 0, r.output
     assert [row["arch"] for row in json.loads(r.stdout)] == [NB, ARCHS[1]]
-    from pomonag_edge.predictors.calibration import read_measurements
+    from pomonag_edge.calibration import read_measurements
     from pomonag_edge.spaces import get_space
 
     (here / "m2.csv").write_bytes(encode((here / "m.csv").read_text()))
@@ -286,7 +286,7 @@ def test_calibrate_refuses_repeats_of_one_net(here):
 
 
 def test_calibrate_merges_functionally_identical_nets():
-    from pomonag_edge.predictors.calibration import merge_repeats
+    from pomonag_edge.calibration import merge_repeats
     from pomonag_edge.spaces import get_space
 
     sp = get_space("nb201")
@@ -427,7 +427,7 @@ def test_a_good_dataset_profile_still_loads_and_predicts(here):
 
 
 def _device_profile(path: Path) -> dict:
-    from pomonag_edge.predictors.calibration import calibrate_profile
+    from pomonag_edge.calibration import calibrate_profile
     from pomonag_edge.spaces import get_space
 
     items = [{"arch": a, "latency_ms": 1.0 + i / 4} for i, a in enumerate(ARCHS)]

@@ -125,7 +125,7 @@ def test_calibrate_refuses_mixed_accuracy_scales(tmp_path):
 
 def test_accuracy_scale_reads_one_scale_and_a_declared_one():
     from pomonag_edge.errors import UserError
-    from pomonag_edge.predictors.calibration import accuracy_scale
+    from pomonag_edge.calibration import accuracy_scale
 
     assert accuracy_scale([0.5, 0.9, 1.0, 0.0]) == "fraction"
     assert accuracy_scale([0.0, 1.0, 55.5, 93.1]) == "percent"  # 0 and 1 fit either scale

@@ -67,7 +67,7 @@ def test_reference_profiles():
 
 def test_a_profile_of_another_space_is_refused_in_one_message_everywhere():
     from pomonag_edge.predictors import latency_model_for
-    from pomonag_edge.predictors.calibration import calibrate_profile
+    from pomonag_edge.calibration import calibrate_profile
     from pomonag_edge.spaces import get_space
     from pomonag_edge.spaces.lut import lut_cost
 
@@ -135,7 +135,7 @@ def test_build_interrupt_and_resume(tmp_path):
 
 
 def test_no_lut_profile_of_any_device_is_whole_nets_fitted_as_calibrate_does(tmp_path):
-    from pomonag_edge.predictors.calibration import calibrate_profile
+    from pomonag_edge.calibration import calibrate_profile
 
     out = tmp_path / "cpu.json"
     result = build_profile(ProfileRequest(device="cpu", calibration=5, out=out, protocol=TINY, lut=False))

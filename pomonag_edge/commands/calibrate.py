@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import click
 
+from ..calibration import ACCURACY_SCALES
 from ..hardware.backends import PRECISIONS
-from ..predictors.calibration import ACCURACY_SCALES
 from .options import space_option
 
 POOR_FIT = 0.25  # cross-validated q90 relative error above which the timings fit no model well
@@ -41,8 +41,8 @@ def command(space, measurements, name, base, out, force, precision, accuracy_sca
     distinct net counts once."""
     from pathlib import Path
 
+    from ..calibration import calibrate_profile, measured_precision, measurements_kind, read_measurements
     from ..files import check_name
-    from ..predictors.calibration import calibrate_profile, measured_precision, measurements_kind, read_measurements
     from ..profile import PROFILES_DIR, check_profile_out, load_profile
     from ..spaces import get_space
 
@@ -51,7 +51,7 @@ def command(space, measurements, name, base, out, force, precision, accuracy_sca
     if measurements_kind(measurements) == "accuracy":
         from ..dataset_profile import DATASETS_DIR, fit_dataset_profile
         from ..errors import UserError
-        from ..predictors.calibration import read_accuracy_measurements
+        from ..calibration import read_accuracy_measurements
 
         if base or precision:
             raise UserError(f"{'--base' if base else '--precision'} is for a device profile; an arch,accuracy CSV "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..predictors.calibration import ACCURACY_SCALES
+from ..calibration import ACCURACY_SCALES
 from .options import SEED, make_placement, placement_options
 
 

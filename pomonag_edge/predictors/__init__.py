@@ -4,24 +4,15 @@ from the space's predictor.
 Public API: ``fit_profile_model``, ``latency_model_for`` -> a ``latency_model.LatencyModel`` (``predict_ms``,
 ``relative_error``, ``log_sigma``, ``quantile_ms``, ``log_ms_torch``), ``load_accuracy_predictor``
 (``predict(archs, dataset)`` in percent, ``describe(dataset)``), ``accuracy_predictor_for`` (the same for a
-shipped dataset or a user task's dataset profile), and ``predict_rows`` for the ``predict`` command. Submodules import torch
+shipped dataset or a user task's dataset profile), ``search_predictors`` and ``table_predictors`` (a search's
+``problem.Predictors``). A profile and a dataset profile are taken as they come (``Profile.in_space``,
+``DatasetProfile.accuracy_predictor``): this package sits below the records it fits. Submodules import torch
 lazily, so importing this package stays cheap.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
-
-from ..spaces import Arch, SearchSpace
-
-
-def _same_space_reference(space, profile):
-    """A reference name means that setting in the space asked for (``2080ti_1`` names one in two spaces)."""
-    if profile.reference and not profile.of_space(space):
-        from ..profile import reference_profile
-
-        return reference_profile(profile.reference, space.name)
-    return profile
+from ..spaces import SearchSpace
 
 
 def fit_profile_model(space, profile, pretrained=None) -> dict:
@@ -50,7 +41,7 @@ def latency_model_for(space, profile, pretrained=None):
     """The latency model of ``profile``: its stored fit, or refitted from its calibration timings."""
     from .latency import latency_model_for as model_for
 
-    return model_for(space, _same_space_reference(space, profile), pretrained)
+    return model_for(space, profile.in_space(space.name), pretrained)
 
 
 def load_accuracy_predictor(space: SearchSpace):
@@ -64,9 +55,7 @@ def accuracy_predictor_for(space: SearchSpace, dataset):
     ``predict(archs, dataset)`` in percent and ``describe(dataset)``."""
     if dataset is None or isinstance(dataset, str):
         return space.accuracy_predictor()
-    from ..dataset_profile import accuracy_model_of
-
-    return accuracy_model_of(dataset)
+    return dataset.accuracy_predictor()
 
 
 def search_predictors(space, profile, dataset):
@@ -126,23 +115,3 @@ def table_predictors(space, dataset: str, device: str):
     return Predictors(accuracy=lambda archs: acc[[space.table_index(a) for a in archs]],
                       latency_ms=lambda archs: lat[[space.table_index(a) for a in archs]],
                       margin=0.0, source={"accuracy": f"{space.name} table ({dataset})", "latency": f"table {device}"})
-
-
-def predict_rows(space: SearchSpace, archs: Sequence[Arch], dataset: str | None = None,
-                 profile: str | None = None) -> list[dict]:
-    """One dict per arch, in input order: ``arch, params, macs`` (+ ``latency_ms``, ``accuracy``)."""
-    if dataset is not None:
-        from ..dataset_profile import resolve_dataset
-
-        dataset = resolve_dataset(dataset, space)  # a shipped name (checked), or a user task's dataset profile
-    rows = [{"arch": str(a), "params": space.params(a, dataset), "macs": space.macs(a, dataset)} for a in archs]
-    if profile is not None:
-        from ..profile import resolve_profile
-
-        model = latency_model_for(space, resolve_profile(profile, space=space.name))
-        for row, ms in zip(rows, model.predict_ms(archs)):
-            row["latency_ms"] = round(float(ms), 4)
-    if dataset is not None:
-        for row, acc in zip(rows, accuracy_predictor_for(space, dataset).predict(archs, dataset)):
-            row["accuracy"] = round(float(acc), 3)
-    return rows

@@ -1,4 +1,5 @@
-"""Whole-net timings measured elsewhere (a CSV of ``arch,latency_ms``) turned into a profile with a fitted model."""
+"""Nets measured elsewhere, read from a CSV: whole-net timings (``arch,latency_ms``) turned into a device profile
+with a fitted latency model, accuracies (``arch,accuracy``) for a dataset profile (``calibrate``, ``probe``)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import math
 import os
 from pathlib import Path
 
-from ..errors import ArchParseError, ProfileError, UserError
-from ..files import read_user_text
+from .errors import ArchParseError, ProfileError, UserError
+from .files import read_user_text
+from .hardware.backends import PRECISIONS
+from .predictors import fit_profile_model
+from .profile import Profile
+from .spaces import other_space_hint
 
 MIN_ROWS = 5
 LATENCY_MS_RANGE = (1e-6, 1e7)  # a nanosecond to three hours a forward pass: beyond, a unit or a typo
@@ -43,8 +48,6 @@ def _parsed(space, path: Path, column: str, reader: csv.DictReader, hint: str):
         try:
             arch = space.parse(arch_text)
         except ArchParseError as e:
-            from ..spaces import other_space_hint
-
             raise UserError(f"{path}, line {line}: {e}{other_space_hint(space.name, arch_text)}{hint}") from None
         try:
             value = float(value_text)
@@ -100,8 +103,6 @@ def _distinct(path: Path, items: list[dict], value: str) -> list[dict]:
 def read_measurements(space, path: str | os.PathLike) -> list[dict]:
     """Rows of ``arch,latency_ms`` as calibration items (repeats merged); the first bad row raises naming its line."""
     path = Path(path)
-    from ..hardware.backends import PRECISIONS
-
     items = []
     for item, ms_text, row in csv_rows(space, path, "latency_ms"):
         low, high = LATENCY_MS_RANGE
@@ -162,9 +163,6 @@ def merge_repeats(items: list[dict], value: str = "latency_ms") -> list[dict]:
 def calibrate_profile(space, items: list[dict], name: str, base=None, source: str = "",
                       precision: str | None = None):
     """A profile for ``name`` holding ``items`` (plus ``base``'s device facts, LUT and calibration), fitted."""
-    from ..profile import Profile
-    from . import fit_profile_model  # dispatches on the space (nb201 / mbv3)
-
     if base is not None:
         if base.reference:
             raise ProfileError(f"{base.name!r} is a reference profile (every net already measured): "
@@ -180,7 +178,7 @@ def calibrate_profile(space, items: list[dict], name: str, base=None, source: st
                           device={"name": name}, runtime={"backend": "measured elsewhere", "calibrated_from": source,
                                                           **({"precision": precision} if precision else {})},
                           calibration=[dict(i, source=source) for i in items])
-    profile.latency_model = fit_profile_model(space, profile)
+    profile.latency_model = fit_profile_model(space, profile)  # dispatches on the space (nb201 / mbv3)
     return profile
 
 
