@@ -252,8 +252,8 @@ def test_profile_mbv3_refused_only_for_real_mistakes(tmp_path):
                          out=tmp_path / "m.json")
 
     def stop_after(n):
-        def progress(stage, done, total, item):
-            if item and stage == "lut":
+        def progress(stage, done, total, loss=None, detail=None):
+            if detail and stage == "lut":
                 progress.count += 1
                 if progress.count >= n:
                     raise KeyboardInterrupt

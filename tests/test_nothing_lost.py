@@ -296,7 +296,7 @@ class CountingTimer:
     def settle(self, graph):
         pass
 
-    def time(self, graphs, progress=None, tag=""):
+    def time(self, graphs, progress=None, tag="", stage="timing"):
         from pomonag_edge.hardware.timing import Measurement
 
         self.timed += len(graphs)
@@ -342,8 +342,8 @@ def test_an_interrupted_fresh_revision_is_continued(tmp_path, counting):
     req = ProfileRequest(device="cpu", quick=True, calibration=2, out=out)
     build_profile(req, fit_model=False)
 
-    def interrupt(stage, done, total, item):
-        if stage == "calibration" and done >= 1 and item:
+    def interrupt(stage, done, total, loss=None, detail=None):
+        if stage == "calibration" and done >= 1 and detail:
             raise KeyboardInterrupt
 
     from dataclasses import replace

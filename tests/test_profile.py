@@ -93,8 +93,8 @@ class Interrupt:
     def __init__(self, stage: str, after: int):
         self.stage, self.after = stage, after
 
-    def __call__(self, stage, done, total, item):
-        if stage == self.stage and done >= self.after and item:
+    def __call__(self, stage, done, total, loss=None, detail=None):
+        if stage == self.stage and done >= self.after and detail:
             raise KeyboardInterrupt
 
 
@@ -209,6 +209,8 @@ def test_cli_quick_profile_writes_a_complete_profile(tmp_path):
     p = load_profile(out)
     assert set(p.lut) == set(SPACE.lut_signatures("cifar10")) and len(p.calibration) == 2
     assert p.runtime["protocol"] == "quick" and p.runtime["onnxruntime"] and str(out) in output.replace("\n", "")
+    # piped, each stage's progress is a line of commands._progress (the bars' labels, no item)
+    assert "per-op table: 0/" in output and "calibration nets: 2/2, " in output
 
 
 def test_cli_ctrl_c_says_how_to_continue(tmp_path, monkeypatch):
@@ -218,7 +220,7 @@ def test_cli_ctrl_c_says_how_to_continue(tmp_path, monkeypatch):
     Profile(name="cpu").save(out)
 
     def interrupted(req, progress=None, fit_model=True):
-        progress("lut", 3, 10, "x")
+        progress("lut", 3, 10, detail="x")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(profiler, "build_profile", interrupted)

@@ -42,10 +42,11 @@ def _timer(host, config, tmp_path, **kw):
 
 def test_local_runner_times_named_graphs(tmp_path):
     seen = []
-    result = _timer(None, None, tmp_path).time(_graphs(), progress=lambda d, t, item: seen.append((d, t, item)))
+    result = _timer(None, None, tmp_path).time(_graphs(), progress=lambda *report, detail=None: seen.append(
+        (*report, detail)))
     assert set(result.measurements) == {"g0", "g1", "g2"} and not result.errors
     assert all(m.runs >= TINY.min_runs and m.median_ms > 0 for m in result.measurements.values())
-    assert seen[-1][:2] == (6, 6) and {s[2] for s in seen} >= {"g0", "g1", "g2"}
+    assert seen[-1][:3] == ("timing", 6, 6) and {s[3] for s in seen} >= {"g0", "g1", "g2"}
 
 
 @pytest.mark.slow

@@ -1,10 +1,10 @@
-"""Progress of long work, fed by the library's ``progress(stage, done, total, loss=None, detail=None)`` callbacks;
-``detail`` (a fan-out's "2 running, 15 queued") follows the stage's name.
+"""Progress of long work, fed by the library's ``progress(stage, done, total, loss=None, detail=None)`` callbacks
+(``pomonag_edge.progress.ProgressFn``); ``detail`` (a fan-out's "2 running, 15 queued") follows the stage's name.
 
-On a terminal: one rich bar per stage on stderr with elapsed time, ETA and the last loss, gone when done. Off a
-terminal (piped, logged, CI) a bar would print nothing useful, so each report becomes a line on stderr instead
-(``probe 3/20: epoch 4/10, loss 1.2345, 12 s, eta 18 s``): every report of a stage of at most ``EVERY_REPORT``
-steps (epochs, nets), else the last one and one every ``LINE_EVERY_S`` seconds (optimizer steps).
+On a terminal: one rich bar per stage on stderr with elapsed time, ETA and the last loss, gone when done unless
+asked to stay. Off a terminal (piped, logged, CI) a bar would print nothing useful, so each report becomes a line
+on stderr instead (``probe 3/20: epoch 4/10, loss 1.2345, 12 s, eta 18 s``): every report of a stage of at most
+``EVERY_REPORT`` steps (epochs, nets), else the last one and one every ``LINE_EVERY_S`` seconds (optimizer steps).
 """
 
 from __future__ import annotations
@@ -47,20 +47,22 @@ class _Lines:
 
 
 @contextmanager
-def stage_progress():
-    """Yields ``progress(stage, done, total, loss=None, detail=None)``. The display starts at the first report, so an error
-    before any work (bad data) prints its one line and nothing else."""
+def stage_progress(console=None, transient: bool = True, lines: bool = True):
+    """Yields ``progress(stage, done, total, loss=None, detail=None)``, shown on ``console`` (default: a new one on
+    stderr; pass the command's own to print through it meanwhile). The display starts at the first report, so an
+    error before any work (bad data) prints its one line and nothing else. ``transient=False`` leaves the finished
+    bars on the screen; ``lines=False`` prints nothing off a terminal."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
 
-    console = Console(stderr=True)
+    console = console or Console(stderr=True)
     if not console.is_terminal:
-        yield _Lines(console)
+        yield _Lines(console) if lines else (lambda stage, done, total, loss=None, detail=None: None)
         return
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[loss]}"), console=console,
-                   transient=True)
+                   transient=transient)
     tasks: dict = {}
 
     def progress(stage, done, total, loss=None, detail=None):

@@ -77,26 +77,15 @@ def command(space, profile, precision, dataset, max_latency, max_params, max_mac
 
     import torch
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..closed_loop import LoopOptions
     from ..generate import generate_run
     from ..units import parse_probability
+    from ._progress import stage_progress
 
     # one torch thread: the generator's tensors are small, and extra threads only wait on each other
     torch.set_num_threads(1)
     console = Console(stderr=True)
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                   TimeElapsedColumn(), console=console, transient=True)
-    tasks: dict = {}
-
-    def progress(stage, done, total):
-        if not tasks:  # started on the first report, so a refusal up front prints only its one line
-            bar.start()
-        if stage not in tasks:
-            tasks[stage] = bar.add_task(stage, total=total)
-        bar.update(tasks[stage], completed=done, total=total)
-
     if host is not None and not measure:
         from ..errors import UserError
 
@@ -109,18 +98,17 @@ def command(space, profile, precision, dataset, max_latency, max_params, max_mac
     loop = LoopOptions(measure=measure, host=host, ssh=make_ssh_options(ssh_config, remote_python, remote_dir, host),
                        train=train, trainer=trainer, data=data, epochs=epochs, ray=cluster, threads=threads)
 
-    def say(message):
-        (bar.console if tasks else console).print(message, highlight=False, soft_wrap=True)
+    def say(message):  # through the bars' console, so a line printed meanwhile stands above them
+        console.print(message, highlight=False, soft_wrap=True)
 
-    try:
+    # the bars start on the first report, so a refusal up front prints one line; piped, no lines (each sampling
+    # round would be a hundred)
+    with stage_progress(console, lines=False) as progress:
         run = generate_run(space=space, profile=profile, precision=precision, dataset=dataset, max_latency=max_latency,
                            max_params=max_params, max_macs=max_macs, weights=weights, num=num, samples=samples,
                            strategy=strategy, seed=seed, out=out, progress=progress, force=force,
                            level=parse_probability(confidence, "--confidence"),
                            command=" ".join(["pomonag-edge", *sys.argv[1:]]), loop=loop, say=say)
-    finally:
-        if tasks:  # Progress.stop prints a blank line off a terminal even when never started
-            bar.stop()
     if fmt == "json":
         run.result.require_feasible(run.problem.budget)
         import json

@@ -65,13 +65,12 @@ def command(device, space, dataset, quick, calibration, no_lut, threads, precisi
     from pathlib import Path
 
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
 
     from ..errors import UserError
     from ..hardware.profiler import ProfileRequest, build_profile, profile_path
     from ..hardware.remote import parse_host
     from ..profile import PROFILES_DIR
+    from ._progress import stage_progress
 
     console = Console(stderr=True)
     base = ProfileRequest(device=device, space=space, dataset=dataset, quick=quick, calibration=calibration,
@@ -91,39 +90,25 @@ def command(device, space, dataset, quick, calibration, no_lut, threads, precisi
             None if len(parsed) == 1 else PROFILES_DIR / f"{Path(device).stem}-{h.addr}.json")
         reqs.append(replace(base, host=str(h), out=path))
     labels = {"lut": "per-op table", "calibration": "calibration nets", "end check": "speed check"}
-    bar = Progress(TextColumn("{task.description:<26}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TextColumn("eta"), TimeRemainingColumn(), console=console)
-    tasks: dict[tuple, int] = {}
 
-    def progress_for(req):
+    def progress_for(show, req):
+        """A host's stages as bars of their own (named after it when there are several), without the item."""
         prefix = f"{parse_host(req.host).addr}: " if len(reqs) > 1 else ""
+        return lambda stage, done, total, **_: show(prefix + labels.get(stage, stage), done, total)
 
-        def progress(stage: str, done: int, total: int, item: str) -> None:
-            if not tasks:  # started on the first report, so a setting refused up front prints only its line
-                bar.start()
-            key = (req.host, stage)
-            if key not in tasks:
-                tasks[key] = bar.add_task(prefix + labels.get(stage, stage), total=total, completed=done)
-            bar.update(tasks[key], completed=done, total=total)
-
-        return progress
-
-    try:
-        if len(reqs) == 1:
-            outcomes = [_outcome(build_profile, reqs[0], progress_for(reqs[0]))]
-        else:  # boards are timed at once; each host's graphs are exported here one at a time
-            with ThreadPoolExecutor(max_workers=len(reqs)) as pool:
-                outcomes = list(pool.map(lambda r: _outcome(build_profile, r, progress_for(r)), reqs))
-    except KeyboardInterrupt:
-        bar.stop()  # before the message, so it is not drawn over
+    try:  # the bars start on the first report, so a setting refused up front prints only its line
+        with stage_progress(console, transient=False) as show:
+            if len(reqs) == 1:
+                outcomes = [_outcome(build_profile, reqs[0], progress_for(show, reqs[0]))]
+            else:  # boards are timed at once; each host's graphs are exported here one at a time
+                with ThreadPoolExecutor(max_workers=len(reqs)) as pool:
+                    outcomes = list(pool.map(lambda r: _outcome(build_profile, r, progress_for(show, r)), reqs))
+    except KeyboardInterrupt:  # the bars stopped first, so the message is not drawn over
         paths = [profile_path(r) for r in reqs]
         console.print("interrupted: what was measured is saved (on the device too, with --host); run the same "
                       "command again to continue" if any(p.exists() for p in paths)
                       else "interrupted before anything was measured")
         raise SystemExit(130) from None
-    finally:
-        if tasks:  # Progress.stop prints a blank line off a terminal even when never started
-            bar.stop()
 
     failed = [(r, e) for r, (result, e) in zip(reqs, outcomes) if e is not None]
     for req, (result, error) in zip(reqs, outcomes):

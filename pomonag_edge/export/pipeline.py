@@ -653,7 +653,7 @@ def _measure(ex: _Export, timer, timings: list[_Timing], report: dict, say) -> N
     probes = _drift_probes(ex)
     schedule = _interleave(timings, probes)
     graphs = {name: g for t in schedule for name, g in t.graphs().items()}
-    timed = timer.time_batch(graphs, progress=lambda d, n, item: say(f"timing on {timer.where}: {d}/{n}"),
+    timed = timer.time_batch(graphs, progress=lambda _, d, n, **__: say(f"timing on {timer.where}: {d}/{n}"),
                              engine_dir=ex.out_dir if plan.engines == "device" else None,
                              keep_engines={t.name for t in timings})
     beside = {name: make_timer(name, plan.protocol, plan.engine_precision, plan.threads).time_batch(

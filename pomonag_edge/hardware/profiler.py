@@ -19,13 +19,13 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from ..errors import UserError
 from ..files import check_writable
 from ..profile import PROFILES_DIR, Profile, load_profile
+from ..progress import ProgressFn
 from ..spaces import get_space
 from .backends import BACKENDS
 from .devices import check_hardware, choose_backend, detect_device, load_descriptor
@@ -35,8 +35,6 @@ from .runner import BACKEND_RUNTIMES
 from .timers import Graph, RunnerTimer, make_timer
 from .timing import PROTOCOLS, Protocol
 
-# progress(stage, done, total, item): called once per stage before measuring and after every item
-ProgressFn = Callable[[str, int, int, str], None]
 
 # settings that must match for a partial profile to be continued
 _RESUME_RUNTIME = ("backend", "precision", "int8", "batch", "threads", "clock", "protocol", "calibration_count",
@@ -287,12 +285,10 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
         profile, resumed = old, True
         profile.device, profile.runtime = fresh.device, fresh.runtime  # same settings; newest facts
 
-    def report(stage: str, done: int, total: int, item: str) -> None:
+    def report(stage: str, done: int, total: int, item: str | None = None) -> None:
+        """Once per stage before measuring (no item), then after every item measured."""
         if progress is not None:
-            progress(stage, done, total, item)
-
-    def rounds(stage: str):
-        return lambda done, total, item: report(stage, done, total, item)
+            progress(stage, done, total, detail=item)
 
     batched = isinstance(timer, RunnerTimer)  # the runner interleaves a whole batch; a backend goes job by job
     measured = 0
@@ -303,14 +299,14 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
     if (todo or plan_size > 0) and not batched:
         timer.settle(net_graph(space, space.settle_arch(dataset), dataset, batch, req.seed))
     if jobs:
-        report("lut", len(jobs) - len(todo), len(jobs), "")
+        report("lut", len(jobs) - len(todo), len(jobs))
     prefix = f"{space.name}/{dataset}/b{batch}"
     for chunk in ([todo] if batched and todo else [[j] for j in todo]):
         graphs = {}
         for job in chunk:
             for name, module, shape in job.graphs(batch):
                 graphs[f"{prefix}/{job.name}/{name}"] = Graph(module.eval(), _inputs(shape, req.seed))
-        timed = timer.time(graphs, progress=rounds("lut") if batched else None)
+        timed = timer.time(graphs, progress=progress if batched else None, stage="lut")
         for job in chunk:
             stats = {name: timed[f"{prefix}/{job.name}/{name}"].to_dict() for name, *_ in job.graphs(batch)}
             profile.lut.update(job.combine(stats))
@@ -322,7 +318,7 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
     # 2. calibration nets, chosen from the finished LUT (so a resumed run chooses the same ones)
     plan = select_calibration(space, profile, req.calibration, req.seed)
     done = {item["arch"] for item in profile.calibration}
-    report("calibration", sum(str(a) in done for a in plan), len(plan), "")
+    report("calibration", sum(str(a) in done for a in plan), len(plan))
 
     def record(arch, m) -> dict:
         return {"arch": str(arch), "latency_ms": m.median_ms, **m.to_dict()}
@@ -331,7 +327,7 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
     for chunk in ([waiting] if batched and waiting else [[a] for a in waiting]):
         timed = timer.time({net_name(space, dataset, batch, a): net_graph(space, a, dataset, batch, req.seed)
                             for a in chunk},
-                           progress=rounds("calibration") if batched else None)
+                           progress=progress if batched else None, stage="calibration")
         for a in chunk:
             profile.calibration.append(record(a, timed[net_name(space, dataset, batch, a)]))
             done.add(str(a))
@@ -356,7 +352,7 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
     # 2c. did the device's speed move while it was profiled? The first nets, timed again now
     first = profile.calibration[:END_CHECK_NETS]
     if measured and first:
-        report("end check", 0, len(first), "")
+        report("end check", 0, len(first))
         graphs = {net_name(space, dataset, batch, c["arch"]): net_graph(space, space.parse(c["arch"]), dataset, batch,
                                                                        req.seed)
                   for c in first}
@@ -366,7 +362,7 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
         profile.runtime["end_check"] = {"nets": len(first), "factor": factor}
         if warning:
             warnings.append(warning)
-        report("end check", len(first), len(first), "")
+        report("end check", len(first), len(first))
 
     # 3. latency model
     note = fit_latency_model(space, profile) if fit_model else "not asked for"

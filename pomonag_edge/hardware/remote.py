@@ -26,17 +26,14 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from ..errors import UserError
+from ..progress import ProgressFn
 from .runner import EXIT_NO_RUNTIME, PROGRESS_PREFIX, RUNTIMES
 from .timing import Measurement, Protocol
 
 RUNNER = Path(__file__).with_name("runner.py")
 LOCAL_DIR = Path.home() / ".cache" / "pomonag-edge" / "runner"
-
-# progress(done, total, item): after every finished round
-ProgressFn = Callable[[int, int, str], None]
 
 
 class RemoteError(UserError):
@@ -238,7 +235,8 @@ class DeviceTimer:
         return {**info.get("machine", {}), **(info.get("versions") or {})}
 
     def time(self, graphs: dict[str, bytes], progress: ProgressFn | None = None, save_engines: bool = False,
-             engine_dir: Path | None = None, keep_engines: set[str] | None = None, tag: str = "") -> RunnerResult:
+             engine_dir: Path | None = None, keep_engines: set[str] | None = None, tag: str = "",
+             stage: str = "timing") -> RunnerResult:
         """Time every graph; returns measurements by name (graphs that failed are in ``errors``). With
         ``save_engines`` (trtexec), the engines of ``keep_engines`` (default all) come back to ``engine_dir``.
         Finished rounds of the same graphs are reused unless ``tag`` differs (to time them again)."""
@@ -270,7 +268,7 @@ class DeviceTimer:
                 extra += f" --tag {shlex.quote(tag)}"
             raw = self._run_runner(self._cd(self._runner_argv() + " --models models --protocol protocol.json "
                                             "--out result.json --only-file batch.txt" + extra),
-                                   {f: n for n, f in files.items()}, progress, tmp / "result.json")
+                                   {f: n for n, f in files.items()}, progress, stage, tmp / "result.json")
             by_file = raw.get("results", {})
             stats = {name: by_file[f] for name, f in files.items() if f in by_file}
             errors = {name: raw.get("errors", {}).get(f, "not timed") for name, f in files.items() if f not in by_file}
@@ -284,7 +282,8 @@ class DeviceTimer:
                         engines[name] = local
         return RunnerResult({n: measurement_of(s) for n, s in stats.items()}, stats, errors, raw, engines)
 
-    def _run_runner(self, command: str, names: dict[str, str], progress: ProgressFn | None, local: Path) -> dict:
+    def _run_runner(self, command: str, names: dict[str, str], progress: ProgressFn | None, stage: str,
+                    local: Path) -> dict:
         with tempfile.TemporaryFile(mode="w+") as err:
             proc = self.transport.popen(command, stderr=err)
             try:
@@ -295,7 +294,8 @@ class DeviceTimer:
                         except ValueError:
                             continue
                         if event.get("kind") in ("start", "round", "done"):
-                            progress(int(event["done"]), int(event["total"]), names.get(event.get("item"), ""))
+                            progress(stage, int(event["done"]), int(event["total"]),
+                                     detail=names.get(event.get("item")))
                 proc.wait()
             except BaseException:  # Ctrl-C: stop the local ssh; the device keeps what it finished
                 proc.kill()

@@ -17,15 +17,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from ..errors import UserError
+from ..progress import ProgressFn
 from .runner import BACKEND_RUNTIMES
 from .timing import Measurement, Protocol, settle
 
-ProgressFn = Callable[[int, int, str], None]  # (done, total, item)
 _EXPORT = threading.Lock()  # torch.onnx.export is not thread-safe: several hosts' timers export in turn
 
 
@@ -95,11 +94,13 @@ class BackendTimer:
     def settle(self, graph: Graph) -> None:
         settle(self.backend.load(self._model(graph), graph.inputs).run_once_ms, self.protocol)
 
-    def time(self, graphs: dict[str, Graph], progress: ProgressFn | None = None, tag: str = "") -> dict[str, Measurement]:
-        return self.time_batch(graphs, progress, tag).measurements
+    def time(self, graphs: dict[str, Graph], progress: ProgressFn | None = None, tag: str = "",
+             stage: str = "timing") -> dict[str, Measurement]:
+        return self.time_batch(graphs, progress, tag, stage=stage).measurements
 
     def time_batch(self, graphs: dict[str, Graph], progress: ProgressFn | None = None, tag: str = "",
-                   engine_dir: Path | None = None, keep_engines: set[str] | None = None) -> Timed:
+                   engine_dir: Path | None = None, keep_engines: set[str] | None = None,
+                   stage: str = "timing") -> Timed:
         """``time``, with the seconds each graph took (engines are built here by whoever builds the files)."""
         out, seconds = {}, {}
         for n, (name, g) in enumerate(graphs.items(), start=1):
@@ -107,7 +108,7 @@ class BackendTimer:
             out[name] = self.backend.load(self._model(g, name), g.inputs).measure(self.protocol)
             seconds[name] = time.perf_counter() - t0
             if progress is not None:
-                progress(n, len(graphs), name)
+                progress(stage, n, len(graphs), detail=name)
         return Timed(out, seconds)
 
     def measured_note(self, retimed: int) -> str | None:
@@ -134,21 +135,23 @@ class RunnerTimer:
     def settle(self, graph: Graph) -> None:
         pass  # the runner settles on the heaviest graph of each batch itself
 
-    def time(self, graphs: dict[str, Graph], progress: ProgressFn | None = None, tag: str = "") -> dict[str, Measurement]:
-        timed = self.time_batch(graphs, progress, tag)
+    def time(self, graphs: dict[str, Graph], progress: ProgressFn | None = None, tag: str = "",
+             stage: str = "timing") -> dict[str, Measurement]:
+        timed = self.time_batch(graphs, progress, tag, stage=stage)
         if timed.errors:
             name, why = next(iter(timed.errors.items()))
             raise UserError(f"timing {name} on {self.where} failed: {why}")
         return timed.measurements
 
     def time_batch(self, graphs: dict[str, Graph], progress: ProgressFn | None = None, tag: str = "",
-                   engine_dir: Path | None = None, keep_engines: set[str] | None = None) -> Timed:
+                   engine_dir: Path | None = None, keep_engines: set[str] | None = None,
+                   stage: str = "timing") -> Timed:
         """All graphs in one interleaved batch; a graph that failed there is in ``errors``. With ``engine_dir``
         (trtexec), the engines of ``keep_engines`` (default all) come back there as ``NAME.engine``."""
         t0 = time.perf_counter()
         onnx = {name: self._onnx(name, g) for name, g in graphs.items()}
         result = self.device.time(onnx, progress=progress, tag=tag, save_engines=engine_dir is not None,
-                                  engine_dir=engine_dir, keep_engines=keep_engines)
+                                  engine_dir=engine_dir, keep_engines=keep_engines, stage=stage)
         share = (time.perf_counter() - t0) / max(1, len(graphs))
         return Timed(result.measurements, {name: share for name in graphs}, result.errors,
                      {name: {"round_medians_ms": s.get("round_medians_ms")} for name, s in result.stats.items()},
@@ -264,15 +267,17 @@ class CommandTimer:
     def settle(self, graph: Graph) -> None:
         pass  # the command owns its warm-up
 
-    def time(self, graphs: dict[str, Graph], progress: ProgressFn | None = None, tag: str = "") -> dict[str, Measurement]:
-        return self.time_batch(graphs, progress, tag).measurements
+    def time(self, graphs: dict[str, Graph], progress: ProgressFn | None = None, tag: str = "",
+             stage: str = "timing") -> dict[str, Measurement]:
+        return self.time_batch(graphs, progress, tag, stage=stage).measurements
 
     def measured_note(self, retimed: int) -> str | None:
         return (f"measured by {self.where}: {self.descriptor.calls} call(s) per net, {retimed} calibration net(s) "
                 "re-timed among them")
 
     def time_batch(self, graphs: dict[str, Graph], progress: ProgressFn | None = None, tag: str = "",
-                   engine_dir: Path | None = None, keep_engines: set[str] | None = None) -> Timed:
+                   engine_dir: Path | None = None, keep_engines: set[str] | None = None,
+                   stage: str = "timing") -> Timed:
         """``time``, with the seconds each graph took (its calls, or none when all were logged before)."""
         from ..external import result_key, run_for_number
 
@@ -305,7 +310,7 @@ class CommandTimer:
             out[name] = Measurement(**{**m.to_dict(), "calls": len(values)})
             seconds[name] = time.perf_counter() - t0
             if progress is not None:
-                progress(n, len(graphs), name)
+                progress(stage, n, len(graphs), detail=name)
         return Timed(out, seconds)
 
 
