@@ -25,6 +25,7 @@ from pathlib import Path
 from .errors import UserError
 
 BOM = b"\xef\xbb\xbf"
+CACHE_DIR = Path.home() / ".cache" / "pomonag-edge"  # what is kept between runs, each kind in a folder of its own
 
 _REASONS = {
     errno.EACCES: "permission denied",

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..files import CACHE_DIR
 from .sde import timestep_embedding
 
 
@@ -143,7 +144,7 @@ def _distill(sde, x0, targets, names, *, steps, batch, lr, seed, hidden, feature
 
 def cache_dir() -> Path:
     """Where distilled predictors are cached: $POMONAG_EDGE_CACHE, else ~/.cache/pomonag-edge."""
-    return Path(os.environ.get("POMONAG_EDGE_CACHE", Path.home() / ".cache" / "pomonag-edge")) / "noise_aware"
+    return Path(os.environ.get("POMONAG_EDGE_CACHE", CACHE_DIR)) / "noise_aware"
 
 
 def cached_distill(sde, x0: np.ndarray, targets: np.ndarray, names: tuple[str, ...], seed: int = 0,

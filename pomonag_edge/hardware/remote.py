@@ -28,12 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
+from ..files import CACHE_DIR
 from ..progress import ProgressFn
 from .runner import EXIT_NO_RUNTIME, PROGRESS_PREFIX, RUNTIMES
 from .timing import Measurement, Protocol
 
 RUNNER = Path(__file__).with_name("runner.py")
-LOCAL_DIR = Path.home() / ".cache" / "pomonag-edge" / "runner"
+LOCAL_DIR = CACHE_DIR / "runner"
 
 
 class RemoteError(UserError):

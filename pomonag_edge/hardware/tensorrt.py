@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import files
 from ..errors import MissingDependencyError, UserError
 from .runnable import Runnable, _read_onnx, random_inputs
 from .timing import DEFAULT, Measurement, Protocol
@@ -27,7 +28,7 @@ from .timing import DEFAULT, Measurement, Protocol
 INSTALL_HINT = ("pip install 'pomonag-edge[tensorrt]' on a machine with an NVIDIA GPU; for a Jetson, profile it "
                 "from another machine with --host USER@BOARD (JetPack's trtexec times there)")
 BACK_TO_BACK = 10  # enqueues per sample when a CUDA graph cannot be captured
-CACHE_DIR = Path.home() / ".cache" / "pomonag-edge" / "tensorrt"  # timing cache and built engines
+CACHE_DIR = files.CACHE_DIR / "tensorrt"  # timing cache and built engines
 # int8: explicit quantization of a Q/DQ graph, with FP16 alongside for the layers left unquantized (as trtexec
 # --int8 --fp16); TensorRT 11 keeps neither flag (strongly typed networks only) and is refused below
 _FLAGS = {"fp32": (), "fp16": ("FP16",), "int8": ("INT8", "FP16")}

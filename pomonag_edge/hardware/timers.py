@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..files import CACHE_DIR
 from ..progress import ProgressFn
 from .runner import BACKEND_RUNTIMES
 from .timing import Measurement, Protocol, settle
@@ -207,7 +208,7 @@ def onnx_file(name: str, graph: Graph, folder, int8_scheme: str | None = None) -
 
 # what a device command may say; {arch} is "" for a graph that is not a whole net (a LUT's op chains)
 DEVICE_PLACEHOLDERS = ("onnx", "arch", "space", "name", "batch", "precision", "threads")
-COMMAND_DIR = Path.home() / ".cache" / "pomonag-edge" / "command"  # its log and ONNX files, without cache_dir
+COMMAND_DIR = CACHE_DIR / "command"  # its log and ONNX files, without cache_dir
 
 
 class CommandTimer:
