@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import statistics
 from pathlib import Path
 
 from .errors import ArchParseError, ProfileError, UserError
@@ -144,8 +145,6 @@ def merge_repeats(items: list[dict], value: str = "latency_ms") -> list[dict]:
     """One item per distinct net: repeated rows of one arch, or of functionally identical archs (the same
     canonical form), become one timing, their median, with ``repeats`` and ``lines`` saying what was merged.
     Repeats would otherwise weigh one net several times and make the model's error look smaller than it is."""
-    import statistics
-
     groups: dict[str, list[dict]] = {}
     for item in items:
         groups.setdefault(item["_key"], []).append(item)

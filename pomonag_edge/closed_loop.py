@@ -24,17 +24,27 @@ new dataset profile revision) holding its measurements.
 
 from __future__ import annotations
 
+import copy
 import math
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .dataset_profile import dataset_label, refit_accuracy_model
 from .errors import UserError
+from .export.pipeline import IDENTITY_FACTS
 from .files import atomic_write_json, read_user_json
+from .hardware.profiler import net_graph
+from .hardware.timers import RunnerTimer, profile_protocol, timer_for_profile
 from .predictors import with_timings
+from .problem import SearchProblem, normal_cdf
 from .runs import LOOP_FILE, new_run_dir
+from .selection import run_search, select
+from .trainers import make_trainer, measure_all
 
 LOOP_SCHEMA = "pomonag-edge/loop"
 ROUNDS = 4  # a round spends about a quarter of each budget: the models are refitted between rounds
@@ -123,8 +133,6 @@ class Decision:
 def acquire(problem, result, *, timings_left: int, trainings_left: int, batch_time: int,
             batch_train: int) -> Decision:
     """Where the next round's measurements go, or why the loop stops (see the module's docstring)."""
-    from .problem import normal_cdf
-
     archs = list(result.candidates)
     if not archs:
         return Decision("infeasible", [], [], None, None)
@@ -218,9 +226,6 @@ class LoopTimer:
     through the runner, or its backend on this machine, checked to be the profile's device), as it was timed."""
 
     def __init__(self, space, profile, options: LoopOptions, work: Path, key: str):
-        from .export.pipeline import IDENTITY_FACTS
-        from .hardware.timers import RunnerTimer, profile_protocol, timer_for_profile
-
         self.protocol = profile_protocol(profile)
         self.space, self.profile = space, profile
         self.dataset, self.batch = profile.dataset, int((profile.runtime or {}).get("batch") or 1)
@@ -244,8 +249,6 @@ class LoopTimer:
 
     def time(self, archs: list, record, progress=None) -> None:
         """Time ``archs``; ``record(arch, stats)`` as each finishes (the runner: after its batch)."""
-        from .hardware.profiler import net_graph
-
         prefix = f"{self.space.name}/{self.dataset}/b{self.batch}"
         chunks = [archs] if self.batched else [[a] for a in archs]
         for chunk in chunks:
@@ -263,8 +266,6 @@ class LoopTrainer:
     records them, so the new measurements sit on the same scale as the old."""
 
     def __init__(self, space, task, options: LoopOptions, workdir: Path, seed: int):
-        from .trainers import make_trainer
-
         probe = task.source.get("probe") or {}
         epochs = options.epochs or int(probe.get("epochs") or 10)
         seed = int(probe.get("seed", seed))
@@ -282,8 +283,6 @@ class LoopTrainer:
     def measure(self, archs: list, on_measured) -> None:
         """Train the round's nets (in turn here, or as Ray tasks), then ``on_measured(arch, accuracy)`` for each
         in order; nets the trainer has logged already (a resumed run) are not trained again."""
-        from .trainers import measure_all
-
         measure_all(self.trainer, archs, lambda arch: None, ray=self.ray)
         for arch in archs:
             on_measured(arch, float(self.trainer.measure(arch)))
@@ -292,10 +291,6 @@ class LoopTrainer:
 def with_trainings(space, task, trainings: list[dict]):
     """A copy of the dataset profile ``task`` whose measurements hold ``trainings`` too, its accuracy model refitted
     on the same shipped tables as before."""
-    import copy
-
-    from .dataset_profile import refit_accuracy_model
-
     if not trainings:
         return task
     new = copy.deepcopy(task)
@@ -323,9 +318,6 @@ def run_loop(*, space, profile, task, dataset, budget, level, strategy, samples,
     """Search once, then measure in rounds until the stop rule holds (module docstring). ``predictors_for(profile,
     dataset)`` gives the round's predictors; ``timer_factory()`` / ``trainer_factory()`` are called once, when
     the first timing / training is due."""
-    from .problem import SearchProblem
-    from .selection import run_search, select
-
     say = say or (lambda message: None)
     batch_time, batch_train = batch_size(options.measure), batch_size(options.train)
     timer = trainer = None
@@ -401,10 +393,6 @@ def closed_loop_run(space, profile, profile_spec, profile_path, dataset, dataset
     ``profile`` was read from (None: a reference profile). Returns what the run records: ``out``, ``problem``,
     ``result``, ``profile`` / ``profile_spec`` / ``profile_path`` (the revision, when timings were added),
     ``dataset`` / ``dataset_spec`` (likewise), ``journal``, ``summary``."""
-    import shutil
-
-    from .dataset_profile import dataset_label
-
     if options.measure and budget.max_latency_ms is None:
         raise UserError("--measure times candidates against the latency budget: give --max-latency too")
     if profile_spec is None and not profile.reference:  # the default profile: its file gets the revision
@@ -466,8 +454,6 @@ def closed_loop_run(space, profile, profile_spec, profile_path, dataset, dataset
 
 
 def _is_path(spec) -> bool:
-    import os
-
     return spec is not None and (os.path.sep in str(spec) or str(spec).endswith(".json") or Path(spec).exists())
 
 

@@ -15,10 +15,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .errors import UserError
+from .errors import ArchParseError, UserError
 from .fields import FieldError, check, flag, list_of, number, record, text
 from .files import (atomic_write_json, from_versioned_json, json_sha256, read_user_json, revision_parent_spec,
                     save_revision_json)
+from .predictors.accuracy_fewshot import (MODEL_KIND, MODEL_VERSION, FewShotAccuracyModel, fit_fewshot, is_current,
+                                          state_spec, supports_tasks)
+from .spaces import get_space
 
 SCHEMA = "pomonag-edge/dataset-profile"
 SCHEMA_VERSION = 1
@@ -38,8 +41,6 @@ def _same_length(a: str, b: str):
 
 
 def _measured_count(d: dict, where: str) -> None:
-    from .predictors.accuracy_fewshot import is_current
-
     model, measurements = d.get("accuracy_model"), d.get("measurements", [])
     if is_current(model) and model["n_measurements"] != len(measurements):
         raise FieldError("measurements", f"holds {len(measurements)} item(s) but accuracy_model.n_measurements "
@@ -49,8 +50,6 @@ def _measured_count(d: dict, where: str) -> None:
 
 def _accuracy_model(state, where: str) -> None:
     """This version's model is checked field by field; another kind or version is refitted, so any object goes."""
-    from .predictors.accuracy_fewshot import is_current, state_spec
-
     (state_spec() if is_current(state) else record(optional=True))(state, where)
 
 
@@ -117,8 +116,6 @@ class DatasetProfile:
         shape = self.source.get("input_shape")
         if shape:
             return int(shape[-1])
-        from .spaces import get_space
-
         return task_input_hw(get_space(self.space))
 
     def __str__(self) -> str:
@@ -192,9 +189,6 @@ def resolve_dataset(spec, space):
 def check_against_space(profile: DatasetProfile, space, source: str) -> DatasetProfile:
     """What the field checks cannot know alone: every measured arch is one of ``space`` (the profile's own), and
     its stored model reads tables ``space`` ships. The first that is not is one line naming the field."""
-    from .errors import ArchParseError
-    from .predictors.accuracy_fewshot import is_current
-
     for i, item in enumerate(profile.measurements):
         try:
             space.parse(item["arch"])
@@ -210,8 +204,6 @@ def check_against_space(profile: DatasetProfile, space, source: str) -> DatasetP
 
 def check_takes_tasks(space) -> None:
     """A ``DatasetProfileError`` unless ``space`` can take a user task (``accuracy_fewshot.supports_tasks``)."""
-    from .predictors.accuracy_fewshot import supports_tasks
-
     if not supports_tasks(space):
         raise DatasetProfileError(f"the {space.name} space predicts accuracy for {', '.join(space.datasets)} only "
                                   "(no measured tables of several tasks to adapt from): user tasks work with "
@@ -230,9 +222,6 @@ def dataset_label(dataset) -> str:
 
 def accuracy_model_of(profile: DatasetProfile):
     """The profile's fitted few-shot accuracy model; refitted from its measurements if the stored one is stale."""
-    from .predictors.accuracy_fewshot import MODEL_KIND, MODEL_VERSION, FewShotAccuracyModel, fit_fewshot
-    from .spaces import get_space
-
     sp = get_space(profile.space)
     state = profile.accuracy_model
     if isinstance(state, dict) and state.get("kind") == MODEL_KIND and state.get("version") == MODEL_VERSION:
@@ -244,8 +233,6 @@ def accuracy_model_of(profile: DatasetProfile):
 def refit_accuracy_model(space, profile: DatasetProfile) -> None:
     """Refit ``profile``'s accuracy model on its measurements, with the shipped tables its model was fitted on
     (a revision keeps its prior: a task held out of a table stays held out)."""
-    from .predictors.accuracy_fewshot import fit_fewshot
-
     tables = (profile.accuracy_model or {}).get("tables")
     archs = [space.parse(m["arch"]) for m in profile.measurements]
     profile.accuracy_model = fit_fewshot(space, archs, [float(m["accuracy"]) for m in profile.measurements],
@@ -255,8 +242,6 @@ def refit_accuracy_model(space, profile: DatasetProfile) -> None:
 def fit_dataset_profile(space, measurements: list[dict], name: str, source: dict | None = None,
                         scale: str = "percent") -> DatasetProfile:
     """A dataset profile for ``measurements`` (accuracy in percent), its accuracy model fitted."""
-    from .predictors.accuracy_fewshot import fit_fewshot
-
     check_takes_tasks(space)
     profile = DatasetProfile(name=name, space=space.name, source=dict(source or {}), measurements=list(measurements),
                              scale=scale)

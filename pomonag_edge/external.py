@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from .errors import UserError
+from .files import atomic_write_text, make_dir, os_error
 
 
 class CommandTemplate:
@@ -123,8 +124,6 @@ def run_for_number(argv: list[str], *, timeout_s: float | None, what: str, item:
 def _keep_output(folder, argv, out: str, err: str, why: str, seconds: float) -> Path | None:
     if folder is None:
         return None
-    from .files import atomic_write_text
-
     path = Path(folder) / "last-failure.log"
     try:
         atomic_write_text(path, f"$ {shlex.join(argv)}\n# {why}, after {seconds:.1f} s\n"
@@ -158,8 +157,6 @@ class ResultLog:
             except FileNotFoundError:
                 text = ""
             except OSError as e:
-                from .files import os_error
-
                 raise os_error(e, "read", "results log", self.path) from None
             for line in text.splitlines():
                 try:
@@ -177,8 +174,6 @@ class ResultLog:
         return list(self._load().values())
 
     def add(self, key: str, record: dict) -> dict:
-        from .files import make_dir, os_error
-
         record = {"key": key, **record}
         make_dir(self.path.parent, "results log folder")
         line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")

@@ -18,13 +18,19 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
+import signal
 import socket
+import subprocess
 import sys
+import tempfile
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import __version__
 from .errors import MissingDependencyError, UserError
 from .files import atomic_write_bytes
 
@@ -195,8 +201,6 @@ def _check_fits(ray, opts: RayOptions) -> None:
 
 def _fan_out_ray(work, shared, jobs, on_result, opts: RayOptions, board: _Board, say) -> None:
     ray = import_ray()
-    from . import __version__
-
     _check_fits(ray, opts)
     shared_ref = ray.put(shared)
     task = ray.remote(_ray_job).options(num_cpus=opts.cpus_per_net, num_gpus=opts.gpus_per_net, max_retries=0)
@@ -259,8 +263,6 @@ class _RelayCheckpoint:
 def _ray_job(work, shared, key, blob, version):
     """One job as a Ray generator task: yields ``started``, then ``epoch`` and ``checkpoint`` events as ``work``
     makes them, then ``result``. ``work`` runs in a thread so its events stream out while it trains."""
-    from . import __version__
-
     if __version__ != version:
         raise UserError(f"node {socket.gethostname()} runs pomonag-edge {__version__}, the driver {version}: "
                         "install the same version on every node")
@@ -308,12 +310,6 @@ def local_head(num_cpus: int, num_gpus: int | None = None, object_store_bytes: i
     """A Ray head on 127.0.0.1 for tests and benchmarks: ``num_cpus`` CPUs, no dashboard, a small object store,
     its own short temp folder (Ray's socket paths have a length limit) and its own session; stopped by killing
     its own process group, nothing broader. Yields a ``LocalHead``."""
-    import shutil
-    import signal
-    import subprocess
-    import tempfile
-    import time
-
     ray_bin = Path(sys.executable).with_name("ray")
     temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")
     with socket.socket() as s:

@@ -12,17 +12,23 @@ from __future__ import annotations
 
 import errno
 import glob
+import hashlib
 import json
 import os
 import shutil
+import socket
+import stat
 import sys
 import tempfile
 import time
 from contextlib import contextmanager
 from functools import lru_cache
+from importlib.resources import files
 from pathlib import Path
 
+from . import __version__
 from .errors import UserError
+from .fields import record, text
 
 BOM = b"\xef\xbb\xbf"
 CACHE_DIR = Path.home() / ".cache" / "pomonag-edge"  # what is kept between runs, each kind in a folder of its own
@@ -109,8 +115,6 @@ def check_versioned(d, source: str, *, schema: str, schema_version: int, kind: s
     """The schema version of a JSON document ``d`` tagged ``{"schema": schema, "schema_version": N}``; a foreign
     document, an invalid version or one newer than ``schema_version`` is one ``error`` line naming ``source``
     (``hint`` follows the foreign-document line)."""
-    from . import __version__
-
     if not isinstance(d, dict) or d.get("schema") != schema:
         raise error(f"{source} is not a pomonag-edge {kind} (no '{schema}' schema tag){hint}")
     version = d.get("schema_version")
@@ -153,8 +157,6 @@ def check_name(name: str, what: str = "--name") -> str:
 
 def _refuse_special(path: Path, what: str) -> None:
     """A device, pipe or socket at ``path`` would be replaced by a plain file: never do that."""
-    import stat
-
     try:
         mode = os.stat(path).st_mode
     except (FileNotFoundError, NotADirectoryError):
@@ -168,8 +170,6 @@ def _refuse_special(path: Path, what: str) -> None:
 @lru_cache(maxsize=1)
 def _package_dir() -> str:
     """The installed package's folder, links resolved: its shipped data is read-only to the tool."""
-    from importlib.resources import files
-
     return os.path.realpath(str(files("pomonag_edge")))
 
 
@@ -280,8 +280,6 @@ def atomic_write_json(path: str | os.PathLike, obj, what: str = "file") -> Path:
 def json_sha256(obj) -> str:
     """16 hex digits of the SHA-256 of ``obj`` as canonical JSON (sorted keys): the content hash runs and exports
     record to name the exact profile they used, unchanged by key order or indentation on disk."""
-    import hashlib
-
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -303,8 +301,6 @@ def save_revision_json(parent_path: str | os.PathLike, obj, what: str, error=Non
 def revision_parent_spec():
     """The ``parent`` a revision records (``{"path", "name", "sha256"}`` of the profile it extends, or null), as a
     ``fields`` check for the profiles that keep revisions."""
-    from .fields import record, text
-
     return record({"path": text(), "name": text(), "sha256": text()}, optional=True)
 
 
@@ -402,7 +398,6 @@ def claim(target: str | os.PathLike, what: str = "folder", folder: bool = True):
     nobody holds is stale by construction (no pid guessing across machines) and is taken over. While the claim is
     held, leftovers of a killed writer of ``target`` (``staging_dir`` folders) are removed (``clean_staging``)."""
     import fcntl
-    import socket
 
     target = check_writable(target, what, folder=folder)  # its own one-line reasons come first
     lock = _claim_file(target)

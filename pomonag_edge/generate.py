@@ -11,9 +11,13 @@ import os
 import time
 
 from .closed_loop import closed_loop_run
+from .dataset_profile import dataset_label, resolve_dataset
+from .predictors import search_predictors
 from .problem import DEFAULT_LEVEL, SearchProblem, describe_budget, parse_weights
+from .profile import locate_profile
 from .runs import DATASET_FILE, SCHEMA, SCHEMA_VERSION, Run, check_run_out, new_run_dir, one_writer, write_run
-from .selection import SearchResult, run_search
+from .selection import SearchResult, run_search, used
+from .spaces import get_space
 from .strategies import make_strategy
 from .units import Budget
 from .versions import versions
@@ -33,15 +37,9 @@ def generate_run(*, space="nb201", profile=None, dataset=None, max_latency=None,
     of each round from ``predictors_for(profile, dataset)`` (default: the product's); ``say`` gets its news.
     ``precision``: the profile must be of it (the default profile: the newest of it); its runs export at it.
     """
-    from .predictors import search_predictors
-    from .profile import locate_profile
-    from .spaces import get_space
-
     sp = get_space(space)
     budget = Budget.parse(max_latency, max_params, max_macs)
     w = parse_weights(weights)
-    from .dataset_profile import dataset_label, resolve_dataset
-
     dataset_spec = dataset
     dataset = resolve_dataset(dataset, sp)  # a shipped name (checked), or a user task's DatasetProfile
     out_dir = check_run_out(out, force)
@@ -100,8 +98,6 @@ def plot_png(result: SearchResult, problem: SearchProblem) -> bytes:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .selection import used
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
     xy = lambda rows: ([used(r, "latency_ms") for r in rows], [used(r, "accuracy") for r in rows])  # noqa: E731

@@ -14,11 +14,18 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from pathlib import Path
+from statistics import NormalDist
 
+from .calibration import csv_rows, row_integers, to_percent
 from .dataset_profile import DATASETS_DIR, fit_dataset_profile
 from .errors import UserError
-from .files import atomic_write_text, check_name, check_writable
+from .files import atomic_write_text, check_name, check_writable, read_user_text
+from .predictors.accuracy_fewshot import choose_probes
+from .spaces import get_space
+from .trainers import make_trainer, measure_all
+from .userdata import data_name
 
 CSV_FIELDS = ("arch", "accuracy", "epochs", "seed", "data", "seconds", "device", "trainer", "printed", "threads")
 
@@ -33,11 +40,6 @@ def probe_task(data_path=None, space_name: str = "nb201", probes: int = 20, epoc
     called per epoch (built-in) and per probe. ``threads``: torch's per built-in probe (``training.TrainingSetup``).
     With ``ray`` (a ``fanout.RayOptions``) each probe is one Ray task, a command trainer's too; the CSV, log,
     checkpoints and profile are written here, as without it."""
-    from .predictors.accuracy_fewshot import choose_probes
-    from .spaces import get_space
-    from .trainers import make_trainer, measure_all
-    from .userdata import data_name
-
     if probes < 5:
         raise UserError(f"--probes must be at least 5 (the accuracy model's minimum), got {probes}")
     space = get_space(space_name)
@@ -104,8 +106,6 @@ def chance_check(accuracies: list[float], counts: list[int], n_val: int, alpha: 
     nothing scores chance plus binomial noise on ``n_val`` images; the best of K such nets stays below chance +
     z * sd with probability 1 - ``alpha`` when z is taken at ``alpha / K`` (Bonferroni). ``at_chance`` is true
     when the best probe is within that band: its accuracies then rank nets by luck."""
-    from statistics import NormalDist
-
     p = max(counts) / sum(counts)
     sd_pct = 100.0 * (p * (1.0 - p) / max(n_val, 1)) ** 0.5
     z = NormalDist().inv_cdf(1.0 - alpha / max(len(accuracies), 1))
@@ -118,11 +118,6 @@ def _read_rows(path: Path, space) -> list[dict]:
     """The rows of an earlier probe's measurements CSV (none if it is absent or empty), read and checked as
     ``calibrate`` reads one (``calibration.csv_rows``): a file that is not a probe's CSV is refused (it would be
     replaced), and a hand-edited row that cannot be read is one line naming it, never a traceback."""
-    import math
-
-    from .files import read_user_text
-    from .calibration import csv_rows, row_integers
-
     if not path.exists() or not read_user_text(path, "probe measurements file").strip():
         return []
     fix = "fix or delete that line (its probe is then trained again)"
@@ -152,8 +147,6 @@ def _number(text: str, what: str, fix: str) -> float:
 
 def _write_rows(path: Path, rows: list[dict], scale: str) -> None:
     """The rows, each one's ``accuracy`` (percent) read from the value it printed under the run's ``scale``."""
-    from .calibration import to_percent
-
     for r in rows:
         if r.get("printed") not in (None, ""):
             r["accuracy"] = round(to_percent(r["printed"], scale), 6)

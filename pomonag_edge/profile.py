@@ -8,8 +8,10 @@ latency tables: no LUT, but every net's measured latency.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__
@@ -17,6 +19,8 @@ from .errors import ProfileError
 from .fields import check, flag, list_of, number, record, text
 from .files import (atomic_write_json, check_writable, from_versioned_json, json_sha256, read_user_json,
                     revision_parent_spec, save_revision_json)
+from .predictors.latency import check_state
+from .spaces import get_space, space_names
 
 SCHEMA = "pomonag-edge/profile"
 SCHEMA_VERSION = 1
@@ -24,8 +28,6 @@ PROFILES_DIR = Path("profiles")
 
 
 def _latency_model(state, where: str) -> None:
-    from .predictors.latency import check_state
-
     check_state(state, where)
 
 
@@ -131,8 +133,6 @@ def reference_profile(name: str, space: str | None = None) -> Profile:
     Each space states its own (``space.reference_devices``); where the tables cover the whole space the model
     is exact on them, elsewhere it is fitted on them. One name can exist in two spaces (``2080ti_1``): ``space``
     picks one; without it the first space in name order that has it."""
-    from .spaces import get_space, space_names
-
     for candidate in [space] if space is not None else space_names():
         info = get_space(candidate).reference_devices().get(name)
         if info is not None:
@@ -148,8 +148,6 @@ def reference_profile(name: str, space: str | None = None) -> Profile:
 
 def _created_key(profile: Profile) -> str:
     """``created`` as a sortable UTC string ('' when it does not parse: sorts oldest)."""
-    from datetime import datetime, timezone
-
     try:
         return datetime.strptime(profile.created, "%Y-%m-%dT%H:%M:%S%z").astimezone(timezone.utc).isoformat()
     except (TypeError, ValueError):
@@ -206,8 +204,6 @@ def default_profile(folder: str | os.PathLike = PROFILES_DIR, space: str | None 
 
 def announce(message: str) -> None:
     """A default choice made for the user, said on stderr so a script's stdout stays clean."""
-    import sys
-
     print(message, file=sys.stderr, flush=True)
 
 

@@ -40,13 +40,19 @@ import csv
 import io
 import json
 import os
+import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import wraps
 from pathlib import Path
 
-from .errors import UserError
-from .files import (atomic_write_bytes, atomic_write_json, atomic_write_text, check_versioned, check_writable,
-                    claim, make_dir, os_error, read_user_json, replace_dir, staging_dir)
+from .dataset_profile import check_against_space, load_dataset_profile
+from .errors import ArchParseError, UserError
+from .files import (atomic_write_bytes, atomic_write_json, atomic_write_text, check_versioned, check_writable, claim,
+                    make_dir, os_error, read_user_json, replace_dir, staging_dir)
+from .profile import PROFILES_DIR, Profile, announce, load_profile
+from .spaces import get_space
 
 SCHEMA = "pomonag-edge/run"
 SCHEMA_VERSION = 1  # 1 also reads runs written before the manifest recorded ``profile.path``
@@ -166,9 +172,6 @@ def one_writer(generate):
     """``generate`` holding a claim on ``out`` from its first check to its last write (``files.claim``): a second
     ``generate --out`` of the same folder, here or in another process, is refused instead of replacing the
     first one's run unseen. A default folder (``new_run_dir``) is unique already."""
-    from contextlib import nullcontext
-    from functools import wraps
-
     @wraps(generate)
     def claimed(*, out=None, **kw):
         with claim(out, "run folder") if out is not None else nullcontext():
@@ -198,8 +201,6 @@ def write_run(run: Run, plot_png: bytes, extra: dict | None = None) -> None:
         replace_dir(staged, run.path, "run folder")
     finally:
         if staged.exists():
-            import shutil
-
             shutil.rmtree(staged, ignore_errors=True)
 
 
@@ -223,8 +224,6 @@ def resolve_run_dir(spec: str | os.PathLike | None, folder: str | os.PathLike = 
     """The folder the user named, or the run under ./runs that ``generate`` made last (by the time recorded in
     its manifest, not by modification time: an export into an older run does not make it the newest). The
     default is announced through ``say`` with the reason."""
-    from .profile import announce
-
     if spec is not None:
         path = Path(spec)
         if not path.exists():
@@ -278,9 +277,6 @@ def load_run(path: str | os.PathLike) -> Run:
     run = Run(path=path, candidates=pareto, manifest=read_manifest(path))
     _check_archs(path / PARETO_FILE, pareto, run.space)
     if (path / DATASET_FILE).is_file():
-        from .dataset_profile import check_against_space, load_dataset_profile
-        from .spaces import get_space
-
         task = load_dataset_profile(path / DATASET_FILE)
         if task.space != run.space:
             raise UserError(f"{path / DATASET_FILE} is a dataset profile of space {task.space}, but the run is of "
@@ -292,9 +288,6 @@ def load_run(path: str | os.PathLike) -> Run:
 
 def _check_archs(source: Path, items: list[dict], space: str) -> None:
     """Every arch of the run parses in the run's space; the first that does not is named with its file."""
-    from .errors import ArchParseError
-    from .spaces import get_space
-
     sp = get_space(space)
     for n, item in enumerate(items, start=1):
         try:
@@ -308,8 +301,6 @@ def _check_archs(source: Path, items: list[dict], space: str) -> None:
 
 def _holds(path: str, sha256: str | None) -> bool:
     """Whether the profile file at ``path`` is still the one of content hash ``sha256``."""
-    from .profile import load_profile
-
     if sha256 is None or not os.path.isfile(path):
         return False
     try:
@@ -321,8 +312,6 @@ def _holds(path: str, sha256: str | None) -> bool:
 def find_profile_by_hash(folder: Path, sha256: str | None) -> Path | None:
     """The profile in ``folder`` whose content hash is ``sha256`` (every profile there is read and hashed): how a
     run that did not record its profile's path finds it."""
-    from .profile import Profile
-
     for path in sorted(folder.glob("*.json")):
         try:
             if Profile.from_dict(json.loads(path.read_text(encoding="utf-8"))).sha256 == sha256:
@@ -341,8 +330,6 @@ def profile_spec_for(run: Run, folder: str | os.PathLike | None = None) -> str:
     spec: the profile in ./profiles with the recorded hash is used, else ./profiles/<name>.json (it may have
     gained calibration timings since).
     """
-    from .profile import PROFILES_DIR, announce
-
     spec, folder = run.profile_spec, Path(folder or PROFILES_DIR)
     info = run.profile_record
     said = f"the one {run.path} was generated with; --profile chooses another"

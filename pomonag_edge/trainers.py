@@ -25,12 +25,20 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+from .calibration import accuracy_scale, to_percent
+from .dataset_profile import check_takes_tasks, task_input_hw
 from .errors import UserError
+from .export.onnx_export import export_onnx
 from .external import CommandTemplate, ResultLog, result_key, run_for_number
+from .fanout import Job, fan_out
+from .files import atomic_write_bytes, atomic_write_text, make_dir
+from .training import Recipe, Task, train_job, training_setup
+from .userdata import load_user_data
 
 TRAINER_PLACEHOLDERS = ("arch", "space", "epochs", "seed", "classes", "workdir", "onnx")
 LOG_NAME = "measured.jsonl"
@@ -60,8 +68,6 @@ class Trainer:
     @property
     def scale(self) -> str:
         """"percent" or "fraction": how this trainer's values read, decided over every value it has logged."""
-        from .calibration import accuracy_scale
-
         mine = [r for r in self.log.records() if r.get("trainer_key") == self.trainer_key]
         return accuracy_scale([r["printed"] for r in mine], [f"net {r['arch']}" for r in mine],
                               f"{self.kind}'s accuracies", self.given_scale)
@@ -69,8 +75,6 @@ class Trainer:
     def measure(self, arch, progress=None) -> float:
         """The accuracy of ``arch`` in percent: logged, or measured now and logged. ``progress(epoch, epochs, loss)``
         after each epoch of built-in training."""
-        from .calibration import to_percent
-
         record = self.record(arch)
         if record is None:
             record = self.accept(arch, *self.train(arch, self.checkpoint_path(arch), progress))
@@ -122,10 +126,6 @@ class BuiltinTrainer(Trainer):
 
     def __init__(self, space, data_path, *, epochs: int, seed: int, workdir, device: str | None = None,
                  threads: int | None = None):
-        from .dataset_profile import task_input_hw
-        from .training import Recipe, training_setup
-        from .userdata import load_user_data
-
         self.data_path = data_path
         data = load_user_data(data_path, input_hw=task_input_hw(space), seed=seed)
         self.setup = training_setup(space, data, data_path, Recipe(epochs=epochs, seed=seed), device, threads)
@@ -153,8 +153,6 @@ class BuiltinTrainer(Trainer):
         return self.workdir / f"{_net_id(arch)}.pt"
 
     def train(self, arch, checkpoint=None, progress=None):
-        from .training import train_job
-
         result = train_job(self.setup, str(arch), checkpoint, progress)
         return result["accuracy"], {"seconds": result["seconds"], "device": result["device"],
                                     "threads": result["threads"]}
@@ -162,8 +160,6 @@ class BuiltinTrainer(Trainer):
     def shipped(self, ray):
         """The data goes with it (Ray's object store, once), or only its path for ``--ray-data shared``; each task
         trains with the threads it reserved."""
-        from .training import training_setup
-
         twin = super().shipped(ray)
         twin.setup = training_setup(self.space, self.setup.data, self.data_path, self.recipe, self.setup.device,
                                     self.setup.threads, ray)
@@ -185,8 +181,6 @@ class CommandTrainer(Trainer):
 
     def __init__(self, space, command: str, *, epochs: int, seed: int, workdir, timeout_s: float | None = None,
                  scale: str = "auto", num_classes: int = 10, name: str = "task"):
-        from .training import Task
-
         self.template = CommandTemplate.parse(command, TRAINER_PLACEHOLDERS, "--trainer")
         if timeout_s is not None and not timeout_s > 0:
             raise UserError(f"--trainer-timeout must be a positive number of seconds, got {timeout_s:g}")
@@ -205,11 +199,7 @@ class CommandTrainer(Trainer):
                   "classes": str(self.task.num_classes), "workdir": str(folder), "onnx": str(folder / "net.onnx")}
         if not self.template.used & {"workdir", "onnx"}:
             return values
-        import io
-
         import torch
-
-        from .files import atomic_write_bytes, atomic_write_text, make_dir
 
         make_dir(folder, "trainer work folder")
         torch.manual_seed(self.seed)
@@ -221,8 +211,6 @@ class CommandTrainer(Trainer):
             atomic_write_text(folder / "arch.txt", f"{arch}\n")
             atomic_write_text(folder / "space.txt", f"{self.space.name}\n")
         if "onnx" in self.template.used and not (folder / "net.onnx").is_file():
-            from .export.onnx_export import export_onnx
-
             export_onnx(model, self.space.input_shape(arch, self.task, batch=1), folder / "net.onnx")
         return values
 
@@ -253,8 +241,6 @@ def measure_all(trainer: Trainer, archs, on_measured, ray=None, progress=None, s
     """``trainer.measure`` of every arch not logged yet, through a fan-out: here in turn, or each one Ray task
     (``ray``: a ``fanout.RayOptions``; the trainer goes to the cluster once, ``shipped``). ``train`` runs where
     the job runs and ``accept`` logs it here; ``on_measured(arch)`` follows each, in this process."""
-    from .fanout import Job, fan_out
-
     archs = [trainer.space.parse(str(a)) for a in archs]
     jobs = [Job(str(a), f"{noun} {i + 1}/{len(archs)}", trainer.checkpoint_path(a))
             for i, a in enumerate(archs) if trainer.record(a) is None]
@@ -274,8 +260,6 @@ def _train_job(trainer: Trainer, arch: str, checkpoint, progress) -> tuple[float
 
 
 def _input_hw(space) -> int:
-    from .dataset_profile import task_input_hw
-
     return task_input_hw(space)
 
 
@@ -283,8 +267,6 @@ def make_trainer(space, *, command: str | None = None, data=None, epochs: int = 
                  device: str | None = None, timeout_s: float | None = None, scale: str = "auto",
                  num_classes: int = 10, name: str = "task", threads: int | None = None) -> Trainer:
     """``command`` (your pipeline) or ``data`` (the built-in recipe on your images), exactly one of them."""
-    from .dataset_profile import check_takes_tasks
-
     if (command is None) == (data is None):
         raise UserError("--data and --trainer are two ways to measure accuracy: --data DIR trains with the "
                         "built-in NB201 recipe on your images, --trainer CMD runs your own pipeline (which owns its "

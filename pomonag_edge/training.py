@@ -20,15 +20,23 @@ from __future__ import annotations
 
 import hashlib
 import io
+import pickle
 import time
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .dataset_profile import check_takes_tasks, source_spec, task_input_hw
 from .errors import UserError
 from .fanout import Job, as_checkpoint, fan_out
+from .fields import check, flag, list_of, number, record, text
+from .files import atomic_write_json, check_writable, read_user_bytes, read_user_json
+from .profile import announce
 from .runs import load_run
+from .spaces import get_space
+from .userdata import DataOnNodes, load_user_data
 
 CHECKPOINT_KIND = "pomonag-edge/trained-net"
 
@@ -163,9 +171,6 @@ def read_checkpoint(blob: bytes, device: str = "cpu", where=None) -> dict | None
     folder runs nothing. A per-epoch checkpoint is work in progress this tool wrote atomically; one that cannot
     be read (cut short by a full disk or a copy, another tool's file) holds nothing to recover, so it is
     discarded and that net retrained rather than the run refused over a hidden file."""
-    import pickle
-    import zipfile
-
     import torch
 
     try:
@@ -183,8 +188,6 @@ def read_checkpoint(blob: bytes, device: str = "cpu", where=None) -> dict | None
 
 
 def _discarded(where, why: str) -> None:
-    from .profile import announce
-
     announce(f"note: checkpoint {getattr(where, 'path', where)} is discarded, {why}: that net is trained from its "
              "first epoch")
 
@@ -206,8 +209,6 @@ class TrainingSetup:
 def training_setup(space, data, data_path, recipe: Recipe, device=None, threads=None, ray=None) -> TrainingSetup:
     """The setup of a local run, or of a Ray one (``ray``: a ``fanout.RayOptions``): its data sent once through
     the object store, or by path for ``--ray-data shared``; its threads those each task reserved."""
-    from .userdata import DataOnNodes
-
     if ray is not None:
         threads = threads or max(1, int(ray.cpus_per_net))
         if ray.data == "shared":
@@ -220,9 +221,6 @@ def train_job(setup: TrainingSetup, arch: str, checkpoint, progress) -> dict:
     """``fanout``'s unit of work: ``train_net`` of one arch string with the setup's threads; the result (with
     the threads it used) without the model object: the weights are in the checkpoint."""
     import torch
-
-    from .spaces import get_space
-    from .userdata import DataOnNodes
 
     space = get_space(setup.space)
     data = setup.data.load() if isinstance(setup.data, DataOnNodes) else setup.data
@@ -241,8 +239,6 @@ def train_job(setup: TrainingSetup, arch: str, checkpoint, progress) -> dict:
 def load_trained_state(path: str | Path, run_dir: str | Path | None = None) -> dict:
     """The weights (a state_dict on the CPU) of a finished training checkpoint. A path recorded relative to where
     ``train`` ran is looked for in ``run_dir``'s train folder too; a missing or unreadable one is one line."""
-    from .files import read_user_bytes
-
     path = Path(path)
     if not path.is_file() and run_dir is not None and (Path(run_dir) / TRAIN_DIR / path.name).is_file():
         path = Path(run_dir) / TRAIN_DIR / path.name
@@ -286,11 +282,6 @@ def train_run(run_dir, data_path, top: int = 1, epochs: int = 200, seed: int = 0
     (rewritten after each net). A rerun resumes unfinished nets and keeps finished ones. ``threads``: torch's
     per net (``TrainingSetup``). With ``ray`` (a ``fanout.RayOptions``) each net is one Ray task; files are
     written here all the same."""
-    from .dataset_profile import check_takes_tasks, task_input_hw
-    from .files import atomic_write_json, check_writable
-    from .spaces import get_space
-    from .userdata import load_user_data
-
     if top < 1:
         raise UserError(f"--top must be at least 1, got {top}")
     if epochs < 1:
@@ -366,9 +357,6 @@ def predicted_task_matches(run, data) -> tuple[bool, str]:
 
 def _results_spec():
     """The fields of ``RUN/train/results.json`` that ``train`` (resuming) and ``export`` read."""
-    from .dataset_profile import source_spec
-    from .fields import flag, list_of, number, record, text
-
     net = record({"rank": number(1, integer=True), "arch": text(nonempty=True),
                   "accuracy_predicted": number(0, 100, optional=True), "accuracy_measured": number(0, 100),
                   "split": text(), "n_val": number(0, integer=True), "recipe": record(),
@@ -386,9 +374,6 @@ def _results_spec():
 def trained_results(run_dir) -> dict | None:
     """``RUN/train/results.json`` when the run's nets were trained, else None; every field it is read for is
     checked, and a hand-edited or cut file is one line naming the field."""
-    from .fields import check
-    from .files import read_user_json
-
     path = Path(run_dir) / TRAIN_DIR / RESULTS_FILE
     if not path.is_file():
         return None

@@ -14,13 +14,16 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
 import warnings
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from .errors import MissingDependencyError, UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 VAL_FRACTION = 0.2
@@ -117,8 +120,6 @@ class DataOnNodes:
         if self not in _LOADED:
             data = load_user_data(self.path, input_hw=self.input_hw, seed=self.seed)
             if data.source["fingerprint"] != self.fingerprint:
-                import socket
-
                 raise DataError(f"{self.path} on node {socket.gethostname()} holds other data (fingerprint "
                                 f"{data.source['fingerprint']}) than on the driver ({self.fingerprint}): --ray-data "
                                 "shared needs the same files on every node")
@@ -157,8 +158,6 @@ def _read_folder(path: Path, hw: int) -> tuple[np.ndarray, np.ndarray, list[str]
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:  # a declared dependency; this is a broken install
-        from .errors import MissingDependencyError
-
         raise MissingDependencyError("reading an image folder needs Pillow: pip install pillow") from None
     classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
@@ -215,9 +214,6 @@ def _npz_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """``x`` and ``y`` of the .npz at ``path``, read whole here, so that a damaged file fails inside this error
     boundary and not later: a file that is not a zip archive (a single .npy renamed, anything else), a damaged
     archive, missing arrays and object arrays (pickle is never loaded) are each one line."""
-    import zipfile
-    import zlib
-
     try:
         with open(path, "rb") as f:
             magic = f.read(6)

@@ -3,10 +3,18 @@ arch,latency_ms, a dataset profile from a CSV of arch,accuracy."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from ..calibration import ACCURACY_SCALES
+from ..calibration import (ACCURACY_SCALES, calibrate_profile, measured_precision, measurements_kind,
+                           read_accuracy_measurements, read_measurements)
+from ..dataset_profile import DATASETS_DIR, fit_dataset_profile
+from ..errors import UserError
+from ..files import check_name
 from ..hardware.backends import PRECISIONS
+from ..profile import PROFILES_DIR, check_profile_out, load_profile
+from ..spaces import get_space
 from .options import space_option
 
 POOR_FIT = 0.25  # cross-validated q90 relative error above which the timings fit no model well
@@ -39,20 +47,9 @@ def command(space, measurements, name, base, out, force, precision, accuracy_sca
 
     Repeated rows of one net (or of functionally identical archs) are merged into their median: each
     distinct net counts once."""
-    from pathlib import Path
-
-    from ..calibration import calibrate_profile, measured_precision, measurements_kind, read_measurements
-    from ..files import check_name
-    from ..profile import PROFILES_DIR, check_profile_out, load_profile
-    from ..spaces import get_space
-
     sp = get_space(space)
     check_name(name)
     if measurements_kind(measurements) == "accuracy":
-        from ..dataset_profile import DATASETS_DIR, fit_dataset_profile
-        from ..errors import UserError
-        from ..calibration import read_accuracy_measurements
-
         if base or precision:
             raise UserError(f"{'--base' if base else '--precision'} is for a device profile; an arch,accuracy CSV "
                             "makes a dataset profile")

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import sys
+from datetime import datetime, timezone
+
 import click
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import ProfileError
+from ..hardware.devices import JETSON_SUPPORT, descriptor_names, detect_device, load_descriptor
+from ..profile import PROFILES_DIR, load_profile
+from ..spaces import get_space, space_names
 
 
 @click.command(short_help="List device descriptors and reference profiles.")
@@ -13,17 +25,7 @@ def command(detect, fmt):
     """Descriptors say how `profile --device NAME` measures; reference profiles (`--profile NAME`) are
     published device settings' measured latency tables, per search space. The names you type are never cut:
     on a narrow terminal the other columns wrap."""
-    from rich.console import Console
-
-    from ..hardware.devices import JETSON_SUPPORT, descriptor_names, detect_device, load_descriptor
-    from ..errors import ProfileError
-    from ..profile import PROFILES_DIR, load_profile
-    from ..spaces import get_space, space_names
-
     if fmt == "json":
-        import json
-        import sys
-
         json.dump(_listing(detect), sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
         return
@@ -82,9 +84,6 @@ def command(detect, fmt):
 
 def _table(title: str):
     """A table without vertical rules: at 80 columns they would cost the text its room."""
-    from rich import box
-    from rich.table import Table
-
     return Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", show_edge=False, pad_edge=False,
                  collapse_padding=True)
 
@@ -97,8 +96,6 @@ def _column(table, name: str, justify: str = "left", whole: bool = False) -> Non
 
 def _when(created: str) -> str:
     """A profile's ``created`` (``%Y-%m-%dT%H:%M:%S%z``) as a short UTC time, or as it is when it does not parse."""
-    from datetime import datetime, timezone
-
     try:
         return datetime.strptime(created, "%Y-%m-%dT%H:%M:%S%z").astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M")
     except (TypeError, ValueError):
@@ -107,11 +104,6 @@ def _when(created: str) -> str:
 
 def _listing(detect: bool) -> dict:
     """What the tables show, as plain data."""
-    from ..errors import ProfileError
-    from ..hardware.devices import descriptor_names, detect_device, load_descriptor
-    from ..profile import PROFILES_DIR, load_profile
-    from ..spaces import get_space, space_names
-
     profiles = []
     for path in sorted(PROFILES_DIR.glob("*.json")):
         try:

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-import click
+import json
+import sys
 
-from ..hardware.backends import PRECISIONS
+import click
+from rich.console import Console
+
+from ..export import ExportOptions, export_run, parse_formats, render
 from ..export.onnx_export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from ..export.report import summary_json
+from ..hardware.backends import PRECISIONS
+from ..runs import resolve_run_dir
 from .options import SEED, make_ssh_options, profile_option, ssh_options
 
 
@@ -59,11 +66,6 @@ def command(ctx, run_dir, top, fmt, profile, precision, calib_images, calib_data
     measured / predicted ratio raw and corrected for how much slower or faster the device runs now than
     when profiled. The budget test uses the raw measurement; the ±10% agreement is shown both ways.
     """
-    from rich.console import Console
-
-    from ..export import ExportOptions, export_run, parse_formats, render
-    from ..runs import resolve_run_dir
-
     options = ExportOptions(top=top, formats=parse_formats(fmt), profile=profile, precision=precision,
                             calib_images=calib_images, calib_data=calib_data, opset=opset,
                             dynamic_batch=dynamic_batch, weights=weights, allow_over_budget=allow_over_budget,
@@ -78,11 +80,6 @@ def command(ctx, run_dir, top, fmt, profile, precision, calib_images, calib_data
         click.echo(f"interrupted: {run_dir}/export is as it was (this export's files were removed)", err=True)
         raise SystemExit(130) from None
     if as_json:
-        import json
-        import sys
-
-        from ..export.report import summary_json
-
         json.dump(summary_json(report), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:

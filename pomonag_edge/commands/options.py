@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import click
+from click.core import ParameterSource
+
+from ..errors import UserError
+from ..fanout import RayOptions
+from ..hardware.remote import SSHOptions
 
 space_option = click.option(
     "--space", default="nb201", show_default=True, metavar="NAME",
@@ -36,17 +41,12 @@ def ssh_options(f):
 
 def given(ctx: click.Context, name: str) -> bool:
     """Whether the user set option ``name`` (on the command line or through the environment), not its default."""
-    from click.core import ParameterSource
-
     return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
 
 
 def make_ssh_options(ssh_config, remote_python, remote_dir, hosts):
     """The ``SSHOptions`` of ``ssh_options``; one of them given without ``--host`` (``hosts`` empty) is refused
     with one line, since it would change nothing."""
-    from ..errors import UserError
-    from ..hardware.remote import SSHOptions
-
     ctx = click.get_current_context(silent=True)
     if ctx is not None and not hosts:
         lone = [f"--{n.replace('_', '-')}" for n in ("ssh_config", "remote_python", "remote_dir") if given(ctx, n)]
@@ -81,9 +81,6 @@ def placement_options(f):
 def make_placement(ray_address, cpus_per_net, gpus_per_net, ray_data, retries):
     """(a ``fanout.RayOptions`` or None without --ray, torch threads per net or None); Ray's own options are
     refused without --ray."""
-    from ..errors import UserError
-    from ..fanout import RayOptions
-
     if cpus_per_net is not None and not cpus_per_net > 0:
         raise UserError(f"--cpus-per-net must be above 0, got {cpus_per_net:g}")
     threads = None if cpus_per_net is None else max(1, int(cpus_per_net))

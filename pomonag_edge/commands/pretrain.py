@@ -6,12 +6,18 @@ used; adding ``pretrain generator`` is one entry plus its module.
 
 from __future__ import annotations
 
+import hashlib
 from importlib import import_module
 from pathlib import Path
 
 import click
 
+from ..checkpoints import checkpoint_path, save_checkpoint
 from ..errors import UserError
+from ..files import check_writable
+from ..predictors.latency_pretrain import train_latency_checkpoint
+from ..spaces import get_space
+from ..spaces.nb201.accuracy import ACCURACY_CHECKPOINT, train_accuracy_checkpoint
 from ._progress import stage_progress
 from .options import SEED, space_option
 
@@ -53,14 +59,10 @@ USER_CHECKPOINTS = Path("checkpoints")  # where retrained checkpoints go by defa
 def _target(out, shipped: Path) -> Path:
     """Where the checkpoint goes (``--out``, else ``./checkpoints/<shipped name>``), checked before any training:
     writable, and not inside the installed package."""
-    from ..files import check_writable
-
     return check_writable(Path(out) if out is not None else USER_CHECKPOINTS / shipped.name, "checkpoint")
 
 
 def _sha(path: Path) -> str | None:
-    import hashlib
-
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
 
 
@@ -73,8 +75,6 @@ def _beside_shipped(sha: str, shipped: Path | None) -> str:
 
 
 def _save(ckpt: dict, path: Path, shipped: Path):
-    from ..checkpoints import save_checkpoint
-
     sha = save_checkpoint(ckpt, path)
     click.echo(f"{path}: {path.stat().st_size / 1024:.0f} KiB, sha256 {sha} ({_beside_shipped(sha, shipped)})")
 
@@ -95,10 +95,6 @@ def latency(seed, out, steps, space):
     (nb201: 32 device settings; mbv3: OFA's 9 GPU settings, 5,000 nets)."""
     import torch
 
-    from ..checkpoints import checkpoint_path
-    from ..predictors.latency_pretrain import train_latency_checkpoint
-    from ..spaces import get_space
-
     sp = get_space(space)
     if sp.latency_recipe is None:
         raise UserError(f"space {sp.name} states no latency embedding to pretrain")
@@ -117,10 +113,6 @@ def latency(seed, out, steps, space):
 def accuracy(seed, out, steps):
     """Train the dataset-conditioned NB201 accuracy predictor on a seeded 10% of the shipped table."""
     import torch
-
-    from ..checkpoints import checkpoint_path
-    from ..spaces import get_space
-    from ..spaces.nb201.accuracy import ACCURACY_CHECKPOINT, train_accuracy_checkpoint
 
     shipped = checkpoint_path(ACCURACY_CHECKPOINT)
     path = _target(out, shipped)
@@ -154,9 +146,7 @@ def generator(space, kind, steps, batch, d_model, layers, lr, seed, threads, out
     checkpoints are these defaults with --seed 0."""
     import torch
 
-    from ..files import check_writable
     from ..generator.train import save_checkpoint, shipped_checkpoint, train_score_model
-    from ..spaces import get_space
 
     sp = get_space(space)
     if out is None or sp.generator_recipe.checkpoint is not None:

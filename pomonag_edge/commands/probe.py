@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from ..calibration import ACCURACY_SCALES
+from ..probe import probe_task
+from ._progress import stage_progress
 from .options import SEED, make_placement, placement_options
 
 
@@ -45,9 +47,6 @@ def command(data, trainer, trainer_timeout, accuracy_scale, num_classes, space, 
     them (on a GPU when torch sees one); with --trainer CMD your pipeline does.
     Interrupted? Run the same command again: finished probes are kept, the current one resumes.
     With --ray, each probe is one Ray task (--trainer's too) and the same seeds give the same measurements."""
-    from ..probe import probe_task
-    from ._progress import stage_progress
-
     cluster, threads = make_placement(**placement)
     with stage_progress() as progress:
         profile, path, csv_path = probe_task(data, space, probes=probes, epochs=epochs, out=out, seed=seed,

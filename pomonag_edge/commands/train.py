@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import click
+from rich import box
+from rich.console import Console
+from rich.table import Table
 
+from ..runs import resolve_run_dir
+from ..training import train_run
+from ._progress import stage_progress
 from .options import SEED, make_placement, placement_options
 
 
@@ -21,13 +27,6 @@ def command(run_dir, data, top, epochs, seed, **placement):
     in RUN_DIR/train/, and record their validation accuracy there. `export` then ships these weights.
     Interrupted? Run the same command again: finished nets are kept, the current one resumes.
     With --ray, each net is one Ray task; checkpoints and results are still written here."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from ..runs import resolve_run_dir
-    from ..training import train_run
-    from ._progress import stage_progress
-
     cluster, threads = make_placement(**placement)
     with stage_progress() as progress:
         results = train_run(resolve_run_dir(run_dir), data, top=top, epochs=epochs, seed=seed, progress=progress,
@@ -46,9 +45,6 @@ def render_table(results: dict, epochs: int, width: int):
     """One row per net in ``width`` columns. Only the arch column shrinks, abbreviated with an ellipsis (the
     results file holds the full strings); each net's table index keeps abbreviated rows distinct, and the
     numbers are never cut."""
-    from rich import box
-    from rich.table import Table
-
     comparable = results.get("same_task", True)
     headers = ("#", "index", "arch", "predicted %", "measured %", "seconds")
     cells = []

@@ -18,6 +18,7 @@ import json
 from functools import lru_cache
 
 import numpy as np
+import yaml
 
 from ..errors import UserError
 from . import _read_csv, data_path
@@ -30,8 +31,6 @@ REFERENCE_LUT_WIDTHS = {"i7-8700k": (1.0, 1.2), "note10": (1.2,)}
 
 @lru_cache(maxsize=None)
 def _lut_file(path: str) -> dict[str, dict[str, float]]:
-    import yaml
-
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     return yaml.load(data_path("ofa_mbv3", *path.split("/")).read_text("utf-8"), Loader=loader)
 

@@ -23,7 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..dataset_profile import task_input_hw
 from ..errors import UserError
+from ..hardware.quantize import RANDOM_CALIBRATION_BATCHES, image_calibration
+from ..userdata import load_user_data
+from .onnx_export import INPUT_NAME, random_inputs
 
 CALIB_IMAGES = 256  # a few hundred images calibrate MinMax ranges (ONNX Runtime's and TensorRT's examples use ~100-500)
 CHECK_IMAGES = 256  # at most this many inputs in the agreement check
@@ -52,9 +56,6 @@ class CalibrationData:
 
 
 def _read(path: str, space, seed: int, fingerprint: str | None, what: str):
-    from ..dataset_profile import task_input_hw
-    from ..userdata import load_user_data
-
     if not Path(path).exists():
         raise UserError(f"INT8 calibration needs {what} at {path}, which is gone: put it back, or pass --calib-data "
                         "PATH (the same images)")
@@ -101,9 +102,6 @@ def calibration_data(space, run, trained: dict | None, calib_images: int, calib_
 
 def feeds(calib: CalibrationData, input_shape: tuple[int, ...], seed: int) -> list[dict[str, np.ndarray]]:
     """Calibration feeds at the file's fixed batch."""
-    from ..hardware.quantize import RANDOM_CALIBRATION_BATCHES, image_calibration
-    from .onnx_export import INPUT_NAME, random_inputs
-
     if calib.train is None:
         return [{INPUT_NAME: random_inputs(input_shape, seed + i)} for i in range(RANDOM_CALIBRATION_BATCHES * 4)]
     return image_calibration(calib.train, int(input_shape[0]), INPUT_NAME)
@@ -120,8 +118,6 @@ def _session(path):
 
 def _logits(session, x: np.ndarray, batch: int, dynamic: bool) -> np.ndarray:
     """Logits for every image: in batches of the file's fixed batch (a short last batch padded), or all at once."""
-    from .onnx_export import INPUT_NAME
-
     if dynamic:
         return np.concatenate([session.run(None, {INPUT_NAME: x[i:i + 256]})[0] for i in range(0, len(x), 256)])
     out = []
@@ -156,8 +152,6 @@ class AgreementCheck:
 def check_int8(fp32_path, int8_path, calib: CalibrationData, input_shape: tuple[int, ...], dynamic: bool,
                seed: int) -> tuple[AgreementCheck, dict]:
     """The INT8 file against the FP32 file (ONNX Runtime, CPU), and accuracies when there are labels."""
-    from .onnx_export import random_inputs
-
     if calib.val_x is not None:
         x, what = calib.val_x, "validation split"
     elif calib.train is not None:

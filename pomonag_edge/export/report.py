@@ -34,8 +34,12 @@ from __future__ import annotations
 from importlib.util import find_spec
 from pathlib import Path
 
+from rich import box
+from rich.table import Table
+
 from ..files import atomic_write_json
 from ..hardware.drift import BAND
+from ..versions import versions as installed
 
 SCHEMA = "pomonag-edge/export-report"
 SCHEMA_VERSION = 1
@@ -44,8 +48,6 @@ NET_STATUSES = ("passed", "checked", "over_budget", "failed")
 
 def versions(tensorrt: bool = False) -> dict:
     """Versions of everything that changes an exported file or a measured number."""
-    from ..versions import versions as installed
-
     out = installed("tensorrt") if tensorrt else installed()
     if tensorrt and out.get("tensorrt") is None and find_spec("tensorrt") is not None:
         import tensorrt as trt  # a system TensorRT (JetPack) that pip does not list
@@ -83,9 +85,6 @@ def _pct(value) -> str:
 
 def render(report: dict, console) -> None:
     """The rich table: one row per net, then notes and the summary line."""
-    from rich import box
-    from rich.table import Table
-
     budget = report["budget"].get("max_latency_ms")
     env = report["environment"]
     title = (f"export of {report['run_dir']}  ·  profile {report['profile']['name']}  ·  {env['runtime']} "

@@ -14,6 +14,7 @@ Outputs are standardised per objective (mean 0, std 1 over the space); ``mean``/
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..files import CACHE_DIR
+from ..files import CACHE_DIR, atomic_write_bytes
 from .sde import timestep_embedding
 
 
@@ -172,9 +173,6 @@ def cached_distill(sde, x0: np.ndarray, targets: np.ndarray, names: tuple[str, .
     model = distill(sde, x0, targets, names, seed=seed, features=features, **kw)
     info["seconds"] = round(time.perf_counter() - start, 2)
     try:
-        from ..files import atomic_write_bytes
-        import io
-
         buf = io.BytesIO()
         torch.save(model.state_dict(), buf)
         atomic_write_bytes(path, buf.getvalue())

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..problem import GUIDED
+
 DISTILL_NETS = 2048
 DISTILL_SEED = 12345
 SCALE_FACTOR = 3.0  # distilled guidance takes 3x the exact path's scale (chosen on benchmarks/generate.py --space mbv3)
@@ -20,7 +22,6 @@ def distilled_predictor(problem, sde, *, nets: int = DISTILL_NETS, steps: int = 
     """(NoiseAwarePredictor over the problem's guided columns (objectives + budgeted latency), info, the sampled nets) for ``problem.space``,
     distilled from ``nets`` sampled nets. The caller adds those nets to its candidates: they were scored (and
     counted) anyway, so leaving them out would waste paid calls."""
-    from ..problem import GUIDED
     from .noise_aware import PosteriorFeatures, cached_distill
 
     space = problem.space

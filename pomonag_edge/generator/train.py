@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 
+from ..data import data_path
 from ..errors import UserError
 from ..files import atomic_write_bytes, atomic_write_json
 from ..versions import versions as installed_versions
@@ -83,8 +84,6 @@ def save_checkpoint(model, meta: dict, path_stem: str | Path) -> tuple[Path, Pat
 def shipped_checkpoint(space) -> Path:
     """The space's generator checkpoint (``generator_recipe.checkpoint``): a name under the shipped checkpoints,
     or an absolute path (a space from another package ships its own)."""
-    from ..data import data_path
-
     stem = space.generator_recipe.checkpoint
     if stem is None:
         raise UserError(f"space {space.name} ships no generator checkpoint: train one with "

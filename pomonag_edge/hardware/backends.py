@@ -15,11 +15,13 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass
+
 import numpy as np
 
 from ..errors import MissingDependencyError, UserError
 from .runnable import OPSET, Runnable, _is_module, _read_onnx, random_inputs
-from .runner import ORT_PROVIDERS, ort_session_options, trt_ep_precision
+from .runner import ORT_PROVIDERS, TRTEXEC_PATHS, find_trtexec, ort_session_options, trt_ep_precision
+from .tensorrt import TensorRTBackend
 from .timing import CLOCKS, wall_clock
 
 PRECISIONS = ("fp32", "fp16", "int8")  # int8: a Q/DQ ONNX graph (quantize.py)
@@ -66,8 +68,6 @@ def get_backend(name: str, precision: str = "fp32", threads: int = 1, **options)
         raise UserError(f"--clock {clock} works only with backend onnxruntime (CPU, 1 thread); {name} uses "
                         "the wall clock or CUDA events")
     if name == "tensorrt":
-        from .tensorrt import TensorRTBackend
-
         return TensorRTBackend(precision, **options)
     return TorchBackend("cuda" if name == "torch-cuda" else "cpu", precision, threads, **options)
 
@@ -79,8 +79,6 @@ def backend_available(name: str) -> tuple[bool, str]:
     lists providers whose CUDA / TensorRT libraries then fail to load. A CUDA that cannot start (driver
     older than cuda-python's CUDA, no GPU) is a reason, not a traceback."""
     if name == "trtexec":
-        from .runner import TRTEXEC_PATHS, find_trtexec
-
         return (True, "") if find_trtexec() else (False, f"no trtexec on PATH nor at {TRTEXEC_PATHS[0]}")
     try:
         backend = get_backend(name)

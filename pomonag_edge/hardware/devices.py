@@ -24,8 +24,11 @@ from importlib import metadata, resources
 from pathlib import Path
 
 from ..errors import UserError
+from ..external import CommandTemplate
 from ..files import read_user_text
-from .runner import RUNTIMES
+from .backends import BACKENDS, PRECISIONS, backend_available
+from .runner import RUNTIMES, device_state, int8_dot_instructions
+from .timers import DEVICE_PLACEHOLDERS
 
 try:
     import tomllib
@@ -97,10 +100,6 @@ def load_descriptor(name: str) -> Descriptor:
 
 def descriptor_from_dict(raw: dict, name: str, source: str) -> Descriptor:
     """A descriptor from its TOML table (or the dict a profile recorded), every field checked."""
-    from ..external import CommandTemplate
-    from .backends import BACKENDS, PRECISIONS
-    from .timers import DEVICE_PLACEHOLDERS
-
     fields = set(Descriptor.__dataclass_fields__) - {"name"}
     unknown = set(raw) - fields
     if unknown:
@@ -182,8 +181,6 @@ def cpu_facts(root: Path = Path("/")) -> dict:
     if m:
         model = m.group(1).strip()
     facts = {"cpu": model or platform.processor() or platform.machine(), "cpu_cores": os.cpu_count()}
-    from .runner import int8_dot_instructions
-
     dot = int8_dot_instructions(info)
     if dot is not None:
         facts["cpu_int8_dot"] = dot  # fast int8 instructions (VNNI, dotprod); [] when the CPU lists none
@@ -266,8 +263,6 @@ def detect_device() -> dict:
     facts.update(cpu_facts())
     facts.update(gpu_facts())
     facts.update(jetson_facts())
-    from .runner import device_state
-
     facts["state"] = device_state()  # temperatures, clocks (locked?), power mode: what changes a number today
     for dist, key in (("onnxruntime", "onnxruntime"), ("onnxruntime-gpu", "onnxruntime"),
                       ("tensorrt", "tensorrt"), ("torch", "torch")):
@@ -291,8 +286,6 @@ def check_hardware(descriptor: Descriptor, facts: dict) -> None:
 
 def choose_backend(descriptor: Descriptor, requested: str | None = None) -> tuple[str, list[str]]:
     """The backend to use and the reasons the preferred ones were skipped (shown to the user)."""
-    from .backends import backend_available
-
     if requested:
         return requested, []
     skipped = []

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -136,6 +137,5 @@ def quantize_onnx(onnx: bytes, calibration: Iterable[dict[str, np.ndarray]], sch
 def graph_ops(onnx: bytes) -> dict[str, int]:
     """Node count per op type (the report records a Q/DQ file's make-up)."""
     import onnx as onnx_lib
-    from collections import Counter
 
     return dict(Counter(n.op_type for n in onnx_lib.load_from_string(onnx).graph.node))

@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import files
 from ..errors import MissingDependencyError, UserError
+from ..files import atomic_write_bytes
 from .runnable import Runnable, _read_onnx, random_inputs
 from .timing import DEFAULT, Measurement, Protocol
 
@@ -142,8 +143,6 @@ class TensorRTBackend:
         engine = builder.build_serialized_network(network, config)
         if engine is None:
             raise RuntimeError("TensorRT failed to build an engine (see the TensorRT log above)")
-        from ..files import atomic_write_bytes
-
         atomic_write_bytes(timing, bytes(config.get_timing_cache().serialize()))
         return bytes(engine)
 
@@ -153,8 +152,6 @@ class TensorRTBackend:
         if path.is_file():
             return path.read_bytes()
         engine = self.build_engine(onnx)
-        from ..files import atomic_write_bytes
-
         atomic_write_bytes(path, engine)
         return engine
 
@@ -270,8 +267,6 @@ class TensorRTRunnable(Runnable):
         return float(cuda_check(cudart, cudart.cudaEventElapsedTime(self._start, self._end))) / n
 
     def save_engine(self, path) -> None:
-        from ..files import atomic_write_bytes
-
         atomic_write_bytes(path, self.engine_bytes)
 
     def __del__(self):

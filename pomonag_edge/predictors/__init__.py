@@ -12,21 +12,27 @@ lazily, so importing this package stays cheap.
 
 from __future__ import annotations
 
+import copy
+import warnings
+from statistics import NormalDist
+
+import numpy as np
+
+from ..errors import ExtrapolationWarning
+from ..problem import Predictors
 from ..spaces import SearchSpace
+from .latency import fit_profile_model as fit
+from .latency import latency_model_for as model_for
 
 
 def fit_profile_model(space, profile, pretrained=None) -> dict:
     """JSON state of the latency model fitted to ``profile`` (store it in ``profile.latency_model``)."""
-    from .latency import fit_profile_model as fit
-
     return fit(space, profile, pretrained)
 
 
 def with_timings(space, profile, timings: list[dict], refit: bool = True):
     """A copy of ``profile`` whose calibration holds ``timings`` too (a net timed again: the newer timing), its
     latency model refitted unless ``refit`` is False. ``generate --measure`` and export's feedback both add so."""
-    import copy
-
     if not timings:
         return profile
     new = copy.deepcopy(profile)
@@ -39,8 +45,6 @@ def with_timings(space, profile, timings: list[dict], refit: bool = True):
 
 def latency_model_for(space, profile, pretrained=None):
     """The latency model of ``profile``: its stored fit, or refitted from its calibration timings."""
-    from .latency import latency_model_for as model_for
-
     return model_for(space, profile.in_space(space.name), pretrained)
 
 
@@ -62,13 +66,6 @@ def search_predictors(space, profile, dataset):
     """The product's predictors for a search: the profile's latency model (its per-net sigma of log-ms sets
     each net's margin; its relative error is the summary) and the space's accuracy predictor. A predictor's
     range caveat is stated once, in the source, not warned about on every scoring call."""
-    import warnings
-
-    import numpy as np
-
-    from ..errors import ExtrapolationWarning
-    from ..problem import Predictors
-
     lat = latency_model_for(space, profile)
     accp = accuracy_predictor_for(space, dataset)
     margin = float(lat.relative_error)
@@ -94,8 +91,6 @@ def measured_values(space, profile, dataset, accuracy_model=None) -> dict:
     """What has been measured, as ``Predictors`` takes it: the profile's calibration timings (``measured_latency_ms``),
     a user task's measured accuracies (``measured_accuracy``) and its accuracy model's sigma in points (from its
     cross-validated error, read as the two-sided ``error_quantile`` of a normal error)."""
-    from statistics import NormalDist
-
     key = lambda arch: str(space.parse(arch))  # noqa: E731 - one spelling per net
     latency = {key(c["arch"]): float(c["latency_ms"]) for c in profile.calibration} if not profile.reference else {}
     out = {"measured_latency_ms": latency}
@@ -109,8 +104,6 @@ def measured_values(space, profile, dataset, accuracy_model=None) -> dict:
 
 def table_predictors(space, dataset: str, device: str):
     """A space's shipped measured tables as predictors (exact): the benchmarks' oracle and the tests'."""
-    from ..problem import Predictors
-
     acc, lat = space.accuracy_table(dataset), space.reference_latency_ms(device)
     return Predictors(accuracy=lambda archs: acc[[space.table_index(a) for a in archs]],
                       latency_ms=lambda archs: lat[[space.table_index(a) for a in archs]],

@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import UserError
+from ..fields import FieldError, list_of, number, record, text
 from .fewshot import ERROR_QUANTILE, SIBLING_MIX, cv_folds, mix_head_siblings, mixture_head, mixture_prior, sibling_fit
 
 MODEL_KIND = "accuracy-fewshot"
@@ -118,8 +119,6 @@ def _predict(feats: np.ndarray, theta, coef, shift) -> np.ndarray:
 
 
 def _state_lengths(state: dict, where: str) -> None:
-    from ..fields import FieldError
-
     p = len(state["tables"]) + 2  # a normal score per table, log params, bias
     for key, coef, n in (("head", state["head"], p), ("sibling.coef", state["sibling"]["coef"], p - 1)):
         if len(coef) != n:
@@ -133,8 +132,6 @@ def _state_lengths(state: dict, where: str) -> None:
 
 def state_spec():
     """The fields of a stored model's ``state`` (``FewShotAccuracyModel.to_dict``), for ``fields.check``."""
-    from ..fields import list_of, number, record, text
-
     return record({
         "kind": text(), "version": number(integer=True), "space": text(), "task": text(),
         "tables": list_of(text(), min_len=1), "features": list_of(text()),

@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ProfileError, UserError
+from ..fields import record
 from .latency_model import HeadModel, LatencyModel, LutModel, ProxyModel, TableModel
 from .latency_pretrain import PretrainedEmbedding, load_pretrained
 
@@ -81,8 +82,6 @@ def fit_profile_model(space, profile, pretrained: PretrainedEmbedding | None = N
 def check_state(state, where: str) -> None:
     """``fields`` check of a profile's stored ``latency_model``: a state of this version's kinds field by field
     (each model's ``state_spec``); any other is refitted from the timings, so any object (or null) goes."""
-    from ..fields import record
-
     for cls in (LutModel, ProxyModel, HeadModel):
         if isinstance(state, dict) and state.get("kind") == cls.kind and state.get("version") == cls.version:
             return cls.state_spec()(state, where)

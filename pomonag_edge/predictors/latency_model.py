@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 
 from ..errors import ProfileError
+from ..fields import FieldError, list_of, number, record, text
+from ..spaces.base import to_genes
 from ..spaces.lut import lut_cost, positive_lut_ms
 from .fewshot import ERROR_QUANTILE, Z90, blend_candidates, blend_log_sigma, candidate_weights, fit_candidates, ols_loo
 from .latency_pretrain import PretrainedEmbedding, fit_heads, head_design
@@ -54,8 +57,6 @@ def _error_state(errors: np.ndarray) -> dict:
 
 def _error_fields() -> dict:
     """The fields ``_error_state`` writes, for the models' ``state_spec``."""
-    from ..fields import list_of, number
-
     return {"relative_error": number(0), "relative_error_quantile": number(0, 1),
             "cv_relative_errors": list_of(number(0)), "n_calibration": number(0, integer=True)}
 
@@ -87,8 +88,6 @@ class LatencyModel:
 
     def quantile_ms(self, archs, level: float = ERROR_QUANTILE) -> np.ndarray:
         """The latency each net stays under with probability ``level`` (log-normal around the prediction)."""
-        from statistics import NormalDist
-
         archs = list(archs)
         return self.predict_ms(archs) * np.exp(NormalDist().inv_cdf(level) * self.log_sigma(archs))
 
@@ -111,8 +110,6 @@ def _soft_table_lookup(space, values: np.ndarray, x):
     smooth on relaxed input; contracted group by group."""
     import torch
 
-    from ..spaces.base import to_genes
-
     groups = space.categorical_groups()
     widths = tuple(w for _, w in groups)
     genes = to_genes(space, space.encode(list(space.enumerate())))
@@ -126,8 +123,6 @@ def _soft_table_lookup(space, values: np.ndarray, x):
 
 
 def _square_gram(leverage: dict, where: str) -> None:
-    from ..fields import FieldError
-
     n = len(leverage["columns"])
     if len(leverage["gram_inv"]) != n or any(len(row) != n for row in leverage["gram_inv"]):
         raise FieldError(f"{where}.gram_inv", f"is not {n} x {n} (one row and column per {where}.columns)")
@@ -135,8 +130,6 @@ def _square_gram(leverage: dict, where: str) -> None:
 
 def _within_features(state: dict, where: str) -> None:
     """A head's weights and each candidate's cover at most the features the state names; columns index them."""
-    from ..fields import FieldError
-
     n = len(state.get("features") or []) or None
     if n is None:
         return
@@ -199,8 +192,6 @@ class HeadModel(LatencyModel):
 
     @classmethod
     def state_spec(cls):
-        from ..fields import list_of, number, record, text
-
         leverage = record({"columns": list_of(number(0, integer=True)), "gram_inv": list_of(list_of(number()))},
                           required=("columns", "gram_inv"), rules=(_square_gram,))
         candidate = record({"name": text(), "weight": number(0, 1), "rms_log": number(0), "coef": list_of(number()),
@@ -316,8 +307,6 @@ class LutModel(LatencyModel):
 
     @classmethod
     def state_spec(cls):
-        from ..fields import number, record, text
-
         return record({"form": text(), "lut_scale_log": number(), "lut_power": number(0, above=True),
                        "lut_entries": number(0, integer=True), **_error_fields()},
                       required=("lut_scale_log", "lut_power", "relative_error"))
@@ -368,8 +357,6 @@ class ProxyModel(LatencyModel):
 
     @classmethod
     def state_spec(cls):
-        from ..fields import list_of, number, record, text
-
         return record({"coef": list_of(number(), length=3), "features": list_of(text()), **_error_fields()},
                       required=("coef", "relative_error"))
 

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..checkpoints import checkpoint_path, load_built
 from ..errors import UserError
 from .fewshot import mixture_prior
 
@@ -272,8 +273,6 @@ def train_latency_checkpoint(space, seed: int = 0, steps: int | None = None, dim
 
 def load_pretrained(space, path=None) -> PretrainedEmbedding:
     """The space's shipped latency embedding (or the checkpoint at ``path``), built once per process."""
-    from ..checkpoints import checkpoint_path, load_built
-
     recipe = space.latency_recipe
     if recipe is None:
         raise UserError(f"space {space.name} ships no pretrained latency embedding")

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from importlib import import_module, metadata
+from typing import Iterable
 
-from ..errors import UserError
-from .base import Arch, GeneratorRecipe, LatencyRecipe, SearchSpace, SpaceBase, parse_lines
+from ..errors import ArchParseError, UserError
+from .base import Arch, GeneratorRecipe, LatencyRecipe, SearchSpace, SpaceBase
 
 BUILTIN = {"nb201": "pomonag_edge.spaces.nb201:SPACE", "mbv3": "pomonag_edge.spaces.mbv3:SPACE"}
 ENTRY_POINT_GROUP = "pomonag_edge.spaces"
@@ -57,8 +58,6 @@ def get_space(name: str) -> SearchSpace:
 
 def other_space_hint(space_name: str, text: str) -> str:
     """' (an arch of space X: pass --space X)' when ``text`` parses in another shipped space, else ''."""
-    from ..errors import ArchParseError
-
     for name in BUILTIN:
         if name == space_name:
             continue
@@ -68,3 +67,17 @@ def other_space_hint(space_name: str, text: str) -> str:
             continue
         return f" (an arch of space {name}: pass --space {name})"
     return ""
+
+
+def parse_lines(space: SearchSpace, lines: Iterable[str], source: str = "input") -> list[Arch]:
+    """Parse one arch per non-empty line; a bad line raises naming its line number."""
+    archs = []
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        try:
+            archs.append(space.parse(text))
+        except ArchParseError as e:
+            raise ArchParseError(f"{source}, line {number}: {e}{other_space_hint(space.name, text)}") from None
+    return archs

@@ -10,16 +10,17 @@ package's ``pomonag_edge.spaces`` entry point) with one instance of a class like
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Hashable, Iterable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Callable, Hashable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from ..errors import ArchParseError, UserError
+from ..errors import UserError
+from .lut import CountedLutCost, LutPlan, chain_job, lone_job
 
 if TYPE_CHECKING:  # torch is imported only where a network is built
     import torch.nn as nn
 
-    from .lut import LutCost, LutPlan
+    from .lut import LutCost
 
 Groups = list[tuple[int, int]]  # (offset, width) over the flattened encoding
 
@@ -162,8 +163,6 @@ class SpaceBase:
 
     def lut_plan(self, dataset: str, quick: bool, resolutions: Sequence[int] | None = None) -> "LutPlan":
         """Every distinct LUT key of the space, chained where the layer keeps its input's shape, else alone."""
-        from .lut import LutPlan, chain_job, lone_job
-
         jobs = []
         for key in self.lut_signatures(dataset):
             if self.lut_chainable(key):
@@ -186,8 +185,6 @@ class SpaceBase:
         return sorted({k for a in self._pool(4096, 0) for k in self.op_signatures(a, dataset)})
 
     def lut_cost(self, lut_ms: dict[str, float], dataset: str | None, name: str) -> "LutCost":
-        from .lut import CountedLutCost
-
         return CountedLutCost(self, lut_ms, dataset, name)
 
     # -- predictors and tables
@@ -246,19 +243,3 @@ def from_genes(space, genes: np.ndarray) -> np.ndarray:
     for g, (o, w) in enumerate(space.categorical_groups()):
         x[rows, o + genes[:, g]] = 1.0
     return x.reshape(len(genes), *space.encoding_shape)
-
-
-def parse_lines(space: SearchSpace, lines: Iterable[str], source: str = "input") -> list[Arch]:
-    """Parse one arch per non-empty line; a bad line raises naming its line number."""
-    archs = []
-    for number, line in enumerate(lines, start=1):
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        try:
-            archs.append(space.parse(text))
-        except ArchParseError as e:
-            from . import other_space_hint
-
-            raise ArchParseError(f"{source}, line {number}: {e}{other_space_hint(space.name, text)}") from None
-    return archs

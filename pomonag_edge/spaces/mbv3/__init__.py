@@ -12,12 +12,16 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from ...data.mbv3 import ofa_latency_rows, ofa_latency_settings
 from ...errors import UserError
 from ..base import GeneratorRecipe, LatencyRecipe, SpaceBase
 from ..lut import LutPlan, chain_job, lone_job
+from ..nb201 import batch_of
+from .accuracy import OFAAccuracyPredictor
 from .arch import (DATASET_CLASSES, DATASETS, DEFAULT_WIDTH, DEPTH_OFFSET, DEPTHS, ENCODING_DIM, EXPANDS, KERNELS,
                    MAX_DEPTH, NUM_SLOTS, NUM_STAGES, RES_OFFSET, RESOLUTIONS, SLOT_FEATURES, SLOTS_OFFSET, WIDTHS,
                    MBV3Arch, costs, lut_keys, op_signatures, parse, parse_signature)
+from .cost import interpolated_lut_cost, raw_cost_features
 
 __all__ = ["SPACE", "SPACE_W10", "MBV3Space", "MBV3Arch", "parse", "KERNELS", "EXPANDS", "DEPTHS", "RESOLUTIONS",
            "NUM_SLOTS", "NUM_STAGES", "MAX_DEPTH", "ENCODING_DIM", "DEPTH_OFFSET", "RES_OFFSET", "SLOT_FEATURES",
@@ -228,9 +232,6 @@ class MBV3Space(SpaceBase):
 
     def reference_devices(self) -> dict[str, dict]:
         """OFA's 9 GPU settings (HELP's 5,000 measured nets): each a latency model fitted on that table."""
-        from ...data.mbv3 import ofa_latency_settings
-        from ..nb201 import batch_of
-
         return {name: {"source": "HELP / Once-for-All MobileNetV3 table", "batch": batch_of(name),
                        "dataset": "imagenet", "measured": 5000} for name in ofa_latency_settings()}
 
@@ -272,8 +273,6 @@ def _chain(key: str, copies: int):
 
 @lru_cache(maxsize=1)
 def _ofa_predictor():
-    from .accuracy import OFAAccuracyPredictor
-
     return OFAAccuracyPredictor()
 
 
@@ -286,8 +285,6 @@ class MBV3LutCost:
 
     def table(self):
         if self._table is None:
-            from .cost import interpolated_lut_cost
-
             self._table = interpolated_lut_cost(self.lut_ms, self.num_classes, self.name)
         return self._table
 
@@ -310,8 +307,6 @@ class OFALatencyTable:
 @lru_cache(maxsize=None)
 def ofa_latency_table() -> OFALatencyTable:
     """5,000 w1.2 subnets with end-to-end latency on 9 GPU settings (``<gpu>_<batch>``)."""
-    from ...data.mbv3 import ofa_latency_rows
-
     settings, rows, latency_ms = ofa_latency_rows()
     archs = tuple(MBV3Arch.from_ofa(ks, e, d, r, 1.2) for ks, e, d, r in rows)
     return OFALatencyTable(archs, settings, latency_ms)
@@ -331,15 +326,11 @@ def _latency_recipe(space: MBV3Space) -> LatencyRecipe:
         return LatencyEmbedding(int(config["dim"]), int(config["hidden"]), config["cost_mean"], config["cost_std"])
 
     def config_for(archs, dim, hidden):
-        from .cost import raw_cost_features
-
         cost = raw_cost_features(archs)
         return {"dim": dim, "hidden": hidden, "cost_mean": cost.mean(0).tolist(), "cost_std": cost.std(0).tolist()}
 
     def inputs(archs):
         import torch
-
-        from .cost import raw_cost_features
 
         archs = list(archs)
         return (torch.from_numpy(space.encode(archs)), torch.from_numpy(raw_cost_features(archs)).float())

@@ -14,9 +14,9 @@ from typing import Sequence
 
 import numpy as np
 
+from ...data.mbv3 import ofa_acc_predictor_path, specialized_subnets
 from ...errors import ExtrapolationWarning, UserError
-from .arch import (DEPTH_OFFSET, EXPANDS, KERNELS, NUM_SLOTS, RES_OFFSET, RESOLUTIONS, SLOT_FEATURES,
-                           MBV3Arch)
+from .arch import DEPTH_OFFSET, EXPANDS, KERNELS, NUM_SLOTS, RES_OFFSET, RESOLUTIONS, SLOT_FEATURES, MBV3Arch
 
 VALID_RESOLUTIONS = (160, 224)  # inclusive range OFA trained the predictor on
 FEATURE_DIM = 2 * 3 * NUM_SLOTS + 8
@@ -67,8 +67,6 @@ class OFAAccuracyPredictor:
     def __init__(self, path=None):
         import torch
         import torch.nn as nn
-
-        from ...data.mbv3 import ofa_acc_predictor_path
 
         self.model = nn.Sequential(nn.Linear(FEATURE_DIM, 400), nn.ReLU(), nn.Linear(400, 400), nn.ReLU(),
                                    nn.Linear(400, 400), nn.ReLU(), nn.Linear(400, 1))
@@ -125,8 +123,6 @@ def finetuned_offset(predictor: "OFAAccuracyPredictor | None" = None) -> dict:
     ``loo_mae_points``: the mean error left after subtracting the offset learned from the other nets (held out
     one at a time). Predictions stay OFA's estimate; this says how far it reads from a fine-tuned net."""
     from scipy.stats import spearmanr
-
-    from ...data.mbv3 import specialized_subnets
 
     predictor = predictor or OFAAccuracyPredictor()
     rows = [s for s in specialized_subnets() if s["w"] == WIDTH and VALID_RESOLUTIONS[0] <= s["r"] <= VALID_RESOLUTIONS[1]]

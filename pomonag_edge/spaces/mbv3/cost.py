@@ -12,7 +12,10 @@ from typing import Sequence
 
 import numpy as np
 
+from ...data.mbv3 import reference_lut
 from ...errors import ProfileError
+from .arch import (DEPTH_OFFSET, EXPANDS, KERNELS, MAX_DEPTH, NUM_SLOTS, NUM_STAGES, RES_OFFSET, RESOLUTIONS,
+                   SLOT_FEATURES, MBV3Arch, costs, lut_keys, lut_sum_ms)
 
 FEATURE_LUT = "i7-8700k"
 
@@ -30,8 +33,6 @@ class AdditiveCost:
     table: np.ndarray  # (R, 20, 3, 3)
 
     def evaluate_np(self, archs) -> np.ndarray:
-        from .arch import EXPANDS, KERNELS
-
         ri = {r: j for j, r in enumerate(self.resolutions)}
         out = np.empty(len(archs))
         for n, a in enumerate(archs):
@@ -45,8 +46,6 @@ class AdditiveCost:
     def evaluate_torch(self, x):
         import torch
 
-        from .arch import DEPTH_OFFSET, NUM_SLOTS, RES_OFFSET, RESOLUTIONS, SLOT_FEATURES
-
         if tuple(self.resolutions) != tuple(RESOLUTIONS):
             raise ValueError("a differentiable cost needs a table at every resolution of the space")
         xr = x[:, RES_OFFSET:]
@@ -57,8 +56,6 @@ class AdditiveCost:
 
 
 def _probe(r: int, w: float, d, slot: int | None = None, k: int = 3, e: int = 3):
-    from .arch import NUM_SLOTS, MBV3Arch
-
     ks, es = [3] * NUM_SLOTS, [3] * NUM_SLOTS
     if slot is not None:
         ks[slot], es[slot] = k, e
@@ -71,8 +68,6 @@ def additive_cost(f, resolutions: Sequence[int], w: float = 1.2) -> AdditiveCost
     Slot 0 of a stage is always used: its entry is relative to (k3, e3), which ``base`` holds. Slots 2 and 3
     hold the whole block's cost (relative to the stage one block shallower); both are the same layer (same
     shapes, stride 1), and so is slot 1, which, always used, is stored relative to (k3, e3) like slot 0."""
-    from .arch import EXPANDS, KERNELS, MAX_DEPTH, NUM_SLOTS, NUM_STAGES
-
     base = np.empty(len(resolutions))
     table = np.empty((len(resolutions), NUM_SLOTS, len(KERNELS), len(EXPANDS)))
     for j, r in enumerate(resolutions):
@@ -93,9 +88,6 @@ def additive_cost(f, resolutions: Sequence[int], w: float = 1.2) -> AdditiveCost
 @lru_cache(maxsize=None)
 def feature_costs() -> tuple[AdditiveCost, AdditiveCost]:
     """(i7-8700K reference LUT-sum in ms, MACs in millions) over every resolution of the space, w1.2."""
-    from ...data.mbv3 import reference_lut
-    from .arch import RESOLUTIONS, costs, lut_sum_ms
-
     lut = reference_lut(FEATURE_LUT)
     return (additive_cost(lambda a: lut_sum_ms(a, lut, "nsganetv2"), RESOLUTIONS),
             additive_cost(lambda a: costs(a)[1] / 1e6, RESOLUTIONS))
@@ -109,8 +101,6 @@ def raw_cost_features(archs) -> np.ndarray:
 
 def lut_resolutions(lut_ms, num_classes: int = 1000) -> tuple[int, ...]:
     """Resolutions at which a LUT holds every key an arch can need."""
-    from .arch import RESOLUTIONS, lut_keys
-
     keys = set(lut_ms)
     return tuple(r for r in RESOLUTIONS if set(lut_keys(num_classes, (r,))) <= keys)
 
@@ -119,8 +109,6 @@ def interpolated_lut_cost(lut_ms: dict[str, float], num_classes: int, name: str)
     """The profile's LUT-sum as an additive table over every resolution: exact where its LUT was measured,
     elsewhere interpolated linearly in ``r`` between the nearest measured resolutions after dividing by ``r^2``
     (the blocks' work scales with the feature-map area), and scaled by ``(r / r_edge)^2`` beyond them."""
-    from .arch import RESOLUTIONS, lut_sum_ms
-
     have = lut_resolutions(lut_ms, num_classes)
     if not have:
         raise ProfileError(f"profile {name!r}: its LUT covers no resolution completely; "

@@ -13,7 +13,8 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
-from .arch import Block, MBV3Arch, layout, parse_signature
+from .arch import ENCODING_DIM, Block, MBV3Arch, layout, parse_signature
+from .cost import feature_costs
 
 
 def _act(name: str) -> nn.Module:
@@ -155,8 +156,6 @@ class LatencyEmbedding(nn.Module):
 
     def __init__(self, dim: int, hidden: int, cost_mean, cost_std):
         super().__init__()
-        from .arch import ENCODING_DIM
-
         n_cost = 2
         self.dim, self.hidden = dim + n_cost, hidden
         self.register_buffer("cost_mean", torch.as_tensor(cost_mean, dtype=torch.float32))
@@ -168,8 +167,6 @@ class LatencyEmbedding(nn.Module):
             self.net = nn.Linear(ENCODING_DIM + n_cost, dim)
 
     def cost_features(self, x):
-        from .cost import feature_costs
-
         lut, macs = feature_costs()
         raw = torch.stack([lut.evaluate_torch(x.double()), macs.evaluate_torch(x.double())], 1)
         return raw.clamp_min(1e-6).log().to(x.dtype)

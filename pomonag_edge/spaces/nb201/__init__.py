@@ -13,12 +13,15 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from ...data import nb201_accuracy, nb201_latency_ms, nb201_latency_tables
 from ...errors import UserError
+from ...pareto import non_dominated_sort
 from ..base import GeneratorRecipe, LatencyRecipe, SpaceBase
 from ..lut import CountedLutCost, LutPlan, chain_job, shared_job
-from .cell import (CELLS_PER_STAGE, CONV1, CONV3, DATASET_SHAPES, DATASETS, EDGES, NONE, NUM_EDGES, NUM_OPS, OPS,
-                   POOL, SKIP, STAGE_CHANNELS, NB201Arch, _all_ops, _canonical_index, _costs, _index_of,
-                   _shape, _signature_probe_archs, is_valid, live_edges, parse)
+from .accuracy import load_accuracy_predictor
+from .cell import (CELLS_PER_STAGE, CONV1, CONV3, DATASET_SHAPES, DATASETS, EDGES, NONE, NUM_EDGES, NUM_OPS, OPS, POOL,
+                   SKIP, STAGE_CHANNELS, NB201Arch, _all_ops, _canonical_index, _costs, _index_of, _shape,
+                   _signature_probe_archs, is_valid, live_edges, parse)
 
 __all__ = ["SPACE", "NB201Space", "NB201Arch", "parse", "live_edges", "is_valid", "OPS", "EDGES", "NONE", "SKIP",
            "CONV1", "CONV3", "POOL", "NUM_EDGES", "NUM_OPS", "DATASETS", "DATASET_SHAPES", "STAGE_CHANNELS",
@@ -213,27 +216,19 @@ class NB201Space(SpaceBase):
     # -- predictors and tables
     def accuracy_predictor(self):
         """The shipped dataset-conditioned accuracy predictor (``accuracy.py`` here)."""
-        from .accuracy import load_accuracy_predictor
-
         return load_accuracy_predictor(self)
 
     def reference_devices(self) -> dict[str, dict]:
         """The 32 published device settings of the shipped NB201 latency tables (every net measured)."""
-        from ...data import nb201_latency_tables
-
         return {t.name: {"source": t.source, "batch": batch_of(t.name), "dataset": "cifar10", "measured": t.measured}
                 for t in nb201_latency_tables()}
 
     def reference_latency_ms(self, name: str) -> np.ndarray:
         """A reference device's measured ms of every net, in ``table_index`` order (NaN: not measured)."""
-        from ...data import nb201_latency_ms
-
         return nb201_latency_ms(name)
 
     def accuracy_table(self, dataset: str) -> np.ndarray:
         """Measured test accuracy (%) of every net on a shipped dataset, in ``table_index`` order (NATS-Bench)."""
-        from ...data import nb201_accuracy
-
         return nb201_accuracy(self.check_dataset(dataset))
 
     @property
@@ -253,9 +248,6 @@ class NB201Space(SpaceBase):
         if kind != "pareto":
             raise UserError(f"unknown training set {kind!r}; choose one of valid, pareto")
         from scipy.stats import rankdata
-
-        from ...data import nb201_accuracy
-        from ...pareto import non_dominated_sort
 
         archs = sorted({self.canonical(a) for a in archs}, key=self.index)
         idx = np.array([self.index(a) for a in archs])
@@ -300,8 +292,6 @@ def _latency_recipe(space: NB201Space) -> LatencyRecipe:
         return (torch.from_numpy(space.encode(list(archs))),)
 
     def tables():
-        from ...data import nb201_latency_tables
-
         names = [t.name for t in nb201_latency_tables()]
         return list(space.enumerate()), names, np.stack([space.reference_latency_ms(n) for n in names], axis=1)
 

@@ -19,6 +19,9 @@ from typing import Sequence
 
 import numpy as np
 
+from ...checkpoints import checkpoint_path, load_checkpoint
+from ...data import nb201_accuracy
+
 ACCURACY_CHECKPOINT = "accuracy_nb201.pt"
 TRAIN_FRACTION = 0.10
 DATASETS = ("cifar10", "cifar100", "imagenet16-120")
@@ -169,8 +172,6 @@ def train_accuracy_checkpoint(space, seed: int = 0, steps: int = 2000, hidden: i
     squared error by exp(beta * z) (both normalised to mean 1), so errors among the top nets cost more."""
     import torch
 
-    from ...data import nb201_accuracy
-
     torch.manual_seed(seed)
     idx = training_indices(seed, fraction)
     archs = list(space.enumerate())
@@ -259,8 +260,6 @@ _LOADED: dict[str, AccuracyPredictor] = {}
 
 def load_accuracy_predictor(space, path=None) -> AccuracyPredictor:
     """The shipped NB201 accuracy predictor (or the checkpoint at ``path``), loaded once per process."""
-    from ...checkpoints import checkpoint_path, load_checkpoint
-
     ckpt, sha = load_checkpoint(path or checkpoint_path(ACCURACY_CHECKPOINT))
     if sha not in _LOADED:
         _LOADED[sha] = AccuracyPredictor.from_checkpoint(ckpt, space, sha)

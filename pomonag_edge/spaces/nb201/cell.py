@@ -17,6 +17,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from ...data import nb201_arch_strings
 from ...errors import ArchParseError
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
@@ -85,8 +86,6 @@ def parse(text: str) -> NB201Arch:
 @lru_cache(maxsize=1)
 def _all_ops() -> np.ndarray:
     """(15625, 6) op ids in topology-index order, read from the shipped table."""
-    from ...data import nb201_arch_strings
-
     return np.array([parse(s).ops for s in nb201_arch_strings()], dtype=np.int8)
 
 
