@@ -21,6 +21,15 @@ NB201_DATASETS = ("cifar10", "cifar100", "imagenet16-120")
 _ACC_COLUMN = {"cifar10": "cifar10", "cifar100": "cifar100", "imagenet16-120": "imagenet16_120"}
 _LATENCY_FILES = {"latency_ms.csv.gz": "HELP / HW-NAS-Bench", "latency_brpnas_ms.csv.gz": "BRP-NAS / Eagle"}
 
+HELP_GPUS = ("1080ti", "2080ti", "titanx", "titanxp", "titan_xp", "v100")  # HELP names GPU settings <gpu>_<batch>
+
+
+def batch_of(setting: str) -> int:
+    """The batch size a published latency setting (of either space's tables) was measured at (``<gpu>_<batch>``;
+    1 otherwise)."""
+    head, _, tail = setting.rpartition("_")
+    return int(tail) if head in HELP_GPUS and tail.isdigit() else 1
+
 
 def data_path(*parts: str):
     """A path to a shipped file (a Traversable usable with ``open``)."""

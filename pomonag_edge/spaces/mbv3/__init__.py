@@ -12,11 +12,11 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from ...data import batch_of
 from ...data.mbv3 import ofa_latency_rows, ofa_latency_settings
 from ...errors import UserError
 from ..base import GeneratorRecipe, LatencyRecipe, SpaceBase
 from ..lut import LutPlan, chain_job, lone_job
-from ..nb201 import batch_of
 from .accuracy import OFAAccuracyPredictor
 from .arch import (DATASET_CLASSES, DATASETS, DEFAULT_WIDTH, DEPTH_OFFSET, DEPTHS, ENCODING_DIM, EXPANDS, KERNELS,
                    MAX_DEPTH, NUM_SLOTS, NUM_STAGES, RES_OFFSET, RESOLUTIONS, SLOT_FEATURES, SLOTS_OFFSET, WIDTHS,

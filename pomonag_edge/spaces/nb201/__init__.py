@@ -13,7 +13,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ...data import nb201_accuracy, nb201_latency_ms, nb201_latency_tables
+from ...data import batch_of, nb201_accuracy, nb201_latency_ms, nb201_latency_tables
 from ...errors import UserError
 from ...pareto import non_dominated_sort
 from ..base import GeneratorRecipe, LatencyRecipe, SpaceBase
@@ -29,15 +29,6 @@ __all__ = ["SPACE", "NB201Space", "NB201Arch", "parse", "live_edges", "is_valid"
 
 LUT_CHAIN = (2, 12)  # (short, long) copies of one cell op
 _CELL_KEY = re.compile(r"^(nor_conv_1x1|nor_conv_3x3|avg_pool_3x3):c(\d+):hw(\d+)$")
-HELP_GPUS = ("1080ti", "2080ti", "titanx", "titanxp", "titan_xp", "v100")  # HELP names GPU settings <gpu>_<batch>
-
-
-def batch_of(setting: str) -> int:
-    """The batch size a published latency setting was measured at (``<gpu>_<batch>``; 1 otherwise)."""
-    head, _, tail = setting.rpartition("_")
-    return int(tail) if head in HELP_GPUS and tail.isdigit() else 1
-
-
 class NB201Space(SpaceBase):
     """The NB201 search space. ``SPACE`` below is its one instance."""
 
