@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     if args.profile:
         profile_path = Path(args.profile)
     else:
-        from pomonag_edge.hardware import ProfileRequest, build_profile
+        from pomonag_edge.profiler import ProfileRequest, build_profile
 
         profile_path = work / f"{Path(args.device).stem}.json"
         t0 = time.perf_counter()

@@ -290,9 +290,9 @@ def measure_main(space, args) -> int:
 
     from pomonag_edge.closed_loop import LoopOptions
     from pomonag_edge.generate import generate_run
-    from pomonag_edge.hardware.profiler import ProfileRequest, build_profile
     from pomonag_edge.predictors import search_predictors
     from pomonag_edge.profile import load_profile
+    from pomonag_edge.profiler import ProfileRequest, build_profile
 
     torch.set_num_threads(1)
     devices = ("pixel3",) if args.quick else tuple((args.devices or ",".join(DEVICES)).split(","))

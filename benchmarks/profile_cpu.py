@@ -33,7 +33,8 @@ import numpy as np
 from scipy import stats
 
 from pomonag_edge.files import atomic_write_json
-from pomonag_edge.hardware import PROTOCOLS, ProfileRequest, build_profile, get_backend
+from pomonag_edge.hardware import PROTOCOLS, get_backend
+from pomonag_edge.profiler import ProfileRequest, build_profile
 from pomonag_edge.spaces.lut import lut_cost
 from pomonag_edge.spaces.nb201 import SPACE
 

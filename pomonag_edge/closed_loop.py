@@ -38,10 +38,10 @@ from .dataset_profile import dataset_label, refit_accuracy_model
 from .errors import UserError
 from .export.pipeline import IDENTITY_FACTS
 from .files import atomic_write_json, read_user_json
-from .hardware.profiler import net_graph
 from .hardware.timers import RunnerTimer, profile_protocol, timer_for_profile
 from .predictors import with_timings
 from .problem import SearchProblem, normal_cdf
+from .profiler import net_graph
 from .runs import LOOP_FILE, new_run_dir
 from .selection import run_search, select
 from .trainers import make_trainer, measure_all

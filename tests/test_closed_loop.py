@@ -31,7 +31,7 @@ def cpu_profile(path: Path, facts=None) -> Path:
     """A profile of this machine (its detected facts, a tiny protocol) whose 8 calibration nets are timed here."""
     from pomonag_edge.hardware import detect_device
     from pomonag_edge.hardware.timers import make_timer
-    from pomonag_edge.hardware.profiler import net_graph
+    from pomonag_edge.profiler import net_graph
     from pomonag_edge.predictors import fit_profile_model
     from pomonag_edge.profile import Profile
 

@@ -118,16 +118,16 @@ def test_export_writes_checked_onnx_and_measured_report(setup):
 def test_nets_are_timed_with_the_profiles_clock(tmp_path, facts, monkeypatch):
     """A profile timed with --clock cpu is re-measured with the CPU clock, not the wall clock (by its timer,
     ``timers.timer_for_profile``, whose backend ``backends.get_backend`` makes)."""
-    import pomonag_edge.hardware.backends as hardware
+    import pomonag_edge.hardware.timers as timers
 
     clocks = []
-    real = hardware.get_backend
+    real = timers.get_backend
 
     def spy(name, **kw):
         clocks.append(kw.get("clock"))
         return real(name, **kw)
 
-    monkeypatch.setattr(hardware, "get_backend", spy)
+    monkeypatch.setattr(timers, "get_backend", spy)
     profile = make_profile(tmp_path / "p.json", facts, clock="cpu")
     report = export_run(make_run(tmp_path, str(profile), archs=ARCHS[:1]),
                         ExportOptions(top=1, quick=True, feedback=False))

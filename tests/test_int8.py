@@ -17,9 +17,9 @@ from pomonag_edge.hardware import backends as B
 from pomonag_edge.hardware import quantize as Q
 from pomonag_edge.hardware import runner as R
 from pomonag_edge.hardware import tensorrt as T
-from pomonag_edge.hardware.profiler import ProfileRequest, build_profile, int8_warning, profile_path
 from pomonag_edge.hardware.timers import BackendTimer, Graph, RunnerTimer
 from pomonag_edge.hardware.timing import Protocol
+from pomonag_edge.profiler import ProfileRequest, build_profile, int8_warning, profile_path
 from tests.test_runner import _trtexec_with_help
 
 TINY = Protocol(name="tiny", warmup_ms=0, warmup_runs=1, min_runs=3, min_time_s=0.02, floor_runs=2, retries=0,

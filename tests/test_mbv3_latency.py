@@ -236,7 +236,7 @@ def test_mbv3_lut_jobs_time_a_chain_and_a_lone_layer():
 
 @pytest.mark.slow  # ~6 s CPU: exports and settles on the heaviest net twice
 def test_profile_mbv3_refused_only_for_real_mistakes(tmp_path):
-    from pomonag_edge.hardware.profiler import ProfileRequest, build_profile
+    from pomonag_edge.profiler import ProfileRequest, build_profile
 
     r = CliRunner().invoke(cli, ["profile", "--space", "mbv3", "--dataset", "cifar10",
                                  "--out", str(tmp_path / "p.json")])

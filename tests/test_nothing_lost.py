@@ -305,7 +305,7 @@ class CountingTimer:
 
 @pytest.fixture
 def counting(monkeypatch):
-    from pomonag_edge.hardware import profiler
+    from pomonag_edge import profiler
 
     timer = CountingTimer()
     monkeypatch.setattr(profiler, "make_timer", lambda *a, **k: timer)
@@ -335,7 +335,7 @@ def test_a_finished_profile_is_kept_as_it_is_and_fresh_makes_a_revision(tmp_path
 
 
 def test_an_interrupted_fresh_revision_is_continued(tmp_path, counting):
-    from pomonag_edge.hardware import ProfileRequest, build_profile
+    from pomonag_edge.profiler import ProfileRequest, build_profile
     from pomonag_edge.profile import load_profile
 
     out = tmp_path / "cpu.json"

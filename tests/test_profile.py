@@ -9,10 +9,10 @@ from click.testing import CliRunner
 
 from pomonag_edge.cli import cli
 from pomonag_edge.errors import ProfileError, UserError
-from pomonag_edge.hardware import ProfileRequest, build_profile
 from pomonag_edge.hardware.devices import detect_device
 from pomonag_edge.hardware.timing import Protocol
 from pomonag_edge.profile import SCHEMA_VERSION, Profile, load_profile, reference_profile, resolve_profile
+from pomonag_edge.profiler import ProfileRequest, build_profile
 from pomonag_edge.spaces.nb201 import SPACE
 
 TINY = Protocol(name="tiny", warmup_ms=0, warmup_runs=1, min_runs=3, min_time_s=0.02, floor_runs=2, retries=0,
@@ -214,7 +214,7 @@ def test_cli_quick_profile_writes_a_complete_profile(tmp_path):
 
 
 def test_cli_ctrl_c_says_how_to_continue(tmp_path, monkeypatch):
-    from pomonag_edge.hardware import profiler
+    from pomonag_edge.commands import profile as command
 
     out = tmp_path / "p.json"
     Profile(name="cpu").save(out)
@@ -223,6 +223,6 @@ def test_cli_ctrl_c_says_how_to_continue(tmp_path, monkeypatch):
         progress("lut", 3, 10, detail="x")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(profiler, "build_profile", interrupted)
+    monkeypatch.setattr(command, "build_profile", interrupted)
     code, output = run("profile", "--out", str(out))
     assert code == 130 and "run the same command again" in " ".join(output.split())

@@ -12,6 +12,9 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
 EVERY_REPORT = 200  # stages this short (epochs, nets, probes) log every step when piped
 LINE_EVERY_S = 10.0  # longer stages (optimizer steps) log at most this often, and their last step
 
@@ -52,10 +55,6 @@ def stage_progress(console=None, transient: bool = True, lines: bool = True):
     stderr; pass the command's own to print through it meanwhile). The display starts at the first report, so an
     error before any work (bad data) prints its one line and nothing else. ``transient=False`` leaves the finished
     bars on the screen; ``lines=False`` prints nothing off a terminal."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
-
     console = console or Console(stderr=True)
     if not console.is_terminal:
         yield _Lines(console) if lines else (lambda stage, done, total, loss=None, detail=None: None)

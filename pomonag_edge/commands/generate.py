@@ -5,10 +5,21 @@ The run folder's files and their keys are documented in ``pomonag_edge/generate.
 
 from __future__ import annotations
 
-import click
+import json
+import os
+import sys
 
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..closed_loop import LoopOptions
+from ..errors import UserError
+from ..generate import generate_run
 from ..hardware.backends import PRECISIONS
 from ..strategies import STRATEGIES
+from ..units import format_count, parse_probability
+from ._progress import stage_progress
 from .options import (SEED, dataset_option, make_placement, make_ssh_options, placement_options, profile_option,
                       space_option, ssh_options)
 
@@ -72,28 +83,15 @@ def command(space, profile, precision, dataset, max_latency, max_params, max_mac
     with --out DIR resumes without timing a net again. --train N does the same for accuracy on your task
     (--trainer CMD or --data DIR); the two may be combined. With --ray, each net it trains is one Ray task.
     """
-    import os
-    import sys
-
     import torch
-    from rich.console import Console
-
-    from ..closed_loop import LoopOptions
-    from ..generate import generate_run
-    from ..units import parse_probability
-    from ._progress import stage_progress
 
     # one torch thread: the generator's tensors are small, and extra threads only wait on each other
     torch.set_num_threads(1)
     console = Console(stderr=True)
     if host is not None and not measure:
-        from ..errors import UserError
-
         raise UserError("--host is where --measure times nets: add --measure N, or drop --host")
     cluster, threads = make_placement(**placement)
     if (cluster is not None or threads is not None) and not train:
-        from ..errors import UserError
-
         raise UserError("--ray and --cpus-per-net place the nets --train trains: add --train N, or drop them")
     loop = LoopOptions(measure=measure, host=host, ssh=make_ssh_options(ssh_config, remote_python, remote_dir, host),
                        train=train, trainer=trainer, data=data, epochs=epochs, ray=cluster, threads=threads)
@@ -111,8 +109,6 @@ def command(space, profile, precision, dataset, max_latency, max_params, max_mac
                            command=" ".join(["pomonag-edge", *sys.argv[1:]]), loop=loop, say=say)
     if fmt == "json":
         run.result.require_feasible(run.problem.budget)
-        import json
-
         json.dump({"run_dir": str(run.path), "profile": run.manifest["profile"], "dataset": run.problem.dataset,
                    "margin": run.problem.margin, "loop": run.manifest.get("loop"), "nets": run.result.selected},
                   sys.stdout, indent=2, default=str)
@@ -174,10 +170,6 @@ def render_table(rows, problem, title: str = "", width: int | None = None):
     string only where the width shows it whole (abbreviated, NB201's strings all start alike; the run's files
     hold them), the numbers and the budget verdict never cut. A value measured (latency on the device,
     accuracy by training) is marked ``*``; the others are predictions."""
-    from rich.table import Table
-
-    from ..units import format_count
-
     def value(r, key, fmt):
         measured = r.get(f"{key}_measured")
         return fmt.format(r[key]) if measured is None else fmt.format(measured) + MEASURED_MARK

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-import click
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
 
+import click
+from rich.console import Console
+
+from ..errors import UserError
 from ..hardware.backends import BACKENDS, PRECISIONS
+from ..hardware.remote import parse_host
+from ..profile import PROFILES_DIR
+from ..profiler import ProfileRequest, build_profile, profile_path
+from ._progress import stage_progress
 from .options import SEED, dataset_option, make_ssh_options, space_option, ssh_options
 
 
@@ -60,18 +70,6 @@ def command(device, space, dataset, quick, calibration, no_lut, threads, precisi
     Progress is saved after every measurement (on the device, every timing round): Ctrl-C, a dropped
     connection, then the same command again continues. A finished profile is kept as it is.
     """
-    from concurrent.futures import ThreadPoolExecutor
-    from dataclasses import replace
-    from pathlib import Path
-
-    from rich.console import Console
-
-    from ..errors import UserError
-    from ..hardware.profiler import ProfileRequest, build_profile, profile_path
-    from ..hardware.remote import parse_host
-    from ..profile import PROFILES_DIR
-    from ._progress import stage_progress
-
     console = Console(stderr=True)
     base = ProfileRequest(device=device, space=space, dataset=dataset, quick=quick, calibration=calibration,
                           lut=not no_lut, threads=threads, precision=precision, batch=batch, backend=backend,
@@ -122,8 +120,6 @@ def command(device, space, dataset, quick, calibration, no_lut, threads, precisi
 
 def _outcome(build, req, progress):
     """(result, None) or (None, the UserError): one host failing leaves the others' profiles."""
-    from ..errors import UserError
-
     try:
         return build(req, progress=progress), None
     except UserError as e:

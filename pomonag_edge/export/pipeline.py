@@ -35,6 +35,7 @@ from ..hardware.drift import BAND
 from ..hardware.quantize import graph_ops, quantize_onnx, random_calibration, scheme_for
 from ..hardware.timers import Graph, Reach, make_timer, profile_protocol, reach_for_profile, timer_for_profile
 from ..hardware.timing import Protocol
+from ..predictors import latency_model_for, with_timings
 from ..profile import Profile, load_profile, resolve_profile
 from ..runs import Run, load_run, profile_spec_for
 from ..spaces import get_space
@@ -116,8 +117,6 @@ def _predicted_ms(space, profile: Profile, run: Run, items: list[dict]) -> tuple
     if profile.sha256 == run.profile_sha256 or (run.profile_sha256 is None and profile.name == run.profile_spec):
         return [i.get("latency_ms") for i in items], "run"
     try:
-        from ..predictors import latency_model_for  # dispatches on the space (nb201 / mbv3)
-
         archs = [space.parse(i["arch"]) for i in items]
         return [float(v) for v in latency_model_for(space, profile).predict_ms(archs)], "profile latency model"
     except (ImportError, UserError) as e:
@@ -773,8 +772,6 @@ def _feedback(ex: _Export, nets: list[dict]) -> dict | None:
     if not rows:
         return {"applied": False, "added": 0, "skipped_noisy": noisy,
                 "why": f"all {noisy} timings were noisy" if noisy else "nothing measured"}
-    from ..predictors import with_timings
-
     parent = load_profile(ex.profile_path)  # fresh: never build on a stale copy
     timings = [{"arch": arch, "latency_ms": m["median_ms"], **m, "source": "export",
                 "protocol": ex.plan.protocol.name} for arch, m in rows]

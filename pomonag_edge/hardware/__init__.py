@@ -11,13 +11,11 @@ from .backends import BACKENDS, PRECISIONS, get_backend
 from .runnable import Runnable, onnx_bytes
 from .devices import Descriptor, descriptor_names, detect_device, load_descriptor
 from .lut import measure_job, select_calibration
-from .profiler import ProfileRequest, ProfileResult, build_profile
 from .timing import DEFAULT, PROTOCOLS, QUICK, Measurement, Protocol, measure, settle
 
 __all__ = [
     "BACKENDS", "PRECISIONS", "Runnable", "get_backend", "onnx_bytes",
     "Descriptor", "descriptor_names", "detect_device", "load_descriptor",
     "measure_job", "select_calibration",
-    "ProfileRequest", "ProfileResult", "build_profile",
     "DEFAULT", "PROTOCOLS", "QUICK", "Measurement", "Protocol", "measure", "settle",
 ]

@@ -28,7 +28,6 @@ from ..external import CommandTemplate
 from ..files import read_user_text
 from .backends import BACKENDS, PRECISIONS, backend_available
 from .runner import RUNTIMES, device_state, int8_dot_instructions
-from .timers import DEVICE_PLACEHOLDERS
 
 try:
     import tomllib
@@ -38,6 +37,8 @@ except ModuleNotFoundError:  # Python 3.10
 REQUIREMENTS = ("nvidia-gpu", "jetson")
 RUNNERS = RUNTIMES + ("command",)  # a descriptor's runner: a runtime of the device runner, or its command
 COMMAND_TIMEOUT_S = 600.0
+# what a device command may say; {arch} is "" for a graph that is not a whole net (a LUT's op chains)
+DEVICE_PLACEHOLDERS = ("onnx", "arch", "space", "name", "batch", "precision", "threads")
 # what the runner with trtexec is written for on a Jetson; said by `devices` and `profile --help`
 JETSON_SUPPORT = ("Jetson (Nano, TX2, Xavier, Orin) with JetPack 4 to 6 (TensorRT 7.1 to 10, python3 3.6 to 3.10): "
                   "timed on the board by JetPack's trtexec through the device runner, from another machine with "

@@ -13,6 +13,10 @@ the device, the runner's round medians, the engines trtexec built, the seconds s
 
 from __future__ import annotations
 
+import hashlib
+import platform
+import shlex
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,10 +25,16 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..files import CACHE_DIR
+from ..external import CommandTemplate, ResultLog, result_key, run_for_number
+from ..files import CACHE_DIR, atomic_write_bytes
 from ..progress import ProgressFn
+from .backends import BACKENDS, get_backend
+from .devices import DEVICE_PLACEHOLDERS, command_descriptor, cpu_facts, detect_device
+from .quantize import quantize_onnx, random_calibration, scheme_for
+from .remote import DeviceTimer, parse_host
+from .runnable import onnx_bytes
 from .runner import BACKEND_RUNTIMES
-from .timing import Measurement, Protocol, settle
+from .timing import DEFAULT, PROTOCOLS, QUICK, Measurement, Protocol, settle
 
 _EXPORT = threading.Lock()  # torch.onnx.export is not thread-safe: several hosts' timers export in turn
 
@@ -54,9 +64,6 @@ class Timed:
 def int8_graph(graph: Graph, scheme: str, name: str = "graph") -> bytes:
     """A timing graph as Q/DQ INT8 ONNX (``quantize.py``), calibrated on random inputs of its shape: its latency
     is the point, and a Q/DQ graph runs as fast whatever its scales."""
-    from .quantize import quantize_onnx, random_calibration
-    from .runnable import onnx_bytes
-
     with _EXPORT:
         onnx = onnx_bytes(graph.module, graph.inputs)
     return quantize_onnx(onnx, random_calibration(graph.inputs), scheme, name)
@@ -74,22 +81,16 @@ class BackendTimer:
         return self.backend.version()
 
     def facts(self) -> dict:
-        from .devices import detect_device
-
         return detect_device()
 
     def _model(self, graph: Graph, name: str = "graph"):
         """What the backend loads: the graph's own ONNX file when it has one and the backend reads ONNX, else the
         module (exported by the backend as needed), or its INT8 Q/DQ graph."""
-        from .backends import BACKENDS
-
         info = BACKENDS.get(getattr(self.backend, "name", ""))
         if graph.onnx is not None and (info is None or info.reads_onnx):
             return str(graph.onnx)
         if getattr(self.backend, "precision", "fp32") != "int8":
             return graph.module
-        from .quantize import scheme_for
-
         return int8_graph(graph, scheme_for(self.backend.name), name)
 
     def settle(self, graph: Graph) -> None:
@@ -164,14 +165,10 @@ class RunnerTimer:
 
     def _onnx(self, name: str, graph: Graph) -> bytes:
         """The graph's ONNX: export's own file, else exported here (as Q/DQ INT8 when the runner times int8)."""
-        from .runnable import onnx_bytes
-
         if graph.onnx is not None:
             return Path(graph.onnx).read_bytes()
         scheme = None
         if getattr(self.device, "precision", "fp32") == "int8":
-            from .quantize import scheme_for
-
             scheme = scheme_for(self.device.runtime)
         if self.cache_dir is None:
             if scheme is not None:
@@ -189,11 +186,6 @@ def onnx_file(name: str, graph: Graph, folder, int8_scheme: str | None = None) -
     """The graph exported to ONNX in ``folder`` under its name's hash (names identify a graph's structure and
     shapes), once: a re-run after an interruption does not export again (~1-2 s a graph). With ``int8_scheme``
     it is the graph's Q/DQ INT8 form (``int8_graph``), kept under its own hash."""
-    import hashlib
-
-    from ..files import atomic_write_bytes
-    from .runnable import onnx_bytes
-
     key = f"{name}|{_shapes(graph)}" + (f"|int8:{int8_scheme}" if int8_scheme else "")
     path = Path(folder) / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".onnx")
     if not path.is_file():
@@ -206,8 +198,6 @@ def onnx_file(name: str, graph: Graph, folder, int8_scheme: str | None = None) -
     return path
 
 
-# what a device command may say; {arch} is "" for a graph that is not a whole net (a LUT's op chains)
-DEVICE_PLACEHOLDERS = ("onnx", "arch", "space", "name", "batch", "precision", "threads")
 COMMAND_DIR = CACHE_DIR / "command"  # its log and ONNX files, without cache_dir
 
 
@@ -222,8 +212,6 @@ class CommandTimer:
 
     def __init__(self, descriptor, *, space: str, precision: str, batch: int, threads: int, cache_dir=None,
                  key: str = "default"):
-        from ..external import CommandTemplate, ResultLog, result_key
-
         self.descriptor = descriptor
         self.template = CommandTemplate.parse(descriptor.command, DEVICE_PLACEHOLDERS, f"device {descriptor.name}")
         self.settings = {"space": space, "precision": precision, "batch": batch, "threads": threads}
@@ -235,9 +223,6 @@ class CommandTimer:
     def _command_version(self) -> str | None:
         """The first line printed by the descriptor's ``version_command`` (recorded, not compared)."""
         if self.descriptor.version_command and self._version is None:
-            import shlex
-            import subprocess
-
             try:
                 out = subprocess.run(shlex.split(self.descriptor.version_command), capture_output=True, text=True,
                                      timeout=60, stdin=subprocess.DEVNULL)
@@ -257,10 +242,6 @@ class CommandTimer:
     def facts(self) -> dict:
         """What identifies the device: its command; the machine that called it is recorded beside (a simulator's
         speed is this machine's), not compared."""
-        import platform
-
-        from .devices import cpu_facts
-
         here = {"hostname": platform.node(), "os": platform.platform(), "cpu": cpu_facts().get("cpu")}
         return {"runner": "command", "command": self.template.text, "called_from": here,
                 **({"command_version": self._command_version()} if self.descriptor.version_command else {})}
@@ -280,8 +261,6 @@ class CommandTimer:
                    engine_dir: Path | None = None, keep_engines: set[str] | None = None,
                    stage: str = "timing") -> Timed:
         """``time``, with the seconds each graph took (its calls, or none when all were logged before)."""
-        from ..external import result_key, run_for_number
-
         out, seconds = {}, {}
         for n, (name, g) in enumerate(graphs.items(), start=1):
             t0 = time.perf_counter()
@@ -300,8 +279,6 @@ class CommandTimer:
                                         output_dir=self.folder,
                                         timeout_hint=" (timeout_s of the descriptor)")
                     if ms <= 0:
-                        from ..errors import UserError
-
                         raise UserError(f"{self.where}: the command printed {ms:g} for {item}: a latency must be a "
                                         "positive number of milliseconds")
                     record = self.log.add(f"{base}#{call}", {"graph": name, "arch": g.arch, "call": call,
@@ -329,23 +306,17 @@ def make_timer(backend_name: str, protocol: Protocol, precision: str = "fp32", t
         return CommandTimer(descriptor, space=space or "", precision=precision, batch=batch, threads=threads,
                             cache_dir=cache_dir, key=key)
     if host is not None or backend_name == "trtexec":
-        from .remote import DeviceTimer
-
         runtime = BACKEND_RUNTIMES.get(backend_name)
         if runtime is None:
             raise UserError(f"backend {backend_name} cannot time through the device runner (it runs trtexec or "
                             "onnxruntime on CPU): drop --host, or use --backend onnxruntime or trtexec")
         return RunnerTimer(DeviceTimer(host, protocol, runtime=runtime, precision=precision, threads=threads,
                                        clock=clock, options=ssh, key=key), cache_dir=cache_dir)
-    from .backends import get_backend
-
     return BackendTimer(get_backend(backend_name, precision=precision, threads=threads, clock=clock), protocol)
 
 
 def profile_protocol(profile, quick: bool = False) -> Protocol:
     """The timing protocol a profile was taken with (``QUICK`` when asked for)."""
-    from .timing import DEFAULT, PROTOCOLS, QUICK
-
     if quick:
         return QUICK
     stored = profile.runtime.get("protocol_settings")
@@ -376,9 +347,6 @@ def reach_for_profile(profile, host=None, stand_in: bool = False) -> Reach:
     runner on ``host`` (or here for trtexec), else the profile's backend here. A profile of timings taken
     elsewhere has no device; with ``stand_in`` (export: measure what can be measured) ONNX Runtime stands in for
     a backend this package cannot time with, and the runner's runtime for a backend the runner lacks."""
-    from .backends import BACKENDS
-    from .devices import command_descriptor
-
     runtime = profile.runtime or {}
     descriptor = command_descriptor(profile)
     if descriptor is not None:
@@ -411,8 +379,6 @@ def timer_for_profile(profile, *, host=None, ssh=None, quick: bool = False, prec
     precision = precision or runtime.get("precision") or "fp32"
     threads, batch = int(runtime.get("threads") or 1), int(runtime.get("batch") or 1)
     if isinstance(host, str):
-        from .remote import parse_host
-
         host = parse_host(host)
     reach = reach_for_profile(profile, host, stand_in)
     protocol = profile_protocol(profile, quick)

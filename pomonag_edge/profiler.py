@@ -6,7 +6,7 @@ as ``calibrate`` fits timings taken elsewhere.
 
 ``build_profile`` is what ``pomonag-edge profile`` calls. It resumes a partial profile at the same path
 when that profile was made with the same device and runtime settings, and refuses (one line) otherwise.
-Graphs are timed through a timer (``timers.py``): a backend of this process one job at a time, or the
+Graphs are timed through a timer (``hardware/timers.py``): a backend of this process one job at a time, or the
 device runner (``--host``, or trtexec here) with every job's graphs in one batch of interleaved rounds,
 whose finished rounds the device keeps for a re-run. At the end the first calibration nets are timed
 again: a device whose speed moved while it was profiled gets a warning.
@@ -22,19 +22,21 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
-from ..files import check_writable
-from ..profile import PROFILES_DIR, Profile, load_profile
-from ..progress import ProgressFn
-from ..spaces import get_space
-from .backends import BACKENDS
-from .devices import check_hardware, choose_backend, detect_device, load_descriptor
-from .drift import speed_change
-from .lut import select_calibration
-from .runner import BACKEND_RUNTIMES
-from .timers import Graph, RunnerTimer, make_timer
-from .timing import PROTOCOLS, Protocol
-
+from .errors import UserError
+from .files import check_writable
+from .hardware.backends import BACKENDS
+from .hardware.devices import check_hardware, choose_backend, detect_device, load_descriptor
+from .hardware.drift import speed_change
+from .hardware.lut import select_calibration
+from .hardware.quantize import scheme_for
+from .hardware.remote import parse_host
+from .hardware.runner import BACKEND_RUNTIMES
+from .hardware.timers import Graph, RunnerTimer, make_timer
+from .hardware.timing import PROTOCOLS, Protocol
+from .predictors import fit_profile_model
+from .profile import PROFILES_DIR, Profile, load_profile
+from .progress import ProgressFn
+from .spaces import get_space
 
 # settings that must match for a partial profile to be continued
 _RESUME_RUNTIME = ("backend", "precision", "int8", "batch", "threads", "clock", "protocol", "calibration_count",
@@ -122,8 +124,6 @@ def fit_latency_model(space, profile: Profile) -> str | None:
     """Fit the latency model (``predictors``, by space) into the profile; returns why not, if it was not.
 
     A user-fixable refusal (say, a missing checkpoint) leaves the measured profile intact and is reported."""
-    from ..predictors import fit_profile_model
-
     try:
         profile.latency_model = fit_profile_model(space, profile)
     except UserError as e:
@@ -164,8 +164,6 @@ def _timer_for(req: ProfileRequest, descriptor, protocol, precision: str, thread
                            cache_dir=_graph_cache(path), descriptor=descriptor, space=space.name, batch=batch)
         return timer, "command", [], timer.facts()
     if req.host is not None:
-        from .remote import parse_host
-
         host = parse_host(req.host)
         name = req.backend or descriptor.runner
         if name not in BACKEND_RUNTIMES:
@@ -240,8 +238,6 @@ def build_profile(req: ProfileRequest, progress: ProgressFn | None = None, fit_m
         {"protocol": protocol.name, "protocol_settings": protocol.to_dict()}  # --quick changes no command
     warnings = []
     if precision == "int8":
-        from .quantize import scheme_for
-
         warning = int8_warning(backend_name, facts)
         if warning:
             warnings.append(warning)
