@@ -121,7 +121,8 @@ def main(argv=None):
                     score[universe] = pred
                     score[idx] = truth[idx]  # measured nets count with their measurement
                     rows.setdefault((held, k, name), []).append(
-                        (spearmanr(model.predict_index(rest), truth[rest])[0], regret(score, truth, params, universe, budgets)))
+                        (spearmanr(model.predict_index(rest), truth[rest])[0],
+                         regret(score, truth, params, universe, budgets)))
                     if args.generate and seed == 0 and name == "fewshot":
                         rows.setdefault((held, k, "fewshot, generate"), []).append(
                             (np.nan, generate_regret(model, held, truth, params, universe, budgets)))
@@ -192,7 +193,8 @@ def train_main(args) -> int:
             probes = choose_probes(SPACE, k, 0, others)
             measurements = [{"arch": str(a), "accuracy": float(truth[SPACE.index(a)])} for a in probes]
             task = DatasetProfile(name=f"{held}-heldout", space="nb201", measurements=measurements,
-                                  source={"num_classes": 10, "input_shape": [3, 32, 32], "probe": {"epochs": 200, "seed": 0}})
+                                  source={"num_classes": 10, "input_shape": [3, 32, 32],
+                                          "probe": {"epochs": 200, "seed": 0}})
             task.accuracy_model = fit_fewshot(SPACE, probes, [m["accuracy"] for m in measurements], others,
                                               task=task.name).to_dict()
             task_path = task.save(work / f"{held}-k{k}.json")
@@ -232,7 +234,8 @@ def train_main(args) -> int:
                   + f"{np.mean([r[key] for r in rs]):>8.2f}{nets:>7.1f}")
         loop, best = np.mean([r["loop"] for r in rs]), np.mean([r["best"] for r in rs])
         print(f"loop / best-of-measured = {loop / best if best else float('nan'):.2f} (target <= 0.5 at 30 nets); "
-              f"stops: " + ", ".join(f"{s} {sum(r['stop'] == s for r in rs)}" for s in dict.fromkeys(r["stop"] for r in rs)))
+              "stops: " + ", ".join(f"{s} {sum(r['stop'] == s for r in rs)}"
+                                     for s in dict.fromkeys(r["stop"] for r in rs)))
     print(f"wall {time.perf_counter() - started:.0f} s")
     return 0
 

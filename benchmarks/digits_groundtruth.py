@@ -10,7 +10,7 @@ Score (``score``): leave one out over every trained net, the few-shot model agai
 ranking and params-only; the training time this CPU allows keeps the table small, so read it as a sanity check
 on real images, not as a benchmark.
 
-    python benchmarks/digits_groundtruth.py [--epochs 5] [--probes 6] [--held-out 8]   # trains what is missing, then scores
+    python benchmarks/digits_groundtruth.py [--epochs 5] [--probes 6] [--held-out 8]  # trains what is missing, scores
     python benchmarks/digits_groundtruth.py --score-only [--dataset datasets/digits.json]
 """
 
@@ -97,8 +97,8 @@ def score(dataset: str | None = None) -> None:
     archs = [SPACE.parse(r["arch"]) for r in rows]
     idx = np.array([SPACE.index(a) for a in archs])
     truth = np.array([float(r["accuracy"]) for r in rows])
-    loo = np.array([fit_fewshot(SPACE, [a for j, a in enumerate(archs) if j != i], np.delete(truth, i)).predict([archs[i]])[0]
-                    for i in range(len(rows))])
+    loo = np.array([fit_fewshot(SPACE, [a for j, a in enumerate(archs) if j != i],
+                                np.delete(truth, i)).predict([archs[i]])[0] for i in range(len(rows))])
     cands = {"fewshot (leave one out)": loo}
     for d in NB201_DATASETS:
         cands[f"{d} table"] = nb201_accuracy(d)[idx]

@@ -333,7 +333,8 @@ def measure_main(space, args) -> int:
                 t0 = time.perf_counter()
                 run = generate_run(space=space.name, profile=str(prof_path), dataset=dataset,
                                    max_latency=f"{budget_ms}ms", num=args.num, samples=args.samples,
-                                   strategy=args.strategy, seed=args.seed, out=work / "runs" / f"{device}-{dataset}-{q}",
+                                   strategy=args.strategy, seed=args.seed,
+                                   out=work / "runs" / f"{device}-{dataset}-{q}",
                                    level=args.level, loop=LoopOptions(measure=args.measure),
                                    predictors_for=predictors_for)
                 wall = time.perf_counter() - t0

@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 from scipy.stats import kendalltau, spearmanr  # noqa: E402
 
 HELP_SPEARMAN = 0.932
-CPU_TABLE = Path(__file__).parent / "data" / "nb201_this_cpu_ms.csv"  # benchmarks/time_cpu_nb201.py  # HELP, 10 samples, mean over its unseen devices
+CPU_TABLE = Path(__file__).parent / "data" / "nb201_this_cpu_ms.csv"  # written by benchmarks/time_cpu_nb201.py
 
 
 def main(argv=None):
@@ -155,7 +155,8 @@ def families(ms: np.ndarray, threshold: float) -> list[list[int]]:
 def family_out(space, archs, names, ms, args) -> None:
     """Leave-one-family-out: per device and K, Spearman of the model beside MACs-only, params-only and the model
     before cost-proxy fallbacks (embedding head + sibling tables: the LUT-free model of the previous version);
-    MAPE and covered% of the model (its per-net margins), and cov-g% (one global q90 margin); every number a mean over seeds, on the device's untimed valid nets."""
+    MAPE and covered% of the model (its per-net margins), and cov-g% (one global q90 margin); every number a mean
+    over seeds, on the device's untimed valid nets."""
     from pomonag_edge.predictors.latency import fit_calibration
     from pomonag_edge.predictors.latency_pretrain import PretrainedEmbedding
 

@@ -150,7 +150,8 @@ def own_profile(path: str) -> None:
     exact = np.array([a.r in lut_resolutions(p.lut) for a in archs])
     rt = p.runtime
     print(f"\nPart 3: profile {path} ({rt.get('backend')}, {rt.get('clock')} clock, {rt.get('protocol')} protocol, "
-          f"LUT at r {lut_resolutions(p.lut)}): {len(archs)} calibration nets, {int(exact.sum())} at a measured resolution")
+          f"LUT at r {lut_resolutions(p.lut)}): {len(archs)} calibration nets, "
+          f"{int(exact.sum())} at a measured resolution")
     for name, x in (("own LUT-sum", own), ("i7 LUT-sum", i7), ("MACs", macs)):
         sp, kt = _corr(x, measured)
         print(f"  {name:12s} vs measured: Spearman {sp:.3f}, Kendall {kt:.3f}")

@@ -166,7 +166,7 @@ def main() -> None:
 def int8_main(args) -> None:
     """FP32 and INT8 profiles of this CPU, judged on the same held-out nets timed at both precisions."""
     from pomonag_edge.hardware.timers import BackendTimer, Graph
-    from pomonag_edge.predictors import fit_profile_model, latency_model_for
+    from pomonag_edge.predictors import latency_model_for
 
     nets = args.nets if args.nets != 100 else 30
     load = [os.getloadavg()[0]]

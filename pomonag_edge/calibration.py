@@ -227,8 +227,9 @@ def read_accuracy_measurements(space, path: str | os.PathLike, scale: str = "aut
     """Rows of ``arch,accuracy`` (optional ``epochs``, ``seed``) as (items with accuracy in percent, scale).
 
     Higher is better, on either scale (``accuracy_scale``): all values within 0..1 are fractions ("fraction",
-    stored x100), all others percent ("percent", each within 0..100); a mix of the two is refused. Repeats of one net (or of functionally identical
-    archs) become one measurement, their median (``merge_repeats``). The first bad row raises naming its line."""
+    stored x100), all others percent ("percent", each within 0..100); a mix of the two is refused. Repeats of one
+    net (or of functionally identical archs) become one measurement, their median (``merge_repeats``). The first
+    bad row raises naming its line."""
     path = Path(path)
     items = []
     for item, _, row in csv_rows(space, path, "accuracy"):

@@ -142,8 +142,8 @@ class ResultLog:
     """An append-only JSON-lines file of finished results, ``{"key": ..., **record}`` per line.
 
     A line cut short by a crash, or otherwise unreadable, is skipped (and ended, so the next line is whole): its
-    result is simply made again. The last record of a key wins. Lines are appended whole (one ``write`` of a short line with ``O_APPEND``), so
-    several processes may add to one log."""
+    result is simply made again. The last record of a key wins. Lines are appended whole (one ``write`` of a
+    short line with ``O_APPEND``), so several processes may add to one log."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)

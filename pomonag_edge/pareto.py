@@ -1,7 +1,8 @@
 """Pareto tools over objective matrices F of shape (n, m), every column MINIMISED (negate what you maximise).
 
-Non-dominated sorting (efficient non-dominated sort, memory linear in n), exact hypervolume (slicing over distinct values, 2-D sweep
-at the base; exact and fast for the few hundred points a front holds), and front filtering. Pure numpy:
+Non-dominated sorting (efficient non-dominated sort, memory linear in n), exact hypervolume (slicing over
+distinct values, 2-D sweep at the base; exact and fast for the few hundred points a front holds), and front
+filtering. Pure numpy:
 used by the selection of a run's answer and by the benchmarks.
 """
 
@@ -34,7 +35,8 @@ def non_dominated_sort(F) -> list[np.ndarray]:
         from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
     except ImportError:
         return _efficient_sort(F)
-    return [np.sort(np.asarray(f, dtype=np.intp)) for f in NonDominatedSorting(method="efficient_non_dominated_sort").do(F)]
+    fronts = NonDominatedSorting(method="efficient_non_dominated_sort").do(F)
+    return [np.sort(np.asarray(f, dtype=np.intp)) for f in fronts]
 
 
 def _efficient_sort(F: np.ndarray) -> list[np.ndarray]:

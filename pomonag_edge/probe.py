@@ -86,7 +86,8 @@ def probe_task(data_path=None, space_name: str = "nb201", probes: int = 20, epoc
     measurements = [{"arch": r["arch"], "accuracy": float(r["accuracy"]),
                      **{k: int(r[k]) for k in ("epochs", "seed") if str(r.get(k) or "")},
                      "source": "probe" if trainer is None else "trainer"} for r in rows]
-    source = {**measurer.describe(), "probe": {"probes": probes, "epochs": int(key["epochs"]) if key["epochs"] else None,
+    source = {**measurer.describe(), "probe": {"probes": probes,
+                                               "epochs": int(key["epochs"]) if key["epochs"] else None,
                                                "seed": seed,
                                                "choice": "spread over the shipped tables' upper half and params",
                                                "measurements_csv": csv_path.name}}

@@ -4,9 +4,9 @@ Objectives ``accuracy`` (maximised), ``latency_ms``, ``params``, ``macs`` (minim
 each budget given: ``latency_bound_ms <= max_latency_ms``, ``params <= max_params``, ``macs <= max_macs``.
 ``latency_bound_ms`` is the latency a net stays under with probability ``level`` (the user's ask): the
 prediction times ``exp(z_level x sigma)`` where the predictors give a per-net sigma of log-ms, else the
-prediction times ``(1 + margin)``. So a net is kept when its probability of fitting the budget is >= ``level``. Strategies (``strategies``, ``generator.strategy``)
-propose archs against a ``SearchProblem``; ``selection`` turns proposals into the ranked answer. This module
-imports nothing else of the package but errors and units.
+prediction times ``(1 + margin)``. So a net is kept when its probability of fitting the budget is >= ``level``.
+Strategies (``strategies``, ``generator.strategy``) propose archs against a ``SearchProblem``; ``selection``
+turns proposals into the ranked answer. This module imports nothing else of the package but errors and units.
 """
 
 from __future__ import annotations

@@ -9,12 +9,12 @@
 
 ``BuiltinTrainer`` trains with ``training.train_net`` (checkpointed every epoch in ``workdir``, so an
 interrupted net resumes at its last epoch). ``measure`` is ``train`` then ``accept`` (log it): a fan-out
-(``fanout``) runs ``train`` of a ``shipped`` trainer on a Ray worker and ``accept`` here. ``CommandTrainer`` runs ``--trainer CMD`` once per net, with
-``{arch}``, ``{space}``, ``{epochs}``, ``{seed}``, ``{classes}``, ``{workdir}`` (a folder holding the untrained
-net: ``state_dict.pt``, a PyTorch state_dict seeded by ``seed``, and ``arch.txt``) and ``{onnx}`` (that net
-exported to ONNX) filled in; the last line of its stdout is the accuracy, in percent or as a fraction. All
-values of one trainer must be on one scale (``calibration.accuracy_scale``, as ``calibrate``'s):
-mixed ones are refused unless ``scale`` says which.
+(``fanout``) runs ``train`` of a ``shipped`` trainer on a Ray worker and ``accept`` here. ``CommandTrainer``
+runs ``--trainer CMD`` once per net, with ``{arch}``, ``{space}``, ``{epochs}``, ``{seed}``, ``{classes}``,
+``{workdir}`` (a folder holding the untrained net: ``state_dict.pt``, a PyTorch state_dict seeded by ``seed``,
+and ``arch.txt``) and ``{onnx}`` (that net exported to ONNX) filled in; the last line of its stdout is the
+accuracy, in percent or as a fraction. All values of one trainer must be on one scale
+(``calibration.accuracy_scale``, as ``calibrate``'s): mixed ones are refused unless ``scale`` says which.
 
 Both append every finished measurement to ``workdir/measured.jsonl`` (``external.ResultLog``) under a key of
 what made it (the data's fingerprint and recipe, or the command text with the epochs and seed it uses): a

@@ -131,7 +131,8 @@ class DataOnNodes:
 _LOADED: dict = {}
 
 
-def stratified_split(labels: np.ndarray, seed: int, val_fraction: float = VAL_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(labels: np.ndarray, seed: int,
+                     val_fraction: float = VAL_FRACTION) -> tuple[np.ndarray, np.ndarray]:
     """(train, val) index arrays: per class, a seeded permutation; ``round(val_fraction * n)`` of it (at least
     one, at most n - 1) goes to validation. Same labels and seed, same split, on any machine."""
     if not 0 < val_fraction < 1:
@@ -257,7 +258,8 @@ def _read_npz(path: Path, hw: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
         x = x.transpose(0, 3, 1, 2)
     elif not (x.ndim == 4 and x.shape[1] in (1, 3)):
-        raise DataError(f"{path}: x has shape {x.shape}; expected (n, h, w), (n, h, w, c) or (n, c, h, w) with c 1 or 3")
+        raise DataError(f"{path}: x has shape {x.shape}; "
+                        "expected (n, h, w), (n, h, w, c) or (n, c, h, w) with c 1 or 3")
     if len(x) == 0 or 0 in x.shape[2:]:
         raise DataError(f"{path}: x holds no image (shape {x.shape})")
     y = np.asarray(y)
@@ -276,7 +278,8 @@ def _read_npz(path: Path, hw: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
                         f"be {expected}")
     h, w = x.shape[2:]
     if max(h, w) > MAX_ASPECT * min(h, w):
-        raise DataError(f"{path}: images are {w}x{h}, more than {MAX_ASPECT:g}:1; crop them before resizing to {hw}x{hw}")
+        raise DataError(f"{path}: images are {w}x{h}, more than {MAX_ASPECT:g}:1; "
+                        f"crop them before resizing to {hw}x{hw}")
     x = x.astype(np.float32) / (255.0 if x.dtype.kind in "ui" else 1.0)
     if x.shape[1] == 1:
         x = np.repeat(x, 3, axis=1)

@@ -116,7 +116,8 @@ def ssh_host(sshd, tmp_path):
     """(``USER@127.0.0.1:PORT``, path of this test's own ssh client config)."""
     config = tmp_path / "ssh_config"
     config.write_text("\n".join([
-        "Host 127.0.0.1", f"  IdentityFile {sshd.key}", "  IdentitiesOnly yes", f"  UserKnownHostsFile {sshd.known_hosts}",
+        "Host 127.0.0.1", f"  IdentityFile {sshd.key}", "  IdentitiesOnly yes",
+        f"  UserKnownHostsFile {sshd.known_hosts}",
         "  StrictHostKeyChecking accept-new", "  LogLevel ERROR", ""]))
     return f"{sshd.user}@127.0.0.1:{sshd.port}", str(config)
 

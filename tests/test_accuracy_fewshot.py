@@ -76,7 +76,8 @@ def test_calibrate_with_arch_accuracy_makes_a_dataset_profile_used_by_predict(tm
 ])
 def test_bad_accuracy_rows_exit_2_with_one_line(tmp_path, rows, header, message):
     csv = _write_csv(tmp_path / "acc.csv", rows, header)
-    r = CliRunner().invoke(cli, ["calibrate", "--measurements", str(csv), "--name", "t", "--out", str(tmp_path / "d.json")])
+    r = CliRunner().invoke(cli, ["calibrate", "--measurements", str(csv), "--name", "t",
+                                 "--out", str(tmp_path / "d.json")])
     assert r.exit_code == 2 and message in r.output and r.output.count("\n") == 1, r.output
 
 

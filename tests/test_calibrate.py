@@ -34,7 +34,8 @@ def test_calibrate_then_predict_round_trip(tmp_path):
     m = tmp_path / "m.csv"
     _write_measurements(m)
     out = tmp_path / "x.json"
-    r = runner.invoke(cli, ["calibrate", "--space", "nb201", "--measurements", str(m), "--name", "x", "--out", str(out)])
+    r = runner.invoke(cli, ["calibrate", "--space", "nb201", "--measurements", str(m), "--name", "x",
+                            "--out", str(out)])
     assert r.exit_code == 0, r.output
     profile = load_profile(out)
     assert profile.name == "x" and len(profile.calibration) == 10
@@ -81,7 +82,8 @@ GOOD = str(ALL[1234])
 def test_bad_measurements_exit_2_with_one_line(tmp_path, text, fragment):
     m = tmp_path / "bad.csv"
     m.write_text(text)
-    r = CliRunner().invoke(cli, ["calibrate", "--measurements", str(m), "--name", "x", "--out", str(tmp_path / "x.json")])
+    r = CliRunner().invoke(cli, ["calibrate", "--measurements", str(m), "--name", "x",
+                                 "--out", str(tmp_path / "x.json")])
     assert r.exit_code == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0], r.stderr
@@ -114,7 +116,8 @@ def test_timings_no_model_fits_say_so_in_one_line(tmp_path):
     noise = np.exp(np.random.default_rng(1).normal(0, 0.8, 10))
     m = tmp_path / "m.csv"
     m.write_text("arch,latency_ms\n" + "".join(f"{ALL[i]},{v}\n" for i, v in zip(idx, noise)))
-    r = CliRunner().invoke(cli, ["calibrate", "--measurements", str(m), "--name", "odd", "--out", str(tmp_path / "o.json")])
+    r = CliRunner().invoke(cli, ["calibrate", "--measurements", str(m), "--name", "odd",
+                                 "--out", str(tmp_path / "o.json")])
     assert r.exit_code == 0, r.output
     warn = [line for line in r.stderr.splitlines() if "fit no latency model well" in line]
     assert len(warn) == 1 and "profile --host" in warn[0] and "relative error" in warn[0]

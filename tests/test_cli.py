@@ -32,7 +32,8 @@ def test_version():
 
 
 def test_help_does_not_import_torch():
-    code = "import sys; from pomonag_edge.cli import cli; cli(['--help'], standalone_mode=False); print('torch' in sys.modules)"
+    code = ("import sys; from pomonag_edge.cli import cli; cli(['--help'], standalone_mode=False); "
+            "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("False")
 

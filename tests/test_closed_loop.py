@@ -98,7 +98,8 @@ def test_loop_times_at_most_n_stops_with_a_reason_and_never_loses_to_a_measured_
     assert stop["reason"] in ("converged", "spent", "exhausted") and stop["threshold"] == pytest.approx(0.1)
     assert stop["reason"] != "spent" or len(timer.timed) == 12
     rows = out.result.selected
-    measured_ok = [r for r in out.result.scored if r["latency_ms_measured"] is not None and r["latency_ms_measured"] <= 20]
+    measured_ok = [r for r in out.result.scored
+                   if r["latency_ms_measured"] is not None and r["latency_ms_measured"] <= 20]
     assert measured_ok and used(rows[0], "accuracy") >= max(r["accuracy"] for r in measured_ok)
     for r in out.result.scored:  # measured beats predicted: the measurement, no margin, and the rank says so
         if r["latency_ms_measured"] is not None:
@@ -271,7 +272,8 @@ def test_generate_train_with_a_command_trainer(here):
 
     rev = load_dataset_profile(manifest["dataset_profile"]["spec"])
     assert Path(manifest["dataset_profile"]["spec"]).name == "task.r2.json" and rev.parent["path"] == str(task)
-    assert len(rev.measurements) == 10 + len(loop["trainings"]) and rev.accuracy_model["n_measurements"] == len(rev.measurements)
+    assert len(rev.measurements) == 10 + len(loop["trainings"])
+    assert rev.accuracy_model["n_measurements"] == len(rev.measurements)
     trained = {t["arch"] for t in loop["trainings"]}
     measured = {m["arch"] for m in rev.measurements}
     assert all((row["accuracy_measured"] is not None) == (row["arch"] in measured) for row in rows)

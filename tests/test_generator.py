@@ -106,8 +106,11 @@ def test_sampler_is_deterministic_given_a_seed(shipped):
     model, sde, _ = shipped
     score = score_fn_from(model, sde)
     seen = []
-    draw = lambda seed: sample(sde, score, (32, 6, 5), steps=20, generator=torch.Generator().manual_seed(seed),
-                               progress=lambda d, t: seen.append((d, t)))
+
+    def draw(seed):
+        return sample(sde, score, (32, 6, 5), steps=20, generator=torch.Generator().manual_seed(seed),
+                      progress=lambda d, t: seen.append((d, t)))
+
     a, b, c = draw(7), draw(7), draw(8)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert seen[-1] == (20, 20) and len(seen) == 60

@@ -14,7 +14,8 @@ from pomonag_edge.spaces.nb201 import SPACE
 from pomonag_edge.units import Budget
 
 
-def problem(budget=Budget.parse("12ms"), margin=0.0):
+def problem(budget=None, margin=0.0):
+    budget = Budget.parse("12ms") if budget is None else budget
     p = table_predictors(SPACE, "cifar100", "pixel3")
     return SearchProblem(SPACE, "cifar100", budget, Predictors(p.accuracy, p.latency_ms, margin, p.source))
 

@@ -32,7 +32,8 @@ def conv_bn_relu_onnx(channels: int = 8) -> bytes:
     rng = np.random.default_rng(0)
     init = [numpy_helper.from_array(rng.standard_normal((channels, 3, 3, 3)).astype(np.float32), "w"),
             numpy_helper.from_array(rng.standard_normal(channels).astype(np.float32), "b")]
-    for name, value in (("scale", 1.0 + 0.1 * rng.standard_normal(channels)), ("shift", 0.1 * rng.standard_normal(channels)),
+    for name, value in (("scale", 1.0 + 0.1 * rng.standard_normal(channels)),
+                        ("shift", 0.1 * rng.standard_normal(channels)),
                         ("mean", 0.1 * rng.standard_normal(channels)), ("var", 1.0 + rng.random(channels))):
         init.append(numpy_helper.from_array(value.astype(np.float32), name))
     nodes = [helper.make_node("Conv", ["input", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
@@ -85,7 +86,8 @@ def test_int8_nb201_net_runs_in_onnxruntime_close_to_fp32():
     from pomonag_edge.spaces import get_space
 
     space = get_space("nb201")
-    arch = space.parse("|nor_conv_3x3~0|+|nor_conv_1x1~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|avg_pool_3x3~2|")
+    arch = space.parse("|nor_conv_3x3~0|+|nor_conv_1x1~0|nor_conv_3x3~1|"
+                       "+|skip_connect~0|nor_conv_3x3~1|avg_pool_3x3~2|")
     model = build_model(space, arch, "cifar10")
     x = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
     fp32 = onnx_bytes(model, {"input": x})
@@ -358,7 +360,8 @@ def _csv(path, precision_column=None, n=8):
     if precision_column is not None:
         lines = path.read_text().splitlines()
         values = precision_column if isinstance(precision_column, list) else [precision_column] * (len(lines) - 1)
-        path.write_text("\n".join([lines[0] + ",precision"] + [f"{l},{v}" for l, v in zip(lines[1:], values)]) + "\n")
+        rows = [f"{line},{v}" for line, v in zip(lines[1:], values)]
+        path.write_text("\n".join([lines[0] + ",precision"] + rows) + "\n")
     return path
 
 

@@ -164,7 +164,8 @@ def test_export_mbv3_at_its_resolution(tmp_path):
     (run / "pareto.json").write_text(json.dumps([{"arch": str(arch), "accuracy": 75.0, "latency_ms": 5.0,
                                                   "feasible": True}]))
     (run / "manifest.json").write_text(json.dumps({
-        "schema": "pomonag-edge/run", "schema_version": 1, "space": "mbv3", "dataset": "imagenet", "profile": {"spec": str(tmp_path / "p.json")},
+        "schema": "pomonag-edge/run", "schema_version": 1, "space": "mbv3", "dataset": "imagenet",
+        "profile": {"spec": str(tmp_path / "p.json")},
         "budget": {"max_latency_ms": 1000.0}}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -175,7 +176,8 @@ def test_export_mbv3_at_its_resolution(tmp_path):
     assert net["measured"] == {}
     # a reference profile's device is never here: timed on this machine for information, not judged
     (run / "manifest.json").write_text(json.dumps({
-        "schema": "pomonag-edge/run", "schema_version": 1, "space": "mbv3", "dataset": "imagenet", "profile": {"spec": "v100_1", "reference": "v100_1"},
+        "schema": "pomonag-edge/run", "schema_version": 1, "space": "mbv3", "dataset": "imagenet",
+        "profile": {"spec": "v100_1", "reference": "v100_1"},
         "budget": {"max_latency_ms": 0.001}}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

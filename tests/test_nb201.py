@@ -1,5 +1,7 @@
 """NB201 space: strings, table order, equivalence, networks and exact costs."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -175,7 +177,7 @@ def test_unknown_dataset():
 
 def test_arch_is_immutable_and_validated():
     a = S.parse(BEST)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         a.ops = (0,) * 6
     with pytest.raises(ValueError):
         NB201Arch((9,) * 6)

@@ -39,8 +39,8 @@ def test_fallback_sort_agrees_with_pymoo_on_many_points():
 def grid_hv(F, ref, steps=40):
     """Hypervolume by counting cell centres of a fine grid (independent check)."""
     lo = np.zeros(F.shape[1])
-    axes = [np.linspace(l, r, steps, endpoint=False) + (r - l) / steps / 2 for l, r in zip(lo, ref)]
-    cell = np.prod([(r - l) / steps for l, r in zip(lo, ref)])
+    axes = [np.linspace(a, b, steps, endpoint=False) + (b - a) / steps / 2 for a, b in zip(lo, ref)]
+    cell = np.prod([(b - a) / steps for a, b in zip(lo, ref)])
     pts = np.array(list(itertools.product(*axes)))
     covered = np.zeros(len(pts), bool)
     for f in F:

@@ -61,7 +61,8 @@ def one_line_exit_2(r, *words):
     """Exit 2 with one error line, the last (a progress bar drawn before it may stand above it)."""
     assert r.exit_code == 2, (r.exit_code, r.output)
     lines = r.stderr.strip().splitlines()
-    assert "Traceback" not in r.stderr and [l for l in lines if l.startswith("Error: ")] == lines[-1:], r.stderr
+    errors = [line for line in lines if line.startswith("Error: ")]
+    assert "Traceback" not in r.stderr and errors == lines[-1:], r.stderr
     for w in words:
         assert w in lines[-1], lines[-1]
     return lines[-1]
@@ -309,7 +310,6 @@ def test_trainer_api_logs_and_resumes(tmp_path):
 
 
 def test_a_timed_out_command_is_killed_with_its_children(tmp_path):
-    import os
     import time
 
     from pomonag_edge.external import run_for_number

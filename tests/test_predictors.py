@@ -116,7 +116,8 @@ def test_profile_model_serialisation_round_trip(tiny_pretrained):
     assert np.allclose(again.predict_ms(some), model.predict_ms(some), rtol=1e-12)
     assert again.relative_error == model.relative_error
     # a stored model made with another embedding is refitted from the calibration, not trusted
-    loaded.latency_model = dict(state, embedding={"checkpoint": "old.pt", "sha256": "0" * 16}, coef=[0.0] * len(state["coef"]))
+    loaded.latency_model = dict(state, embedding={"checkpoint": "old.pt", "sha256": "0" * 16},
+                                coef=[0.0] * len(state["coef"]))
     assert np.allclose(latency_model_for(SPACE, loaded, tiny_pretrained).predict_ms(some), model.predict_ms(some))
 
 

@@ -13,7 +13,9 @@ import pytest
 from click.testing import CliRunner
 
 from pomonag_edge.cli import cli
-from tests.test_toy_space import registered  # noqa: F401  (fixture: the toy space "chain4", registered)
+from tests import test_toy_space
+
+registered = test_toy_space.registered  # the fixture: the toy space "chain4", registered as a package would
 
 
 def _cli(*args):
@@ -99,9 +101,9 @@ def test_profile_cut_mid_run_resumes_without_retiming(registered, sshd, ssh_host
     assert result.exit_code == 0, result.output
     after = log.read_text().splitlines()
     assert after[:len(kept)] == kept  # finished rounds were reused, not timed again
-    first = {(json.loads(l)["sha256"], json.loads(l)["round"]) for l in kept}
-    assert not first & {(json.loads(l)["sha256"], json.loads(l)["round"]) for l in after[len(kept):]
-                        if json.loads(l).get("key") == json.loads(kept[0])["key"]}
+    first = {(json.loads(line)["sha256"], json.loads(line)["round"]) for line in kept}
+    assert not first & {(json.loads(line)["sha256"], json.loads(line)["round"]) for line in after[len(kept):]
+                        if json.loads(line).get("key") == json.loads(kept[0])["key"]}
     assert len(json.loads(out.read_text())["calibration"]) == 3
 
 

@@ -160,8 +160,8 @@ def test_reads_trtexec_export_times():
 
 def test_reads_trtexec_export_profile():
     count, layers = R.read_export_profile(str(DATA / "profile.json"))
-    assert count == 1012 and [l["name"] for l in layers][0] == "/stem/Conv + /stem/Relu"
-    assert sum(l["percentage"] for l in layers) == pytest.approx(100.0, abs=1e-3)
+    assert count == 1012 and [layer["name"] for layer in layers][0] == "/stem/Conv + /stem/Relu"
+    assert sum(layer["percentage"] for layer in layers) == pytest.approx(100.0, abs=1e-3)
 
 
 def test_rejects_what_is_not_a_trtexec_file(tmp_path):
@@ -235,9 +235,9 @@ def test_onnxruntime_run_interleaves_records_state_and_resumes(tmp_path):
     for stats in result["results"].values():
         assert stats["runs"] >= TINY["min_runs"] and len(stats["round_medians_ms"]) == 2
     log = (tmp_path / "w" / "result.json.rounds.jsonl").read_text().splitlines()
-    order = [(json.loads(l)["file"], json.loads(l)["round"]) for l in log]
+    order = [(json.loads(line)["file"], json.loads(line)["round"]) for line in log]
     assert order == [(f"m{i}.onnx", 0) for i in range(3)] + [(f"m{i}.onnx", 1) for i in range(3)]  # interleaved
-    progress = [json.loads(l.split(" ", 1)[1]) for l in p.stdout.splitlines() if l.startswith("@progress ")]
+    progress = [json.loads(line.split(" ", 1)[1]) for line in p.stdout.splitlines() if line.startswith("@progress ")]
     assert progress[-1] == {"kind": "done", "done": 6, "total": 6}
 
     # cut off after 4 rounds (and a torn line): the re-run times only the 2 missing rounds
@@ -248,7 +248,7 @@ def test_onnxruntime_run_interleaves_records_state_and_resumes(tmp_path):
     again = json.loads(out.read_text())
     assert again["resumed_rounds"] == 4
     new_log = (tmp_path / "w" / "result.json.rounds.jsonl").read_text().splitlines()
-    assert new_log[:4] == log[:4] and len([l for l in new_log if l.startswith("{\"")]) == 6
+    assert new_log[:4] == log[:4] and len([line for line in new_log if line.startswith("{\"")]) == 6
     assert again["results"]["m0.onnx"]["round_medians_ms"] == result["results"]["m0.onnx"]["round_medians_ms"]
 
     # other settings (2 threads) do not reuse those rounds
@@ -258,7 +258,8 @@ def test_onnxruntime_run_interleaves_records_state_and_resumes(tmp_path):
 
 def test_a_python_without_onnxruntime_gets_one_line_and_exit_3(tmp_path):
     bare = Path("/usr/bin/python3")
-    if not bare.exists() or subprocess.run([str(bare), "-c", "import onnxruntime"], capture_output=True).returncode == 0:
+    if not bare.exists() or subprocess.run([str(bare), "-c", "import onnxruntime"],
+                                           capture_output=True).returncode == 0:
         pytest.skip("needs a system python3 without onnxruntime")
     p = _run(["--check"], python=str(bare))
     assert p.returncode == R.EXIT_NO_RUNTIME
@@ -307,7 +308,7 @@ def test_trtexec_plumbing_with_a_stand_in_trtexec(tmp_path):
     assert p.returncode == 0, p.stderr
     result = json.loads(out.read_text())
     assert result["versions"]["tensorrt"] == "8.5.2" and not result["errors"]
-    calls = [json.loads(l) for l in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    calls = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
     kinds = [("help" if "--help" in c else "build" if any(a.startswith("--saveEngine") for a in c) else "time",
               next((Path(a.split("=", 1)[1]).stem for a in c if a.startswith(("--onnx=", "--loadEngine="))), None))
              for c in calls]

@@ -4,7 +4,8 @@ from pomonag_edge.errors import BudgetError
 from pomonag_edge.units import Budget, format_count, parse_count, parse_latency_ms
 
 
-@pytest.mark.parametrize("text, ms", [("5ms", 5.0), ("5", 5.0), (" 0.5s ", 500.0), ("800us", 0.8), ("1e1ms", 10.0), (3, 3.0)])
+@pytest.mark.parametrize("text, ms", [("5ms", 5.0), ("5", 5.0), (" 0.5s ", 500.0), ("800us", 0.8), ("1e1ms", 10.0),
+                                      (3, 3.0)])
 def test_latency(text, ms):
     assert parse_latency_ms(text) == pytest.approx(ms)
 

@@ -21,7 +21,9 @@ LINE_EVERY_S = 10.0  # longer stages (optimizer steps) log at most this often, a
 
 def _seconds(s: float) -> str:
     s = int(round(s))
-    return f"{s} s" if s < 120 else f"{s // 60} min {s % 60:02d} s" if s < 7200 else f"{s // 3600} h {s // 60 % 60:02d} min"
+    if s < 120:
+        return f"{s} s"
+    return f"{s // 60} min {s % 60:02d} s" if s < 7200 else f"{s // 3600} h {s // 60 % 60:02d} min"
 
 
 class _Lines:

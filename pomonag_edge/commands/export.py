@@ -18,7 +18,8 @@ from .options import SEED, make_ssh_options, profile_option, ssh_options
 
 @click.command(short_help="Export the best nets and re-measure them.")
 @click.argument("run_dir", required=False, type=click.Path(file_okay=False))
-@click.option("--top", "top", type=click.IntRange(1), default=5, show_default=True, help="How many nets, in the run's rank order.")
+@click.option("--top", "top", type=click.IntRange(1), default=5, show_default=True,
+              help="How many nets, in the run's rank order.")
 @click.option("--format", "fmt", default="onnx", show_default=True, metavar="onnx|tensorrt|onnx,tensorrt",
               help="What to build. TensorRT engines are built from the ONNX files, on an NVIDIA GPU.")
 @profile_option
@@ -28,9 +29,11 @@ from .options import SEED, make_ssh_options, profile_option, ssh_options
 @click.option("--calib-images", type=click.IntRange(min=1), default=256, show_default=True,
               help="int8: training images the quantization ranges are calibrated on.")
 @click.option("--calib-data", type=click.Path(), default=None, metavar="PATH",
-              help="int8: images to calibrate on (an image folder or .npz, as train reads it) [default: the data the nets "
-                   "were trained on, else the task's images, else random inputs (accuracy then not claimed)].")
-@click.option("--opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), default=DEFAULT_OPSET, show_default=True, help="ONNX opset.")
+              help="int8: images to calibrate on (an image folder or .npz, as train reads it) [default: the data "
+                   "the nets were trained on, else the task's images, else random inputs (accuracy then not "
+                   "claimed)].")
+@click.option("--opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), default=DEFAULT_OPSET, show_default=True,
+              help="ONNX opset.")
 @click.option("--dynamic-batch", is_flag=True, help="Export with a dynamic batch axis (checked at batch 1 and 2).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
               help="A state_dict (or {arch: state_dict}) to export instead of a seeded random init.")
@@ -53,8 +56,9 @@ from .options import SEED, make_ssh_options, profile_option, ssh_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (per net: rank, arch, status, files, "
               "median ms) on stdout instead of the table, for scripts.")
 @click.pass_context
-def command(ctx, run_dir, top, fmt, profile, precision, calib_images, calib_data, opset, dynamic_batch, weights, allow_over_budget, measure,
-            feedback, quick, seed, drift_nets, host, ssh_config, remote_python, remote_dir, as_json):
+def command(ctx, run_dir, top, fmt, profile, precision, calib_images, calib_data, opset, dynamic_batch, weights,
+            allow_over_budget, measure, feedback, quick, seed, drift_nets, host, ssh_config, remote_python, remote_dir,
+            as_json):
     """Export the top nets of RUN_DIR (default: the run generated last under ./runs) to RUN_DIR/export/.
 
     Each net's ONNX Runtime outputs are checked against PyTorch within a stated relative tolerance, then

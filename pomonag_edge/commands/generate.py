@@ -159,10 +159,9 @@ def loop_line(loop: dict) -> str:
     why = stop.get("why", "")
     if stop.get("reason") == "converged":
         why += f" (chance <= {chance:.1%}, threshold {stop['threshold']:.0%})"
-    revision = loop.get("profile_revision") or loop.get("dataset_revision")
+    revisions = [v for v in (loop.get("profile_revision"), loop.get("dataset_revision")) if v]
     return (f"closed loop: {', '.join(m for m in made if m)} in {loop['rounds']} rounds; stopped: {why}"
-            + (f"; measurements saved in {', '.join(v for v in (loop.get('profile_revision'), loop.get('dataset_revision')) if v)}"
-               if revision else ""))
+            + (f"; measurements saved in {', '.join(revisions)}" if revisions else ""))
 
 
 def render_table(rows, problem, title: str = "", width: int | None = None):

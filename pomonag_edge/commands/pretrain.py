@@ -22,9 +22,12 @@ from ._progress import stage_progress
 from .options import SEED, space_option
 
 SUBCOMMANDS = {
-    "latency": ("pomonag_edge.commands.pretrain", "latency", "Latency embedding pretrained on the space's shipped latency tables."),
-    "accuracy": ("pomonag_edge.commands.pretrain", "accuracy", "NB201 accuracy predictor on a seeded 10% of the table."),
-    "generator": ("pomonag_edge.commands.pretrain", "generator", "Diffusion generator's score network (denoising score matching)."),
+    "latency": ("pomonag_edge.commands.pretrain", "latency",
+                "Latency embedding pretrained on the space's shipped latency tables."),
+    "accuracy": ("pomonag_edge.commands.pretrain", "accuracy",
+                 "NB201 accuracy predictor on a seeded 10% of the table."),
+    "generator": ("pomonag_edge.commands.pretrain", "generator",
+                  "Diffusion generator's score network (denoising score matching)."),
 }
 
 
@@ -162,5 +165,6 @@ def generator(space, kind, steps, batch, d_model, layers, lr, seed, threads, out
                                              seed=seed, kind=kind, progress=_stage(progress, "score network"))
     meta["training"]["threads"] = threads
     pt, js = save_checkpoint(model, meta, stem)
-    click.echo(f"wrote {pt} ({pt.stat().st_size / 1e6:.2f} MB) and {js}; final loss {meta['training']['final_loss_ema']}; "
+    click.echo(f"wrote {pt} ({pt.stat().st_size / 1e6:.2f} MB) and {js}; "
+               f"final loss {meta['training']['final_loss_ema']}; "
                f"sha256 {_sha(pt)} ({_beside_shipped(_sha(pt), shipped)})")

@@ -63,7 +63,8 @@ def command(data, trainer, trainer_timeout, accuracy_scale, num_classes, space, 
     chance = profile.source.get("probe", {}).get("chance") or {}
     if chance.get("at_chance"):
         click.echo(f"warning: the probes learned nothing: the best of {chance['probes']} reached "
-                   f"{chance['best_pct']:.1f}%, within noise of chance ({chance['chance_pct']:.1f}%, the largest class; "
+                   f"{chance['best_pct']:.1f}%, within noise of chance "
+                   f"({chance['chance_pct']:.1f}%, the largest class; "
                    f"{chance['threshold_pct']:.1f}% is the most {chance['n_val']} validation images give by luck), so "
                    f"their accuracies rank nets by luck: train them longer (--epochs {2 * epochs}) or give more "
                    "images", err=True)

@@ -17,7 +17,8 @@ from .options import SEED, make_placement, placement_options
 @click.argument("run_dir", required=False, type=click.Path(file_okay=False))
 @click.option("--data", "data", type=click.Path(), required=True, metavar="DIR|FILE.npz",
               help="Your images: a folder DIR/<class>/*.png|jpg|jpeg, or an .npz with x (images) and y (labels).")
-@click.option("--top", type=click.IntRange(1), default=1, show_default=True, help="How many nets, in the run's rank order.")
+@click.option("--top", type=click.IntRange(1), default=1, show_default=True,
+              help="How many nets, in the run's rank order.")
 @click.option("--epochs", type=click.IntRange(1), default=200, show_default=True,
               help="Epochs (NB201's recipe: SGD Nesterov, lr 0.1 cosine, wd 5e-4, batch 256).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the split and of training.")
@@ -59,7 +60,8 @@ def render_table(results: dict, epochs: int, width: int):
                   show_edge=False, pad_edge=False, title_justify="left")
     for k, col in enumerate(headers):
         table.add_column(col, justify="left" if col == "arch" else "right", no_wrap=True, overflow="ellipsis",
-                         min_width=None if col == "arch" else widths[k], max_width=arch_width if col == "arch" else None)
+                         min_width=None if col == "arch" else widths[k],
+                         max_width=arch_width if col == "arch" else None)
     for row in cells:
         table.add_row(*row)
     return table

@@ -169,8 +169,8 @@ def check_int8(fp32_path, int8_path, calib: CalibrationData, input_shape: tuple[
                            top1_agreement_min=TOP1_AGREEMENT_MIN if judged else None, max_abs_error=float(diff.max()))
     if judged and agree < TOP1_AGREEMENT_MIN:
         check.passed = False
-        check.failures.append(f"INT8 and FP32 agree on the top-1 class for {100 * agree:.1f}% of {len(x)} inputs ({what}) "
-                              f"(tolerance: at least {100 * TOP1_AGREEMENT_MIN:.0f}%)")
+        check.failures.append(f"INT8 and FP32 agree on the top-1 class for {100 * agree:.1f}% of {len(x)} inputs "
+                              f"({what}) (tolerance: at least {100 * TOP1_AGREEMENT_MIN:.0f}%)")
     if check.max_rel_error > LOGITS_REL_MAX:
         check.passed = False
         check.failures.append(f"INT8 logits differ from FP32's by up to {check.max_rel_error:.3g} of their scale "

@@ -149,7 +149,8 @@ def render(report: dict, console) -> None:
         console.print(f"INT8 vs FP32 measured: x{s['int8_speedup_median']:.2f} faster (median; x{lo:.2f}-x{hi:.2f})"
                       + (f"; INT8 not faster for {s['int8_not_faster']} net(s)" if s["int8_not_faster"] else "")
                       + (f"; accuracy drop from FP32 at most {s['int8_accuracy_drop_points_max']:.2f} points"
-                         if s.get("int8_accuracy_drop_points_max") is not None else ""), highlight=False, soft_wrap=True)
+                         if s.get("int8_accuracy_drop_points_max") is not None else ""),
+                      highlight=False, soft_wrap=True)
     line = (f"{s['passed']} passed, {s['checked']} checked only, {s['over_budget']} over budget, {s['failed']} failed"
             + (f"; {s['within_10pct']}/{s['compared']} measured within ±{BAND:.0%} of predicted (raw)"
                if s["compared"] else "")

@@ -19,9 +19,9 @@ SCALE_FACTOR = 3.0  # distilled guidance takes 3x the exact path's scale (chosen
 
 
 def distilled_predictor(problem, sde, *, nets: int = DISTILL_NETS, steps: int = 1500, progress=None):
-    """(NoiseAwarePredictor over the problem's guided columns (objectives + budgeted latency), info, the sampled nets) for ``problem.space``,
-    distilled from ``nets`` sampled nets. The caller adds those nets to its candidates: they were scored (and
-    counted) anyway, so leaving them out would waste paid calls."""
+    """(NoiseAwarePredictor over the problem's guided columns (objectives + budgeted latency), info, the sampled
+    nets) for ``problem.space``, distilled from ``nets`` sampled nets. The caller adds those nets to its
+    candidates: they were scored (and counted) anyway, so leaving them out would waste paid calls."""
     from .noise_aware import PosteriorFeatures, cached_distill
 
     space = problem.space

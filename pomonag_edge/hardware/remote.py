@@ -78,7 +78,7 @@ class SSHOptions:
 
 
 def _tail(text: str) -> str:
-    lines = [l.strip() for l in (text or "").splitlines() if l.strip()]
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
     return lines[-1] if lines else ""
 
 

@@ -101,7 +101,7 @@ def load_protocol(path):
         with open(path) as f:
             raw = json.load(f)
     except (OSError, ValueError) as e:
-        raise RunnerError("cannot read protocol {}: {}".format(path, e))
+        raise RunnerError("cannot read protocol {}: {}".format(path, e)) from e
     if not isinstance(raw, dict):
         raise RunnerError("protocol {} must be a JSON object".format(path))
     protocol = dict(HAND_RUN_PROTOCOL)
@@ -348,7 +348,7 @@ class OnnxRuntime(object):
             import onnxruntime
         except ImportError as e:
             raise RunnerError("onnxruntime is not installed for {} ({}): pip install onnxruntime there, or time "
-                              "with --runtime trtexec".format(sys.executable, e), EXIT_NO_RUNTIME)
+                              "with --runtime trtexec".format(sys.executable, e), EXIT_NO_RUNTIME) from e
         wanted = self.PROVIDERS.get(provider)
         if wanted is None:
             raise RunnerError("unknown onnxruntime provider {!r}".format(provider))
@@ -504,7 +504,8 @@ class Trtexec(object):
         if self.trt_version is None:
             self.trt_version = parse_trtexec_version(p.stdout)
         if p.returncode != 0:
-            lines = [l for l in (p.stdout or "").splitlines() if "[E]" in l or "Error" in l or "error" in l]
+            lines = [line for line in (p.stdout or "").splitlines()
+                     if "[E]" in line or "Error" in line or "error" in line]
             raise RuntimeError("trtexec failed (exit {}): {}".format(
                 p.returncode, (lines[-1] if lines else (p.stdout or "").strip()[-300:]).strip()))
         return p.stdout
@@ -567,7 +568,8 @@ class Trtexec(object):
         self._run(self.time_args(prepared["engine"], protocol, times, profile, prepared.get("estimate_ms")),
                   os.path.join(logs, name + ".time.log"))
         compute, latency = read_export_times(times)
-        out = {"samples_ms": compute, "host_latency_median_ms": statistics_ms(latency)["median_ms"] if latency else None}
+        out = {"samples_ms": compute,
+               "host_latency_median_ms": statistics_ms(latency)["median_ms"] if latency else None}
         if profile is not None and os.path.isfile(profile):
             count, layers = read_export_profile(profile)
             out["layers"] = layers
@@ -663,7 +665,7 @@ class Lock(object):
             except OSError:
                 if time.time() - start > self.timeout_s:
                     raise RunnerError("another runner holds {} for more than {:.0f} s".format(
-                        self.path, self.timeout_s))
+                        self.path, self.timeout_s)) from None
                 if not told:
                     self.say("waiting for another runner to finish")
                     told = True

@@ -37,11 +37,12 @@ class LatencyRecipe:
     """How a space's latency embedding is built, fed and pretrained on its shipped latency tables.
 
     ``build(config)`` makes the (untrained) embedding module from a checkpoint's ``config``;
-    ``config_for(archs, dim, hidden)`` is that config for a training set (it may hold input statistics); ``inputs(archs)`` the tensors the
-    embedding reads; ``tables()`` the shipped measurements (archs, setting names, ms (archs x settings), NaN =
-    not measured). ``covers_space``: the tables hold every net of the space in ``table_index`` order, so a
-    reference profile is an exact lookup and sibling tables can be read for any arch; otherwise a reference
-    profile is its setting's head, with the error measured on ``heldout_fraction`` of the nets held out.
+    ``config_for(archs, dim, hidden)`` is that config for a training set (it may hold input statistics);
+    ``inputs(archs)`` the tensors the embedding reads; ``tables()`` the shipped measurements (archs, setting
+    names, ms (archs x settings), NaN = not measured). ``covers_space``: the tables hold every net of the space
+    in ``table_index`` order, so a reference profile is an exact lookup and sibling tables can be read for any
+    arch; otherwise a reference profile is its setting's head, with the error measured on ``heldout_fraction``
+    of the nets held out.
     ``prior_floor``: diagonal floor of the head prior, as a fraction of its mean variance (few training
     settings span few directions). ``dim``, ``hidden``, ``steps``: the shipped checkpoint's recipe; ``fold``: the
     (smaller) one a few-shot benchmark pretrains each fold with."""
@@ -240,6 +241,6 @@ def from_genes(space, genes: np.ndarray) -> np.ndarray:
     genes = np.asarray(genes, dtype=np.int64)
     x = np.zeros((len(genes), int(np.prod(space.encoding_shape))), dtype=np.float32)
     rows = np.arange(len(genes))
-    for g, (o, w) in enumerate(space.categorical_groups()):
+    for g, (o, _width) in enumerate(space.categorical_groups()):
         x[rows, o + genes[:, g]] = 1.0
     return x.reshape(len(genes), *space.encoding_shape)

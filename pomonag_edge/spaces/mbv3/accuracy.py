@@ -125,7 +125,8 @@ def finetuned_offset(predictor: "OFAAccuracyPredictor | None" = None) -> dict:
     from scipy.stats import spearmanr
 
     predictor = predictor or OFAAccuracyPredictor()
-    rows = [s for s in specialized_subnets() if s["w"] == WIDTH and VALID_RESOLUTIONS[0] <= s["r"] <= VALID_RESOLUTIONS[1]]
+    rows = [s for s in specialized_subnets()
+            if s["w"] == WIDTH and VALID_RESOLUTIONS[0] <= s["r"] <= VALID_RESOLUTIONS[1]]
     pred = predictor.predict([MBV3Arch(s["ks"], s["e"], s["d"], s["r"], s["w"]) for s in rows], warn=False)
     diff = pred - np.array([s["top1"] for s in rows])
     loo = np.array([np.delete(diff, i).mean() for i in range(len(diff))])

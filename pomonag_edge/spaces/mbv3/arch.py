@@ -369,4 +369,5 @@ def lut_keys(num_classes: int = 1000, resolutions: Sequence[int] = RESOLUTIONS, 
              style: str = "ofa") -> list[str]:
     """Every distinct LUT key any arch at these resolutions needs (90 blocks + 6 fixed per resolution, fewer
     where resolutions share feature-map sizes)."""
-    return sorted({k for r in resolutions for a in _probe_archs(r, width) for k in op_signatures(a, num_classes, style)})
+    return sorted({k for r in resolutions for a in _probe_archs(r, width)
+                   for k in op_signatures(a, num_classes, style)})

@@ -159,17 +159,18 @@ def normal_scores(acc: np.ndarray, knots: int, span: float = 3.0):
     return z, np.repeat(kz[:, None], acc.shape[1], axis=1), ka
 
 
-def train_accuracy_checkpoint(space, seed: int = 0, steps: int = 2000, hidden: int = 128, fraction: float = TRAIN_FRACTION,
-                              lr: float = 2e-3, weight_decay: float = 1e-4, rank_weight: float = 1.0,
-                              pairs: int = 4096, members: int = 5, path_features: bool = True,
+def train_accuracy_checkpoint(space, seed: int = 0, steps: int = 2000, hidden: int = 128,
+                              fraction: float = TRAIN_FRACTION, lr: float = 2e-3, weight_decay: float = 1e-4,
+                              rank_weight: float = 1.0, pairs: int = 4096, members: int = 5, path_features: bool = True,
                               top_weight: float = 0.5, knots: int = 49, progress=None) -> dict:
     """Fit ``AccuracyNet`` on the seeded subset of ``space``'s table, all three datasets (full batch, AdamW,
     cosine schedule).
 
-    Loss, per ensemble member: MSE on the target (normal scores with ``knots``, else z-scores) plus ``rank_weight`` x a pairwise logistic
-    ranking loss on random pairs: the generator needs the order of the best nets more than their exact
-    percent. ``top_weight`` (beta) weights each pair by exp(beta * z of its better net) and each net's
-    squared error by exp(beta * z) (both normalised to mean 1), so errors among the top nets cost more."""
+    Loss, per ensemble member: MSE on the target (normal scores with ``knots``, else z-scores) plus
+    ``rank_weight`` x a pairwise logistic ranking loss on random pairs: the generator needs the order of the best
+    nets more than their exact percent. ``top_weight`` (beta) weights each pair by exp(beta * z of its better net)
+    and each net's squared error by exp(beta * z) (both normalised to mean 1), so errors among the top nets cost
+    more."""
     import torch
 
     torch.manual_seed(seed)
@@ -214,8 +215,9 @@ def train_accuracy_checkpoint(space, seed: int = 0, steps: int = 2000, hidden: i
         "kind": "pomonag-edge/accuracy-nb201", "version": 2, "config": net.config(),
         "state_dict": net.state_dict(), "datasets": list(DATASETS),
         "train_indices": torch.from_numpy(idx.astype(np.int64)),
-        "meta": {"seed": seed, "steps": steps, "fraction": fraction, "n_train": int(len(idx)), "rank_weight": rank_weight,
-                 "members": members, "path_features": path_features, "top_weight": top_weight, "hidden": hidden, "knots": knots,
+        "meta": {"seed": seed, "steps": steps, "fraction": fraction, "n_train": int(len(idx)),
+                 "rank_weight": rank_weight, "members": members, "path_features": path_features,
+                 "top_weight": top_weight, "hidden": hidden, "knots": knots,
                  "procedure": "numpy.random.default_rng(seed).permutation(15625)[:int(fraction*15625)], sorted",
                  "command": f"pomonag-edge pretrain accuracy --seed {seed}"},
     }

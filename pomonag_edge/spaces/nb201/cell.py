@@ -1,4 +1,5 @@
-"""NAS-Bench-201's cell, its strings and exact costs (numpy only): a cell of 4 nodes and 6 edges, 5 ops per edge, stacked 3 x 5 in a fixed skeleton.
+"""NAS-Bench-201's cell, its strings and exact costs (numpy only): a cell of 4 nodes and 6 edges, 5 ops per
+edge, stacked 3 x 5 in a fixed skeleton.
 
 Canonical string: ``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|``: node 1, 2, 3 in turn, each listing the op on
 the edge from every earlier node. Edge order everywhere (encoding, tuples): (1<-0), (2<-0), (2<-1),
