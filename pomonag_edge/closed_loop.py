@@ -36,7 +36,6 @@ import numpy as np
 
 from .dataset_profile import dataset_label, refit_accuracy_model
 from .errors import UserError
-from .export.pipeline import IDENTITY_FACTS
 from .files import atomic_write_json, read_user_json
 from .hardware.timers import RunnerTimer, profile_protocol, timer_for_profile
 from .predictors import with_timings
@@ -234,15 +233,13 @@ class LoopTimer:
         self.where = self.timer.where
         if (profile.device or {}).get("runner") == "command" or getattr(self.timer, "descriptor", None) is not None:
             return  # a command is its device, wherever it runs
-        recorded = [k for k in IDENTITY_FACTS if profile.device.get(k)]
+        recorded = profile.identity_recorded
         where = options.host or "this machine"
         if not recorded and options.host is None:
             raise UserError(f"profile {profile.name!r} records no device facts, so this machine cannot be told to be "
                             "its device: pass --host USER@ADDR of the device")
         if recorded:
-            facts = self.timer.facts()
-            mismatch = [f"{k}: profile {profile.device.get(k)!r}, {where} {facts.get(k)!r}" for k in recorded
-                        if profile.device.get(k) != facts.get(k)]
+            mismatch = profile.identity_mismatch(self.timer.facts(), where)
             if mismatch:
                 raise UserError(f"{where} is not the device of profile {profile.name!r} ({'; '.join(mismatch)}): "
                                 "pass --host USER@ADDR of that device, or a profile of this one")

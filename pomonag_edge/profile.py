@@ -26,6 +26,8 @@ SCHEMA = "pomonag-edge/profile"
 SCHEMA_VERSION = 1
 PROFILES_DIR = Path("profiles")
 
+IDENTITY_FACTS = ("cpu", "gpu", "jetson_model", "power_mode", "command")  # what tells one device from another
+
 
 def _latency_model(state, where: str) -> None:
     check_state(state, where)
@@ -100,6 +102,18 @@ class Profile:
     def sha256(self) -> str:
         """Content hash, recorded by runs and exports so a result names the exact profile it used."""
         return json_sha256(self.to_dict())
+
+    @property
+    def identity_recorded(self) -> list[str]:
+        """The facts that tell this profile's device from another (``IDENTITY_FACTS``) which it recorded."""
+        return [k for k in IDENTITY_FACTS if (self.device or {}).get(k)]
+
+    def identity_mismatch(self, facts: dict, where: str = "here") -> list[str]:
+        """Where a machine's ``facts`` (``detect``'s, or a timer's) contradict this profile's device, one line
+        each (empty when they agree); ``where`` names the machine."""
+        device = self.device or {}
+        return [f"{k}: profile {device.get(k)!r}, {where} {facts.get(k)!r}" for k in IDENTITY_FACTS
+                if device.get(k) != facts.get(k)]
 
     def of_space(self, space) -> bool:
         """Whether this is a profile of ``space`` (a search space or its name)."""

@@ -216,6 +216,17 @@ def test_reference_profile_is_never_this_machine(facts):
     assert machine_mismatch(Profile(name="y", device={"name": "cpu"}), facts)  # no facts recorded
 
 
+def test_one_identity_check_for_export_and_the_closed_loop():
+    """A fact the profile did not record but the machine has (a Jetson model) is a mismatch, for both callers."""
+    profile = Profile(name="x", device={"cpu": "Xeon", "gpu": None})
+    assert profile.identity_recorded == ["cpu"]
+    assert profile.identity_mismatch({"cpu": "Xeon"}) == []
+    assert profile.identity_mismatch({"cpu": "Xeon", "jetson_model": "Orin"}, "me@orin") == [
+        "jetson_model: profile None, me@orin 'Orin'"]
+    assert machine_mismatch(profile, {"cpu": "Xeon", "jetson_model": "Orin"}) == [
+        "jetson_model: profile None, here 'Orin'"]
+
+
 def test_dynamic_batch_is_checked_at_batch_1_and_2(setup):
     root, profile, run = setup
     report = export_run(run, ExportOptions(top=1, dynamic_batch=True, measure=False))

@@ -98,18 +98,13 @@ def parse_formats(text: str) -> tuple[str, ...]:
 
 # detected facts that identify the hardware a latency belongs to (software versions are recorded, not compared);
 # a device that is a command is identified by its command
-IDENTITY_FACTS = ("cpu", "gpu", "jetson_model", "power_mode", "command")
-
-
 def machine_mismatch(profile: Profile, detected: dict) -> list[str]:
     """Why this machine is not the profile's device (empty when it is)."""
     if profile.reference:
         return ["it is a reference profile: published measurements of another device"]
-    recorded = [k for k in IDENTITY_FACTS if profile.device.get(k)]
-    if not recorded:
+    if not profile.identity_recorded:
         return [f"profile {profile.name!r} records no detected device facts (made from timings taken elsewhere?)"]
-    return [f"{k}: profile {profile.device.get(k)!r}, here {detected.get(k)!r}" for k in IDENTITY_FACTS
-            if profile.device.get(k) != detected.get(k)]
+    return profile.identity_mismatch(detected)
 
 
 def _predicted_ms(space, profile: Profile, run: Run, items: list[dict]) -> tuple[list[float | None], str]:
