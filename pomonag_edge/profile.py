@@ -26,7 +26,9 @@ SCHEMA = "pomonag-edge/profile"
 SCHEMA_VERSION = 1
 PROFILES_DIR = Path("profiles")
 
-IDENTITY_FACTS = ("cpu", "gpu", "jetson_model", "power_mode", "command")  # what tells one device from another
+# detected facts that identify the hardware a latency belongs to (software versions are recorded, not compared);
+# a device that is a command is identified by its command
+IDENTITY_FACTS = ("cpu", "gpu", "jetson_model", "power_mode", "command")
 
 
 def _latency_model(state, where: str) -> None:

@@ -29,11 +29,12 @@ import numpy as np
 from ..errors import UserError
 from ..files import atomic_write_bytes, claim, replace_dir, staging_dir
 from ..hardware import drift
+from ..hardware.drift import BAND
 from ..hardware.backends import BACKENDS, PRECISIONS, get_backend, tensorrt_missing_here
 from ..hardware.devices import detect_device
-from ..hardware.drift import BAND
 from ..hardware.quantize import graph_ops, quantize_onnx, random_calibration, scheme_for
-from ..hardware.timers import Graph, Reach, make_timer, profile_protocol, reach_for_profile, timer_for_profile
+from ..hardware.timers import (BackendTimer, Graph, Reach, profile_protocol, reach_for_profile,
+                               timer_for_profile)
 from ..hardware.timing import Protocol
 from ..predictors import latency_model_for, with_timings
 from ..profile import Profile, load_profile, resolve_profile
@@ -96,8 +97,6 @@ def parse_formats(text: str) -> tuple[str, ...]:
 # ------------------------------------------------------------------ profile, machine, backends
 
 
-# detected facts that identify the hardware a latency belongs to (software versions are recorded, not compared);
-# a device that is a command is identified by its command
 def machine_mismatch(profile: Profile, detected: dict) -> list[str]:
     """Why this machine is not the profile's device (empty when it is)."""
     if profile.reference:
@@ -650,8 +649,10 @@ def _measure(ex: _Export, timer, timings: list[_Timing], report: dict, say) -> N
     timed = timer.time_batch(graphs, progress=lambda _, d, n, **__: say(f"timing on {timer.where}: {d}/{n}"),
                              engine_dir=ex.out_dir if plan.engines == "device" else None,
                              keep_engines={t.name for t in timings})
-    beside = {name: make_timer(name, plan.protocol, plan.engine_precision, plan.threads).time_batch(
-        {t.name: graphs[t.name] for t in timings}) for name in plan.runtimes[1:]}
+    beside = {}
+    if "tensorrt" in plan.runtimes[1:]:  # engines built here: timed by the TensorRT backend that built them
+        beside["tensorrt"] = BackendTimer(ex.engine_builder(), plan.protocol).time_batch(
+            {t.name: graphs[t.name] for t in timings})
     for t in schedule:
         m = timed.measurements.get(t.name)
         if t.entry is None:
@@ -717,9 +718,9 @@ def _judge(entry: dict, plan: ExportPlan, notes: list[str], drift_factor: float 
         entry["budget_ms"] = plan.budget_ms
         return
     if m and pred:
-        entry["latency_error_pct"] = 100.0 * (m["median_ms"] - pred) / pred
-        entry["within_10pct"] = abs(m["median_ms"] - pred) <= BAND * pred
         c = drift.compare(m["median_ms"], pred, drift_factor)
+        entry["latency_error_pct"] = c["error_pct_raw"]
+        entry["within_10pct"] = c["within_10pct_raw"]
         entry["measured_over_predicted"] = {"raw": c["ratio_raw"], "drift_corrected": c.get("ratio_corrected")}
         if drift_factor:
             entry["latency_error_pct_corrected"] = c["error_pct_corrected"]
