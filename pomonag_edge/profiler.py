@@ -34,14 +34,14 @@ from .hardware.runner import BACKEND_RUNTIMES
 from .hardware.timers import Graph, RunnerTimer, make_timer
 from .hardware.timing import PROTOCOLS, Protocol
 from .predictors import fit_profile_model
-from .profile import PROFILES_DIR, Profile, load_profile
+from .profile import IDENTITY_FACTS, PROFILES_DIR, Profile, load_profile
 from .progress import ProgressFn
 from .spaces import get_space
 
 # settings that must match for a partial profile to be continued
 _RESUME_RUNTIME = ("backend", "precision", "int8", "batch", "threads", "clock", "protocol", "calibration_count",
                    "calibration_seed", "lut_method", "lut_resolutions")
-_RESUME_DEVICE = ("name", "host", "cpu", "gpu", "jetson_model", "power_mode", "command")
+_RESUME_DEVICE = ("name", "host", *IDENTITY_FACTS)
 END_CHECK_NETS = 3  # calibration nets timed again at the end to see whether the device's speed moved
 
 

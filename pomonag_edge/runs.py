@@ -51,7 +51,7 @@ from .dataset_profile import check_against_space, load_dataset_profile
 from .errors import ArchParseError, UserError
 from .files import (atomic_write_bytes, atomic_write_json, atomic_write_text, check_versioned, check_writable, claim,
                     make_dir, os_error, read_user_json, replace_dir, staging_dir)
-from .profile import PROFILES_DIR, Profile, announce, load_profile
+from .profile import PROFILES_DIR, announce, load_profile
 from .spaces import get_space
 
 SCHEMA = "pomonag-edge/run"
@@ -312,13 +312,7 @@ def _holds(path: str, sha256: str | None) -> bool:
 def find_profile_by_hash(folder: Path, sha256: str | None) -> Path | None:
     """The profile in ``folder`` whose content hash is ``sha256`` (every profile there is read and hashed): how a
     run that did not record its profile's path finds it."""
-    for path in sorted(folder.glob("*.json")):
-        try:
-            if Profile.from_dict(json.loads(path.read_text(encoding="utf-8"))).sha256 == sha256:
-                return path
-        except (OSError, ValueError, UserError):
-            continue
-    return None
+    return next((path for path in sorted(folder.glob("*.json")) if _holds(str(path), sha256)), None)
 
 
 def profile_spec_for(run: Run, folder: str | os.PathLike | None = None) -> str:

@@ -187,7 +187,7 @@ class CommandTrainer(Trainer):
         if num_classes < 2:
             raise UserError(f"--num-classes must be at least 2, got {num_classes}")
         self.epochs, self.seed, self.timeout_s, self.name = epochs, seed, timeout_s, name
-        self.task = Task(name, _input_hw(space), num_classes)
+        self.task = Task(name, task_input_hw(space), num_classes)
         used = {k: v for k, v in (("epochs", epochs), ("seed", seed), ("classes", num_classes))
                 if k in self.template.used}
         super().__init__(space, workdir, {"trainer": self.template.text, **used}, scale)
@@ -257,10 +257,6 @@ def measure_all(trainer: Trainer, archs, on_measured, ray=None, progress=None, s
 def _train_job(trainer: Trainer, arch: str, checkpoint, progress) -> tuple[float, dict]:
     """``fanout``'s unit of work: the trainer's ``train`` of one arch string (here or on a worker)."""
     return trainer.train(trainer.space.parse(arch), checkpoint, progress)
-
-
-def _input_hw(space) -> int:
-    return task_input_hw(space)
 
 
 def make_trainer(space, *, command: str | None = None, data=None, epochs: int = 10, seed: int = 0, workdir,

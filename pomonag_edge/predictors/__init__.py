@@ -21,13 +21,8 @@ import numpy as np
 from ..errors import ExtrapolationWarning
 from ..problem import Predictors
 from ..spaces import SearchSpace
-from .latency import fit_profile_model as fit
+from .latency import fit_profile_model
 from .latency import latency_model_for as model_for
-
-
-def fit_profile_model(space, profile, pretrained=None) -> dict:
-    """JSON state of the latency model fitted to ``profile`` (store it in ``profile.latency_model``)."""
-    return fit(space, profile, pretrained)
 
 
 def with_timings(space, profile, timings: list[dict], refit: bool = True):

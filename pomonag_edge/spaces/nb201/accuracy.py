@@ -21,10 +21,10 @@ import numpy as np
 
 from ...checkpoints import checkpoint_path, load_checkpoint
 from ...data import nb201_accuracy
+from .cell import DATASETS
 
 ACCURACY_CHECKPOINT = "accuracy_nb201.pt"
 TRAIN_FRACTION = 0.10
-DATASETS = ("cifar10", "cifar100", "imagenet16-120")
 
 
 # The four input->output paths of the cell as edge indices (edge order of ``EDGES`` in this package).
