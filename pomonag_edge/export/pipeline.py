@@ -37,7 +37,7 @@ from ..hardware.timers import (BackendTimer, Graph, Reach, profile_protocol, rea
                                timer_for_profile)
 from ..hardware.timing import Protocol
 from ..predictors import latency_model_for, with_timings
-from ..profile import Profile, load_profile, resolve_profile
+from ..profile import Profile, load_profile, locate_profile
 from ..runs import Run, load_run, profile_spec_for
 from ..spaces import get_space
 from ..training import Task, load_trained_state, trained_results
@@ -340,8 +340,8 @@ def export_run(run_dir: str | Path, options: ExportOptions,
     run = load_run(run_dir)
     space = get_space(run.space)
     spec = options.profile or profile_spec_for(run)
-    profile = resolve_profile(spec, space=run.space,
-                              hint=f"{run.path} is a run of space {run.space}: pass a --profile of space {run.space}")
+    profile, profile_path = locate_profile(
+        spec, space=run.space, hint=f"{run.path} is a run of space {run.space}: pass a --profile of space {run.space}")
     reach = reach_for_profile(profile, options.host, stand_in=True)
     # the device runner or a command is asked now what the device is; a backend here is made once there is a net
     timer = None if reach.kind == "here" else _timer(run, profile, options, options.precision)
@@ -351,7 +351,7 @@ def export_run(run_dir: str | Path, options: ExportOptions,
                        tensorrt_missing=tensorrt_missing_here(detected, precision, threads)
                        if wants_engines_here(options, reach) else None,
                        previous=_existing_files(run.path / "export") if options.measure else {})
-    ex = _Export(run=run, space=space, profile=profile, profile_path=None if profile.reference else Path(spec),
+    ex = _Export(run=run, space=space, profile=profile, profile_path=profile_path,
                  options=options, plan=plan, out_dir=staging_dir(run.path / "export", "export folder"),
                  notes=list(plan.notes), trained=trained_results(run.path) if options.weights is None else None)
     _read_calibration(ex)
