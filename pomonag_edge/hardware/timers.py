@@ -308,11 +308,16 @@ def make_timer(backend_name: str, protocol: Protocol, precision: str = "fp32", t
     if host is not None or backend_name == "trtexec":
         runtime = BACKEND_RUNTIMES.get(backend_name)
         if runtime is None:
-            raise UserError(f"backend {backend_name} cannot time through the device runner (it runs trtexec or "
-                            "onnxruntime on CPU): drop --host, or use --backend onnxruntime or trtexec")
+            raise _not_on_runner(backend_name)
         return RunnerTimer(DeviceTimer(host, protocol, runtime=runtime, precision=precision, threads=threads,
                                        clock=clock, options=ssh, key=key), cache_dir=cache_dir)
     return BackendTimer(get_backend(backend_name, precision=precision, threads=threads, clock=clock), protocol)
+
+
+def _not_on_runner(backend_name: str) -> UserError:
+    """The refusal of a backend the device runner has no runtime for."""
+    return UserError(f"backend {backend_name} cannot time through the device runner (it runs trtexec or "
+                     "onnxruntime on CPU): drop --host, or use --backend onnxruntime or trtexec")
 
 
 def profile_protocol(profile, quick: bool = False) -> Protocol:
@@ -363,8 +368,7 @@ def reach_for_profile(profile, host=None, stand_in: bool = False) -> Reach:
         backend = "onnxruntime"
     if host is not None or backend == "trtexec":
         if not stand_in and backend not in BACKEND_RUNTIMES:
-            raise UserError(f"backend {backend} cannot time through the device runner (it runs trtexec or "
-                            "onnxruntime on CPU): drop --host, or use --backend onnxruntime or trtexec")
+            raise _not_on_runner(backend)
         return Reach("runner", backend, runtime=runner_runtime(backend))
     return Reach("here", backend)
 
